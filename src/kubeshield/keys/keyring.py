@@ -1,0 +1,525 @@
+"""The local keyring: ordered KEK versions in one JSON file, optionally sealed with a passphrase.
+
+File layout (UTF-8 JSON, mode 0600, written atomically)::
+
+    {"kind": "KubeshieldKeyring",
+     "formatVersion": 1,
+     "keyringId": "<uuid4>",
+     "versions": [{"version": 1, "keyId": "local:v1:<fp>", "created": "<RFC3339>",
+                   "state": "primary" | "decrypt-only"}, ...],           # ascending, exactly one primary
+     "protection": {"kdf": "none"}
+                 | {"kdf": "argon2id", "salt": "<b64, 16 bytes>", "iterations": 3, "lanes": 4,
+                    "memoryCost": 65536},                                # memoryCost in KiB
+     "material": "<b64>"}
+
+The *public part* is every field except ``material``; it can be read without the passphrase
+(``kubeshield keys list``). ``material`` is the standard base64 of:
+
+* ``kdf: none``: the JSON text ``{"<version>": "<b64 of the 32-byte KEK>", ...}`` (one entry per
+  version). Only file permissions (and disk encryption) protect it.
+* ``kdf: argon2id``: ``nonce(12) || AES-256-GCM(json above) || tag(16)`` under the 32-byte key
+  ``Argon2id(passphrase, salt, iterations, lanes, memoryCost)``, with
+  AAD = the canonical JSON of the public part (keys sorted, no spaces, ASCII). Editing the version list,
+  a state or the KDF parameters without the passphrase therefore makes the file fail to open. Because
+  GCM cannot tell a wrong key from tampered data, both raise :class:`~kubeshield.errors.WrongPassphrase`.
+  Every write draws a fresh salt and nonce; the Argon2 parameters are kept from the file.
+
+``keyId`` is ``local:v<N>:<fp>`` where ``fp`` is the first 16 hex digits of
+``sha256(b"kubeshield-kek-fingerprint\\x00" + key)``: no secret, stable for a key, and different for
+different keys even when a backup is restored and rotated again to the same version number. On load
+every keyId is recomputed from its key and must match.
+
+Writes (``create``, ``rotate``) hold ``flock`` on ``<path>.lock``, re-read the file inside the lock, and
+replace it atomically, so concurrent rotations never lose a version. Readers take no lock: the atomic
+rename means they see the old or the new file, never a mix.
+
+Errors: a missing, unreadable, corrupt, foreign or newer-format file raises
+:class:`~kubeshield.errors.KeyringError` whose message names the path and the problem (never key bytes).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import hashlib
+import json
+import os
+import re
+import stat
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
+
+from kubeshield.errors import KeyringError, WrongPassphrase
+from kubeshield.keys._files import exclusive_lock, write_private_atomic
+
+__all__ = [
+    "FORMAT_VERSION",
+    "KIND",
+    "Argon2Params",
+    "FileStamp",
+    "Keyring",
+    "KeyringFile",
+    "KeyringInfo",
+    "KeyringVersion",
+    "fingerprint",
+    "key_id_for",
+]
+
+KIND = "KubeshieldKeyring"
+FORMAT_VERSION = 1
+KEY_BYTES = 32
+_FINGERPRINT_LABEL = b"kubeshield-kek-fingerprint\x00"
+_FINGERPRINT_BYTES = 8
+_NONCE = 12
+_TAG = 16
+_SALT_BYTES = 16
+_MAX_FILE_BYTES = 1 << 20
+_MAX_VERSIONS = 10_000
+_TOP_FIELDS = frozenset({"kind", "formatVersion", "keyringId", "versions", "protection", "material"})
+_VERSION_FIELDS = frozenset({"version", "keyId", "created", "state"})
+_ARGON_FIELDS = frozenset({"kdf", "salt", "iterations", "lanes", "memoryCost"})
+_KEY_ID = re.compile(r"local:v([1-9][0-9]*):([0-9a-f]{16})")
+_STATES = ("primary", "decrypt-only")
+
+State = Literal["primary", "decrypt-only"]
+
+
+def fingerprint(key: bytes) -> bytes:
+    """The 8-byte public fingerprint of a KEK (raw bytes; its hex is the key_id suffix)."""
+    return hashlib.sha256(_FINGERPRINT_LABEL + key).digest()[:_FINGERPRINT_BYTES]
+
+
+def key_id_for(version: int, key: bytes) -> str:
+    """``local:v<version>:<16 hex of the fingerprint>``."""
+    return f"local:v{version}:{fingerprint(key).hex()}"
+
+
+@dataclass(frozen=True, slots=True)
+class Argon2Params:
+    """Argon2id cost parameters. ``memory_cost`` is in KiB (65536 = 64 MiB)."""
+
+    iterations: int = 3
+    lanes: int = 4
+    memory_cost: int = 65536
+
+    def __post_init__(self) -> None:
+        problem = _argon_problem(self.iterations, self.lanes, self.memory_cost)
+        if problem:
+            raise ValueError(problem)
+
+
+def _argon_problem(iterations: int, lanes: int, memory_cost: int) -> str | None:
+    if not 1 <= iterations <= 64:
+        return "iterations must be in 1..64"
+    if not 1 <= lanes <= 64:
+        return "lanes must be in 1..64"
+    if not 8 * lanes <= memory_cost <= 4 * 1024 * 1024:
+        return "memoryCost must be in 8*lanes..4194304 KiB"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class FileStamp:
+    """What ``stat`` says about the keyring file; a change means it was replaced or edited."""
+
+    inode: int
+    mtime_ns: int
+    ctime_ns: int
+    size: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> FileStamp:
+        return cls(st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyringVersion:
+    """Public description of one KEK version."""
+
+    version: int
+    key_id: str
+    created: str  # RFC 3339, UTC
+    state: State
+
+    @property
+    def created_timestamp(self) -> float:
+        return datetime.fromisoformat(self.created).timestamp()
+
+
+@dataclass(frozen=True, slots=True)
+class KeyringInfo:
+    """The public part of a keyring (readable without the passphrase)."""
+
+    path: Path
+    keyring_id: str
+    versions: tuple[KeyringVersion, ...]
+    kdf: Literal["none", "argon2id"]
+    argon2: Argon2Params | None
+
+    @property
+    def primary(self) -> KeyringVersion:
+        return next(v for v in self.versions if v.state == "primary")
+
+    @property
+    def protected(self) -> bool:
+        return self.kdf != "none"
+
+
+@dataclass(frozen=True, slots=True)
+class Keyring:
+    """An opened keyring: the public part plus each version's 32-byte KEK. Never printed."""
+
+    info: KeyringInfo
+    keys: Mapping[int, bytes] = field(repr=False)
+    stamp: FileStamp
+
+    def __repr__(self) -> str:
+        return f"Keyring(path={str(self.info.path)!r}, versions={len(self.info.versions)}, keys=<hidden>)"
+
+
+def _now_rfc3339(clock: Callable[[], float]) -> str:
+    return datetime.fromtimestamp(clock(), tz=UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _canonical(public: Mapping[str, Any]) -> bytes:
+    return json.dumps(public, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+
+
+def _b64decode(text: object) -> bytes:
+    if not isinstance(text, str):
+        raise ValueError("not a string")
+    return base64.b64decode(text.encode("ascii"), validate=True)
+
+
+class KeyringFile:
+    """Reads and writes one keyring file. Holds no key material itself.
+
+    ``argon2`` sets the cost of *new* keyrings (``create``); tests pass cheap parameters here.
+    ``fsync`` is the seam through which tests make a write fail.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        clock: Callable[[], float] = time.time,
+        rng: Callable[[int], bytes] = os.urandom,
+        argon2: Argon2Params | None = None,
+        fsync: Callable[[int], None] = os.fsync,
+    ) -> None:
+        self.path = Path(path)
+        self._clock = clock
+        self._rng = rng
+        self._argon2 = argon2 if argon2 is not None else Argon2Params()
+        self._fsync = fsync
+
+    # --- reading -----------------------------------------------------------------------------------
+
+    def exists(self) -> bool:
+        return self.path.exists()
+
+    def stamp(self) -> FileStamp:
+        """Cheap change detection (one ``stat``). Raises ``KeyringError`` if the file is gone."""
+        try:
+            return FileStamp.of(os.stat(self.path))
+        except OSError as exc:
+            raise self._error(f"cannot stat keyring: {exc.strerror}") from None
+
+    def read_info(self) -> KeyringInfo:
+        """The public part, without the passphrase."""
+        info, _, _, _ = self._read()
+        return info
+
+    def load(self, passphrase: bytes | None) -> Keyring:
+        """Open the keyring. A protected keyring needs ``passphrase``; an unprotected one ignores it."""
+        info, public, material, stamp = self._read()
+        return Keyring(info=info, keys=self._open_material(info, public, material, passphrase), stamp=stamp)
+
+    def _error(self, problem: str) -> KeyringError:
+        return KeyringError(f"{self.path}: {problem}")
+
+    def _read(self) -> tuple[KeyringInfo, dict[str, Any], bytes, FileStamp]:
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise self._error("keyring file not found (create one with `kubeshield keys init`)") from None
+        except OSError as exc:
+            raise self._error(f"cannot open keyring: {exc.strerror}") from None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise self._error("keyring is not a regular file")
+            with os.fdopen(os.dup(fd), "rb") as fh:
+                raw = fh.read(_MAX_FILE_BYTES + 1)
+        except OSError as exc:
+            raise self._error(f"cannot read keyring: {exc.strerror}") from None
+        finally:
+            os.close(fd)
+        info, public, material = self._parse(raw)
+        return info, public, material, FileStamp.of(st)
+
+    def _parse(self, raw: bytes) -> tuple[KeyringInfo, dict[str, Any], bytes]:
+        if not raw:
+            raise self._error("keyring file is empty")
+        if len(raw) > _MAX_FILE_BYTES:
+            raise self._error(f"keyring file is larger than {_MAX_FILE_BYTES} bytes")
+        try:
+            doc = json.loads(raw)
+        except (ValueError, RecursionError):
+            raise self._error("keyring is not valid JSON (truncated or corrupt?)") from None
+        if not isinstance(doc, dict) or doc.get("kind") != KIND:
+            raise self._error(f"not a kubeshield keyring (kind is not {KIND})")
+        fmt = doc.get("formatVersion")
+        if isinstance(fmt, bool) or not isinstance(fmt, int):
+            raise self._error("formatVersion is missing or not an integer")
+        if fmt != FORMAT_VERSION:
+            raise self._error(
+                f"unsupported keyring formatVersion {fmt} "
+                f"(this kubeshield reads {FORMAT_VERSION}; a newer kubeshield wrote it)"
+            )
+        unknown = sorted(set(doc) - _TOP_FIELDS)
+        missing = sorted(_TOP_FIELDS - set(doc))
+        if unknown:
+            raise self._error(f"unknown keyring field {unknown[0]!r}")
+        if missing:
+            raise self._error(f"keyring field {missing[0]!r} is missing")
+        keyring_id = doc["keyringId"]
+        try:
+            if not isinstance(keyring_id, str) or str(uuid.UUID(keyring_id)) != keyring_id:
+                raise ValueError
+        except ValueError:
+            raise self._error("keyringId is not a UUID") from None
+        versions = self._parse_versions(doc["versions"])
+        kdf, argon2 = self._parse_protection(doc["protection"])
+        try:
+            material = _b64decode(doc["material"])
+        except (ValueError, binascii.Error):
+            raise self._error("material is not base64") from None
+        public = {k: v for k, v in doc.items() if k != "material"}
+        info = KeyringInfo(self.path, keyring_id, versions, kdf, argon2)
+        return info, public, material
+
+    def _parse_versions(self, raw: object) -> tuple[KeyringVersion, ...]:
+        if not isinstance(raw, list) or not raw:
+            raise self._error("versions must be a non-empty list")
+        if len(raw) > _MAX_VERSIONS:
+            raise self._error(f"more than {_MAX_VERSIONS} versions")
+        out: list[KeyringVersion] = []
+        for i, item in enumerate(raw):
+            where = f"versions[{i}]"
+            if not isinstance(item, dict) or set(item) != _VERSION_FIELDS:
+                raise self._error(f"{where} must have exactly the fields {sorted(_VERSION_FIELDS)}")
+            number, key_id, created, state = item["version"], item["keyId"], item["created"], item["state"]
+            if isinstance(number, bool) or not isinstance(number, int) or number < 1:
+                raise self._error(f"{where}.version must be a positive integer")
+            if out and number <= out[-1].version:
+                raise self._error(f"{where}.version is not in ascending order")
+            match = _KEY_ID.fullmatch(key_id) if isinstance(key_id, str) else None
+            if match is None or int(match.group(1)) != number:
+                raise self._error(f"{where}.keyId is malformed or does not match its version")
+            try:
+                if not isinstance(created, str):
+                    raise ValueError
+                datetime.fromisoformat(created)
+            except ValueError:
+                raise self._error(f"{where}.created is not an RFC 3339 time") from None
+            if state not in _STATES:
+                raise self._error(f"{where}.state must be one of {', '.join(_STATES)}")
+            out.append(KeyringVersion(number, key_id, created, state))
+        if sum(v.state == "primary" for v in out) != 1:
+            raise self._error("exactly one version must be primary")
+        if len({v.key_id.rsplit(":", 1)[1] for v in out}) != len(out):
+            raise self._error("two versions share a fingerprint")
+        return tuple(out)
+
+    def _parse_protection(self, raw: object) -> tuple[Literal["none", "argon2id"], Argon2Params | None]:
+        if not isinstance(raw, dict):
+            raise self._error("protection must be a mapping")
+        kdf = raw.get("kdf")
+        if kdf == "none":
+            if set(raw) != {"kdf"}:
+                raise self._error("protection with kdf none has extra fields")
+            return "none", None
+        if kdf != "argon2id":
+            raise self._error("protection.kdf must be none or argon2id")
+        if set(raw) != _ARGON_FIELDS:
+            raise self._error(f"protection must have exactly the fields {sorted(_ARGON_FIELDS)}")
+        try:
+            salt = _b64decode(raw["salt"])
+        except (ValueError, binascii.Error):
+            raise self._error("protection.salt is not base64") from None
+        if not 8 <= len(salt) <= 64:
+            raise self._error("protection.salt must be 8..64 bytes")
+        numbers = [raw["iterations"], raw["lanes"], raw["memoryCost"]]
+        if any(isinstance(n, bool) or not isinstance(n, int) for n in numbers):
+            raise self._error("protection.iterations, lanes and memoryCost must be integers")
+        problem = _argon_problem(*numbers)
+        if problem:
+            raise self._error(f"protection: {problem}")
+        return "argon2id", Argon2Params(*numbers)
+
+    def _open_material(
+        self, info: KeyringInfo, public: Mapping[str, Any], material: bytes, passphrase: bytes | None
+    ) -> dict[int, bytes]:
+        if info.argon2 is not None:
+            if passphrase is None:
+                raise self._error(
+                    "keyring is passphrase-protected: give a passphrase file or set "
+                    "KUBESHIELD_KEYRING_PASSPHRASE"
+                )
+            if len(material) < _NONCE + _TAG:
+                raise self._error("material is truncated")
+            salt = base64.b64decode(public["protection"]["salt"])
+            kek = _derive(passphrase, salt, info.argon2)
+            try:
+                plain = AESGCM(kek).decrypt(material[:_NONCE], material[_NONCE:], _canonical(public))
+            except InvalidTag:
+                raise WrongPassphrase() from None
+        else:
+            plain = material
+        try:
+            table = json.loads(plain)
+        except (ValueError, RecursionError):
+            raise self._error("material is corrupt") from None
+        expected = {str(v.version) for v in info.versions}
+        if not isinstance(table, dict) or set(table) != expected:
+            raise self._error("material does not hold exactly one key per listed version")
+        keys: dict[int, bytes] = {}
+        for v in info.versions:
+            try:
+                key = _b64decode(table[str(v.version)])
+            except (ValueError, binascii.Error):
+                raise self._error(f"material for version {v.version} is not base64") from None
+            if len(key) != KEY_BYTES:
+                raise self._error(f"material for version {v.version} is not a {KEY_BYTES}-byte key")
+            if key_id_for(v.version, key) != v.key_id:
+                raise self._error(f"keyId of version {v.version} does not match its key material")
+            keys[v.version] = key
+        return keys
+
+    # --- writing -----------------------------------------------------------------------------------
+
+    def create(self, *, passphrase: bytes | None, force: bool = False) -> Keyring:
+        """Write a new keyring with one primary version. Refuses to replace one unless ``force``."""
+        if passphrase is not None and not passphrase:
+            raise ValueError("passphrase must not be empty (pass None for an unprotected keyring)")
+        try:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise self._error(f"cannot create the keyring's directory: {exc.strerror}") from None
+        with self._locked():
+            if os.path.lexists(self.path) and not force:
+                raise self._error(
+                    "a keyring already exists; refusing to overwrite it (replacing it with --force makes "
+                    "every Secret encrypted under its keys unreadable)"
+                )
+            key = self._new_key()
+            version = KeyringVersion(1, key_id_for(1, key), _now_rfc3339(self._clock), "primary")
+            argon2 = self._argon2 if passphrase is not None else None
+            return self._write(
+                str(uuid.UUID(bytes=self._rng(16), version=4)), (version,), {1: key}, argon2, passphrase
+            )
+
+    def rotate(self, *, passphrase: bytes | None) -> Keyring:
+        """Add a new primary version; the previous primary becomes decrypt-only."""
+        with self._locked():
+            current = self.load(passphrase)
+            key = self._new_key()
+            number = current.info.versions[-1].version + 1
+            new = KeyringVersion(number, key_id_for(number, key), _now_rfc3339(self._clock), "primary")
+            if any(v.key_id.rsplit(":", 1)[1] == new.key_id.rsplit(":", 1)[1] for v in current.info.versions):
+                raise self._error("the random generator repeated a key; refusing to rotate")
+            old = current.info.versions
+            older = [KeyringVersion(v.version, v.key_id, v.created, "decrypt-only") for v in old]
+            versions = (*older, new)
+            keys = {**current.keys, number: key}
+            return self._write(current.info.keyring_id, versions, keys, current.info.argon2, passphrase)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        stack = contextlib.ExitStack()
+        try:
+            stack.enter_context(exclusive_lock(self.path))
+        except OSError as exc:
+            raise self._error(f"cannot lock keyring: {exc.strerror}") from None
+        with stack:
+            yield
+
+    def _new_key(self) -> bytes:
+        key = self._rng(KEY_BYTES)
+        if not isinstance(key, bytes) or len(key) != KEY_BYTES:
+            raise TypeError(f"rng must return {KEY_BYTES} bytes")
+        return key
+
+    def _write(
+        self,
+        keyring_id: str,
+        versions: tuple[KeyringVersion, ...],
+        keys: Mapping[int, bytes],
+        argon2: Argon2Params | None,
+        passphrase: bytes | None,
+    ) -> Keyring:
+        if argon2 is not None:
+            salt = self._rng(_SALT_BYTES)
+            protection: dict[str, Any] = {
+                "kdf": "argon2id",
+                "salt": base64.b64encode(salt).decode("ascii"),
+                "iterations": argon2.iterations,
+                "lanes": argon2.lanes,
+                "memoryCost": argon2.memory_cost,
+            }
+        else:
+            protection = {"kdf": "none"}
+        public: dict[str, Any] = {
+            "kind": KIND,
+            "formatVersion": FORMAT_VERSION,
+            "keyringId": keyring_id,
+            "versions": [
+                {"version": v.version, "keyId": v.key_id, "created": v.created, "state": v.state}
+                for v in versions
+            ],
+            "protection": protection,
+        }
+        table = json.dumps(
+            {str(n): base64.b64encode(k).decode("ascii") for n, k in sorted(keys.items())},
+            separators=(",", ":"),
+        ).encode("ascii")
+        if argon2 is not None:
+            if passphrase is None:
+                raise self._error("keyring is passphrase-protected but no passphrase was given")
+            nonce = self._rng(_NONCE)
+            sealed = AESGCM(_derive(passphrase, salt, argon2)).encrypt(nonce, table, _canonical(public))
+            material = nonce + sealed
+        else:
+            material = table
+        doc = {**public, "material": base64.b64encode(material).decode("ascii")}
+        data = (json.dumps(doc, indent=2) + "\n").encode("ascii")
+        try:
+            write_private_atomic(self.path, data, fsync=self._fsync)
+            stamp = FileStamp.of(os.stat(self.path))
+        except OSError as exc:
+            raise self._error(f"cannot write keyring: {exc.strerror}") from None
+        kdf: Literal["none", "argon2id"] = "argon2id" if argon2 is not None else "none"
+        info = KeyringInfo(self.path, keyring_id, versions, kdf, argon2)
+        return Keyring(info=info, keys=dict(keys), stamp=stamp)
+
+
+def _derive(passphrase: bytes, salt: bytes, params: Argon2Params) -> bytes:
+    kdf = Argon2id(
+        salt=salt,
+        length=KEY_BYTES,
+        iterations=params.iterations,
+        lanes=params.lanes,
+        memory_cost=params.memory_cost,
+    )
+    return kdf.derive(passphrase)
