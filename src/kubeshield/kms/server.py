@@ -1,0 +1,440 @@
+"""Thin gRPC servicers for KMS v2 and v1beta1 over unix sockets, and the server that runs them.
+
+The servicers only translate protobuf <-> :class:`~kubeshield.kms.service.KMSService` calls and map our
+errors to gRPC status codes:
+
+=========================================  ===================  ===============================
+error                                      status code          details sent to the client
+=========================================  ===================  ===============================
+InvalidRequest                             INVALID_ARGUMENT     its (safe) message
+InvalidCiphertext                          INVALID_ARGUMENT     ``invalid ciphertext`` (fixed)
+KeyNotFound                                NOT_FOUND            its message
+BackendUnavailable                         UNAVAILABLE          its message
+BackendTimeout                             DEADLINE_EXCEEDED    its message
+BackendAuthError, PolicyDenied             PERMISSION_DENIED    its message
+anything else (incl. ContractViolation)    INTERNAL             ``internal error`` (fixed); the
+                                                                traceback is logged locally only
+=========================================  ===================  ===============================
+
+A request whose bytes are not a valid protobuf message is answered INVALID_ARGUMENT ("malformed
+request") by our own deserializer wrapper instead of grpc's generic INTERNAL. Messages of kubeshield
+errors never hold secrets (errors.py contract). The server is grpc's sync server
+with a thread pool: backend calls may block (remote key services), and ``bench/kms_bench.py`` measured it
+against grpc.aio for this workload (see the numbers in the bench output and the module ``SERVER_NOTE``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import grp
+import os
+import signal
+import stat
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent import futures
+from types import FrameType
+from typing import Any, TypeVar
+
+import grpc
+
+from kubeshield import __version__
+from kubeshield.errors import (
+    BackendAuthError,
+    BackendTimeout,
+    BackendUnavailable,
+    ConfigError,
+    InvalidCiphertext,
+    InvalidRequest,
+    KeyNotFound,
+    PolicyDenied,
+)
+from kubeshield.kms._socket import grpc_address, parse_endpoint, prepare_socket_path
+from kubeshield.kms.api.v1beta1 import api_pb2 as v1_pb2
+from kubeshield.kms.api.v1beta1 import api_pb2_grpc as v1_grpc
+from kubeshield.kms.api.v2 import api_pb2 as v2_pb2
+from kubeshield.kms.api.v2 import api_pb2_grpc as v2_grpc
+from kubeshield.kms.logging import fields, get_logger
+from kubeshield.kms.metrics import KMSMetrics
+from kubeshield.kms.service import KMSService
+
+__all__ = [
+    "DEFAULT_GRACE",
+    "MAX_MESSAGE_BYTES",
+    "RUNTIME_NAME",
+    "KMSServer",
+    "KMSv1Servicer",
+    "KMSv2Servicer",
+    "map_error",
+    "serve_until_signalled",
+    "v1_handler",
+    "v2_handler",
+]
+
+RUNTIME_NAME = "kubeshield"
+#: Requests are tiny (a 32-byte seed, a <=1 KiB ciphertext, <=32 KiB annotations, a <=64 KiB v1 blob).
+MAX_MESSAGE_BYTES = 256 * 1024
+DEFAULT_GRACE = 10.0
+
+_log = get_logger("kms.server")
+_T = TypeVar("_T")
+
+
+def map_error(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    """The gRPC status code and the details text to send for ``exc`` (see the module table)."""
+    if isinstance(exc, InvalidCiphertext):
+        return grpc.StatusCode.INVALID_ARGUMENT, "invalid ciphertext"
+    if isinstance(exc, InvalidRequest):
+        return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+    if isinstance(exc, KeyNotFound):
+        return grpc.StatusCode.NOT_FOUND, str(exc) or "key not found"
+    if isinstance(exc, BackendUnavailable):
+        return grpc.StatusCode.UNAVAILABLE, str(exc) or "key backend unavailable"
+    if isinstance(exc, BackendTimeout):
+        return grpc.StatusCode.DEADLINE_EXCEEDED, str(exc) or "key backend timed out"
+    if isinstance(exc, (BackendAuthError, PolicyDenied)):
+        return grpc.StatusCode.PERMISSION_DENIED, str(exc) or "permission denied"
+    return grpc.StatusCode.INTERNAL, "internal error"
+
+
+class _Malformed:
+    """Stands in for a request whose bytes are not a valid protobuf message."""
+
+
+_MALFORMED = _Malformed()
+
+
+def _safe_deserializer(message_type: Any) -> Callable[[bytes], Any]:
+    """Parse a request; malformed bytes become ``_MALFORMED`` so we can answer INVALID_ARGUMENT."""
+
+    def parse(data: bytes) -> Any:
+        try:
+            return message_type.FromString(data)
+        except Exception:  # google.protobuf.message.DecodeError and friends
+            return _MALFORMED
+
+    return parse
+
+
+def _generic_handler(
+    service: str, servicer: Any, methods: dict[str, tuple[Any, Any]]
+) -> grpc.GenericRpcHandler[Any, Any]:
+    handlers = {
+        name: grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, name),
+            request_deserializer=_safe_deserializer(request_type),
+            response_serializer=response_type.SerializeToString,
+        )
+        for name, (request_type, response_type) in methods.items()
+    }
+    return grpc.method_handlers_generic_handler(service, handlers)
+
+
+def v2_handler(servicer: KMSv2Servicer) -> grpc.GenericRpcHandler[Any, Any]:
+    """The ``v2.KeyManagementService`` handler (malformed requests answered INVALID_ARGUMENT)."""
+    return _generic_handler(
+        "v2.KeyManagementService",
+        servicer,
+        {
+            "Status": (v2_pb2.StatusRequest, v2_pb2.StatusResponse),
+            "Encrypt": (v2_pb2.EncryptRequest, v2_pb2.EncryptResponse),
+            "Decrypt": (v2_pb2.DecryptRequest, v2_pb2.DecryptResponse),
+        },
+    )
+
+
+def v1_handler(servicer: KMSv1Servicer) -> grpc.GenericRpcHandler[Any, Any]:
+    """The ``v1beta1.KeyManagementService`` handler (malformed requests answered INVALID_ARGUMENT)."""
+    return _generic_handler(
+        "v1beta1.KeyManagementService",
+        servicer,
+        {
+            "Version": (v1_pb2.VersionRequest, v1_pb2.VersionResponse),
+            "Encrypt": (v1_pb2.EncryptRequest, v1_pb2.EncryptResponse),
+            "Decrypt": (v1_pb2.DecryptRequest, v1_pb2.DecryptResponse),
+        },
+    )
+
+
+class _Servicer:
+    def __init__(self, service: KMSService, *, metrics: KMSMetrics | None, api: str) -> None:
+        self._service = service
+        self._metrics = metrics
+        self._api = api
+
+    def _run(
+        self, context: grpc.ServicerContext, operation: str, call: Callable[[], _T], request: Any = None
+    ) -> _T:
+        start = time.perf_counter()
+        try:
+            if request is _MALFORMED:
+                raise InvalidRequest("malformed request: not a valid protobuf message")
+            result = call()
+        except Exception as exc:
+            code, details = map_error(exc)
+            name = f"{self._api}.{operation}"
+            if code is grpc.StatusCode.INTERNAL:
+                _log.error("internal error", exc_info=True, extra=fields(operation=name))
+            else:
+                _log.info(
+                    "request failed", extra=fields(operation=name, code=code.name, error=type(exc).__name__)
+                )
+            self._observe(operation, code.name, start)
+            context.abort(code, details)
+            raise  # unreachable: abort raises
+        self._observe(operation, "OK", start)
+        return result
+
+    def _observe(self, operation: str, code: str, start: float) -> None:
+        if self._metrics is not None:
+            self._metrics.observe_operation(f"{self._api}.{operation}", code, time.perf_counter() - start)
+
+
+class KMSv2Servicer(_Servicer, v2_grpc.KeyManagementServiceServicer):  # type: ignore[misc]
+    """``/v2.KeyManagementService/{Status,Encrypt,Decrypt}``."""
+
+    def __init__(self, service: KMSService, *, metrics: KMSMetrics | None = None) -> None:
+        super().__init__(service, metrics=metrics, api="v2")
+
+    def Status(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802 - gRPC method name
+        def call() -> Any:
+            reply = self._service.status()
+            return v2_pb2.StatusResponse(version=reply.version, healthz=reply.healthz, key_id=reply.key_id)
+
+        return self._run(context, "Status", call, request)
+
+    def Encrypt(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        def call() -> Any:
+            reply = self._service.encrypt(request.plaintext, uid=request.uid)
+            return v2_pb2.EncryptResponse(
+                ciphertext=reply.ciphertext, key_id=reply.key_id, annotations=dict(reply.annotations)
+            )
+
+        return self._run(context, "Encrypt", call, request)
+
+    def Decrypt(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        def call() -> Any:
+            plaintext = self._service.decrypt(
+                request.ciphertext,
+                key_id=request.key_id,
+                annotations=dict(request.annotations),
+                uid=request.uid,
+            )
+            return v2_pb2.DecryptResponse(plaintext=plaintext)
+
+        return self._run(context, "Decrypt", call, request)
+
+
+class KMSv1Servicer(_Servicer, v1_grpc.KeyManagementServiceServicer):  # type: ignore[misc]
+    """``/v1beta1.KeyManagementService/{Version,Encrypt,Decrypt}`` (deprecated KMS v1)."""
+
+    def __init__(self, service: KMSService, *, metrics: KMSMetrics | None = None) -> None:
+        super().__init__(service, metrics=metrics, api="v1beta1")
+
+    def Version(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        def call() -> Any:
+            return v1_pb2.VersionResponse(
+                version="v1beta1", runtime_name=RUNTIME_NAME, runtime_version=__version__
+            )
+
+        return self._run(context, "Version", call, request)
+
+    def Encrypt(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        return self._run(
+            context,
+            "Encrypt",
+            lambda: v1_pb2.EncryptResponse(cipher=self._service.v1_encrypt(request.plain)),
+            request,
+        )
+
+    def Decrypt(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        return self._run(
+            context,
+            "Decrypt",
+            lambda: v1_pb2.DecryptResponse(plain=self._service.v1_decrypt(request.cipher)),
+            request,
+        )
+
+
+@contextlib.contextmanager
+def _umask(mask: int) -> Iterator[None]:
+    old = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def _resolve_group(group: str) -> int:
+    if group.isdigit():
+        return int(group)
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise ConfigError(f"socket group {group!r} does not exist") from None
+
+
+class _Listener:
+    """One socket we bound: remembers its inode so we only ever remove our own file."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.inode: int | None = None
+
+    def secure(self, gid: int | None) -> None:
+        if self.path.startswith("@"):
+            return
+        if gid is not None:
+            os.chown(self.path, -1, gid)
+            os.chmod(self.path, 0o660)
+        else:
+            os.chmod(self.path, 0o600)
+        self.inode = os.lstat(self.path).st_ino
+
+    def remove(self) -> None:
+        if self.inode is None:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            info = os.lstat(self.path)
+            if stat.S_ISSOCK(info.st_mode) and info.st_ino == self.inode:
+                os.unlink(self.path)
+
+
+class KMSServer:
+    """The gRPC server serving KMS v2 on ``socket`` and, optionally, KMS v1 on ``v1_socket``.
+
+    Sockets are mode 0600 (0660 and group ``socket_group`` when given). A stale socket is replaced; a
+    live one, a regular file, or a missing directory is refused with a ConfigError that says so.
+    """
+
+    def __init__(
+        self,
+        service: KMSService,
+        *,
+        socket: str,
+        v1_socket: str | None = None,
+        socket_group: str | None = None,
+        max_workers: int = 32,
+        metrics: KMSMetrics | None = None,
+    ) -> None:
+        self.service = service
+        self.metrics = metrics
+        self.socket_path = parse_endpoint(socket)
+        self.v1_socket_path = parse_endpoint(v1_socket) if v1_socket else None
+        if self.v1_socket_path is not None and self.v1_socket_path == self.socket_path:
+            raise ConfigError("the v1 socket must differ from the v2 socket")
+        self._gid = _resolve_group(socket_group) if socket_group else None
+        self._max_workers = max_workers
+        self._servers: list[grpc.Server] = []
+        self._listeners: list[_Listener] = []
+        self._stopped = threading.Event()
+        self.serving = False
+
+    def _new_server(self) -> grpc.Server:
+        return grpc.server(
+            futures.ThreadPoolExecutor(max_workers=self._max_workers, thread_name_prefix="kubeshield-grpc"),
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+
+    def start(self) -> None:
+        """Bind the sockets and start serving (the service's background threads must be started apart)."""
+        plan: list[tuple[str, Callable[[grpc.Server], None]]] = [
+            (
+                self.socket_path,
+                lambda s: s.add_generic_rpc_handlers(
+                    (v2_handler(KMSv2Servicer(self.service, metrics=self.metrics)),)
+                ),
+            )
+        ]
+        if self.v1_socket_path is not None:
+            plan.append(
+                (
+                    self.v1_socket_path,
+                    lambda s: s.add_generic_rpc_handlers(
+                        (v1_handler(KMSv1Servicer(self.service, metrics=self.metrics)),)
+                    ),
+                )
+            )
+        try:
+            for path, register in plan:
+                prepare_socket_path(path)
+                server = self._new_server()
+                register(server)
+                listener = _Listener(path)
+                with _umask(0o177):
+                    try:
+                        server.add_insecure_port(grpc_address(path))
+                    except RuntimeError as exc:
+                        raise ConfigError(f"cannot listen on socket {path!r}: {exc}") from None
+                    server.start()
+                self._servers.append(server)
+                self._listeners.append(listener)
+                listener.secure(self._gid)
+                _log.info("serving", extra=fields(socket=path))
+        except BaseException:
+            self.stop(None).wait(5)
+            raise
+        self.serving = True
+
+    def stop(self, grace: float | None = DEFAULT_GRACE) -> threading.Event:
+        """Stop accepting RPCs; in-flight ones get ``grace`` seconds (None: cancel them now).
+
+        Returns an event set once every server has stopped and our socket files are removed.
+        """
+        self.serving = False
+        events = [server.stop(grace) for server in self._servers]
+        done = threading.Event()
+
+        def finish() -> None:
+            for event in events:
+                event.wait()
+            for listener in self._listeners:
+                listener.remove()
+            self._stopped.set()
+            done.set()
+
+        threading.Thread(target=finish, name="kubeshield-grpc-stop", daemon=True).start()
+        return done
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the server has stopped."""
+        return self._stopped.wait(timeout)
+
+
+def serve_until_signalled(server: KMSServer, *, grace: float = DEFAULT_GRACE) -> int:
+    """Run a started server until SIGTERM/SIGINT, then shut down in two stages. Main thread only.
+
+    The first signal stops accepting new RPCs and lets in-flight ones finish within ``grace`` seconds;
+    a second signal cancels whatever is still running at once.
+    """
+    requested = threading.Event()
+    forced = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        if not requested.is_set():
+            _log.info("shutting down", extra=fields(signal=signal.Signals(signum).name, grace=grace))
+            requested.set()
+        else:
+            _log.warning("second signal: forcing shutdown", extra=fields(signal=signal.Signals(signum).name))
+            forced.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        while not requested.wait(0.5):
+            pass
+        done = server.stop(grace)
+        while not done.wait(0.1):
+            if forced.is_set():
+                server.stop(None)
+                done.wait(5)
+                break
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    _log.info("stopped")
+    return 0
