@@ -1,0 +1,346 @@
+"""The ``transit`` key backend: a KEK held by HashiCorp Vault or OpenBao's Transit secrets engine.
+
+The KEK never leaves the key service; this backend sends DEK seeds to ``/v1/<mount>/encrypt/<key>`` and
+``/v1/<mount>/decrypt/<key>`` over HTTPS (httpx, no hvac).
+
+Ciphertext (``Wrapped.ciphertext``) is the Transit ciphertext string, ASCII-encoded, unchanged::
+
+    b"vault:v" <key version, decimal> b":" base64( nonce(12) || AEAD ciphertext || tag(16) )
+
+so a 32-byte seed gives about 90 bytes (far below the KMS limit of 1024). The caller's ``aad`` is bound
+with Transit's ``associated_data`` (supported for ``aes256-gcm96`` by Vault 1.15+ and OpenBao 2.x)::
+
+    associated_data = b"kubeshield-transit-v1\\x00" || aad
+
+The domain prefix keeps a ciphertext that some other Transit client made with the same key (and no
+associated data, or other associated data) from being accepted as one of ours.
+
+key_id is ``transit:<mount>/<key>:v<version>``: the latest version of the Transit key, read from
+``/v1/<mount>/keys/<key>`` at start-up and by :meth:`TransitKeyBackend.refresh` (cached for
+``refresh_interval`` seconds), so a rotation made in the key service is picked up. ``wrap`` asks Transit
+for exactly that version (``key_version``), so the key_id returned always names the version that
+encrypted. Ids are never reused: Transit versions only grow, and a refresh that sees a version number
+with a different creation time, or a lower latest version (the key was deleted and re-created under
+the same name), fails closed with :class:`~kubeshield.errors.KeyNotFound` instead of reusing ids.
+
+``min_decryption_version``: versions below it are retired by the operator and the key service refuses
+them. ``unwrap`` of such a ciphertext raises :class:`~kubeshield.errors.KeyNotFound` (mapped to
+NOT_FOUND: the data is intact but its KEK version was retired; re-encrypt before retiring, or lower the
+setting to recover), not ``InvalidCiphertext``: the two call for different actions. The check is local
+against the cached setting, and after a refused decrypt the setting is re-read once so a change made in
+the key service since the last refresh is reported the same way.
+
+HTTP statuses map through one table (:mod:`kubeshield.keys._transit_http`): 400 is ``InvalidCiphertext``
+on decrypt and ``InvalidRequest`` otherwise, 401/403 ``BackendAuthError`` (after one re-login where the
+auth method allows it), 404 ``KeyNotFound``, 412/429/5xx and connection errors ``BackendUnavailable``,
+timeouts ``BackendTimeout``. Errors and logs never hold a response body or a token.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+import httpx
+
+from kubeshield.errors import (
+    BackendAuthError,
+    BackendError,
+    BackendUnavailable,
+    ConfigError,
+    InvalidCiphertext,
+    InvalidRequest,
+    KeyNotFound,
+    KubeshieldError,
+)
+from kubeshield.keys._transit_auth import (
+    AppRoleAuth,
+    AuthStatus,
+    KubernetesAuth,
+    TokenAuth,
+    TokenSession,
+    TransitAuth,
+)
+from kubeshield.keys._transit_http import TransitHTTP
+from kubeshield.keys.base import Health, Wrapped
+
+__all__ = [
+    "AppRoleAuth",
+    "AuthStatus",
+    "KubernetesAuth",
+    "TokenAuth",
+    "TransitAuth",
+    "TransitKeyBackend",
+]
+
+_AAD_DOMAIN: Final = b"kubeshield-transit-v1\x00"
+_HEALTH_AAD: Final = b"kubeshield-health"
+_NAME_RE: Final = re.compile(r"[A-Za-z0-9_.-]+")
+_MOUNT_RE: Final = re.compile(r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*")
+_CIPHERTEXT_RE: Final = re.compile(rb"vault:v([1-9][0-9]{0,9}):([A-Za-z0-9+/]+={0,2})")
+_SUPPORTED_TYPES: Final = frozenset({"aes256-gcm96", "aes128-gcm96", "chacha20-poly1305"})
+_RECHECK_AFTER_FAILURE: Final = 1.0  # seconds between metadata re-reads caused by refused decrypts
+
+
+@dataclass(frozen=True, slots=True)
+class _KeyState:
+    latest: int
+    min_decryption: int
+    created: Mapping[int, int]  # version -> creation time reported by the key service
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+class TransitKeyBackend:
+    """KEK versions of one Transit key. Thread-safe. See the module docstring for formats and errors."""
+
+    name = "transit"
+
+    def __init__(
+        self,
+        *,
+        address: str,
+        mount: str = "transit",
+        key: str,
+        auth: TransitAuth,
+        ca_file: str | None = None,
+        timeout: float = 2.0,
+        namespace: str | None = None,
+        refresh_interval: float = 10.0,
+        clock: Callable[[], float] = time.time,
+        rng: Callable[[int], bytes] = os.urandom,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        if not _MOUNT_RE.fullmatch(mount) or ".." in mount:
+            raise ConfigError("transit mount must be a path of letters, digits, '_', '.', '-'")
+        if not _NAME_RE.fullmatch(key) or key in {".", ".."}:
+            raise ConfigError("transit key must be a name of letters, digits, '_', '.', '-'")
+        if refresh_interval < 0:
+            raise ConfigError("transit refresh interval must not be negative")
+        self._mount = mount
+        self._key = key
+        self._clock = clock
+        self._rng = rng
+        self._refresh_interval = refresh_interval
+        self._lock = threading.Lock()
+        self._refresh_lock = threading.Lock()
+        self._state: _KeyState | None = None
+        self._closed = False
+        self._last_read = float("-inf")
+        self._http = TransitHTTP(
+            address=address, ca_file=ca_file, timeout=timeout, namespace=namespace, transport=transport
+        )
+        self._session = TokenSession(http=self._http, auth=auth, clock=clock)
+        try:
+            self.refresh(force=True)
+        except BaseException:
+            self._http.close()
+            raise
+
+    # -- KeyBackend ---------------------------------------------------------------------------------
+
+    def key_id(self) -> str:
+        return self._key_id_for(self._current().latest)
+
+    def wrap(self, plaintext: bytes, *, aad: bytes = b"") -> Wrapped:
+        if not isinstance(plaintext, bytes):
+            raise TypeError("plaintext must be bytes")
+        if not isinstance(aad, bytes):
+            raise TypeError("aad must be bytes")
+        if not plaintext:
+            raise InvalidRequest("plaintext must not be empty")
+        version = self._current().latest
+        body = {
+            "plaintext": _b64(plaintext),
+            "associated_data": _b64(_AAD_DOMAIN + aad),
+            "key_version": version,
+        }
+        data = self._data(self._call("POST", f"{self._mount}/encrypt/{self._key}", op="encrypt", body=body))
+        ciphertext = data.get("ciphertext")
+        if (
+            not isinstance(ciphertext, str)
+            or data.get("key_version", version) != version
+            or not ciphertext.startswith(f"vault:v{version}:")
+            or not _CIPHERTEXT_RE.fullmatch(ciphertext.encode("ascii", "replace"))
+        ):
+            raise BackendError("transit encrypt: the key service sent an unexpected reply")
+        return Wrapped(ciphertext=ciphertext.encode("ascii"), key_id=self._key_id_for(version))
+
+    def unwrap(self, wrapped: Wrapped, *, aad: bytes = b"") -> bytes:
+        if not isinstance(wrapped, Wrapped):
+            raise TypeError("wrapped must be a Wrapped")
+        if not isinstance(aad, bytes):
+            raise TypeError("aad must be bytes")
+        match = _CIPHERTEXT_RE.fullmatch(wrapped.ciphertext)
+        if match is None:
+            raise InvalidCiphertext()
+        version = int(match.group(1))
+        if wrapped.key_id:
+            id_version = self._version_of_key_id(wrapped.key_id)
+            if id_version != version:
+                raise InvalidCiphertext()
+        self._check_decryptable(version, self._current())
+        body = {
+            "ciphertext": wrapped.ciphertext.decode("ascii"),
+            "associated_data": _b64(_AAD_DOMAIN + aad),
+        }
+        try:
+            reply = self._call("POST", f"{self._mount}/decrypt/{self._key}", op="decrypt", body=body)
+        except InvalidCiphertext:
+            self._recheck_min_decryption(version)
+            raise
+        plaintext = self._data(reply).get("plaintext")
+        if not isinstance(plaintext, str):
+            raise BackendError("transit decrypt: the key service sent an unexpected reply")
+        try:
+            return base64.b64decode(plaintext, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise BackendError("transit decrypt: the key service sent an unexpected reply") from exc
+
+    def check_health(self) -> Health:
+        start = self._clock()
+        try:
+            self.refresh()
+            probe = self._rng(32)
+            if self.unwrap(self.wrap(probe, aad=_HEALTH_AAD), aad=_HEALTH_AAD) != probe:
+                raise BackendError("round trip returned different bytes")
+        except KubeshieldError as exc:
+            detail = f"{type(exc).__name__}: {exc}"
+            return Health(False, None, detail, start, self._clock() - start)
+        except Exception as exc:  # never raise from a health check
+            return Health(False, None, type(exc).__name__, start, self._clock() - start)
+        return Health(True, self.key_id(), "ok", start, self._clock() - start)
+
+    def close(self) -> None:
+        self._closed = True
+        self._http.close()
+
+    # -- Refreshable, Rotatable ---------------------------------------------------------------------
+
+    def refresh(self, *, force: bool = False) -> bool:
+        """Re-read the key's versions (at most once per ``refresh_interval`` unless ``force``).
+
+        Return True when the current key_id changed.
+        """
+        with self._refresh_lock:
+            if not force and self._clock() - self._last_read < self._refresh_interval:
+                return False
+            before = self._state
+            state = self._read_state()
+            if before is not None:
+                _check_no_reuse(before, state)
+            with self._lock:
+                self._state = state
+                self._last_read = self._clock()
+        return before is not None and before.latest != state.latest
+
+    def rotate(self) -> str:
+        """Create a new version of the Transit key in the key service and return its key_id."""
+        self._call("POST", f"{self._mount}/keys/{self._key}/rotate", op="rotate", body={})
+        self.refresh(force=True)
+        return self.key_id()
+
+    def auth_status(self) -> AuthStatus:
+        """Login and renewal counters of the credential (no secret)."""
+        return self._session.status()
+
+    # -- internals ----------------------------------------------------------------------------------
+
+    def _key_id_for(self, version: int) -> str:
+        return f"transit:{self._mount}/{self._key}:v{version}"
+
+    def _version_of_key_id(self, key_id: str) -> int:
+        prefix = f"transit:{self._mount}/{self._key}:v"
+        digits = key_id[len(prefix) :]
+        if not key_id.startswith(prefix) or not digits.isdigit() or not digits.isascii() or digits[0] == "0":
+            raise KeyNotFound("the key_id does not name a version of this transit key")
+        return int(digits)
+
+    def _current(self) -> _KeyState:
+        state = self._state
+        if state is None:  # pragma: no cover - __init__ always loads it
+            raise BackendError("transit key state is not loaded")
+        return state
+
+    def _check_decryptable(self, version: int, state: _KeyState) -> None:
+        if version < state.min_decryption:
+            raise KeyNotFound(
+                f"transit key {self._mount}/{self._key} version v{version} is below its "
+                f"min_decryption_version ({state.min_decryption}): that version was retired"
+            )
+
+    def _recheck_min_decryption(self, version: int) -> None:
+        """After a refused decrypt: maybe the operator raised min_decryption_version since our last read."""
+        if self._clock() - self._last_read < _RECHECK_AFTER_FAILURE:
+            return
+        try:
+            self.refresh(force=True)
+        except KeyNotFound:
+            raise
+        except BackendError:
+            return
+        self._check_decryptable(version, self._current())
+
+    def _read_state(self) -> _KeyState:
+        data = self._data(self._call("GET", f"{self._mount}/keys/{self._key}", op="read key"))
+        key_type = data.get("type")
+        if key_type not in _SUPPORTED_TYPES:
+            raise ConfigError(
+                f"transit key {self._mount}/{self._key} has type {key_type!r}; "
+                f"use one of {', '.join(sorted(_SUPPORTED_TYPES))}"
+            )
+        if data.get("derived") or data.get("convergent_encryption"):
+            raise ConfigError(f"transit key {self._mount}/{self._key} is derived; use a non-derived key")
+        latest = data.get("latest_version")
+        min_dec = data.get("min_decryption_version")
+        keys = data.get("keys")
+        if not isinstance(latest, int) or not isinstance(min_dec, int) or not isinstance(keys, dict):
+            raise BackendError("transit read key: the key service sent an unexpected reply")
+        try:
+            created = {int(v): int(t) for v, t in keys.items() if isinstance(t, int)}
+        except ValueError as exc:
+            raise BackendError("transit read key: the key service sent an unexpected reply") from exc
+        if latest < 1:
+            raise BackendError("transit read key: the key service sent an unexpected reply")
+        return _KeyState(latest=latest, min_decryption=max(min_dec, 1), created=created)
+
+    def _call(
+        self, method: str, path: str, *, op: str, body: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        if self._closed:
+            raise BackendUnavailable("transit backend is closed")
+        decrypt = op == "decrypt"
+        token = self._session.token()
+        try:
+            return self._http.request(method, path, op=op, token=token, body=body, decrypt=decrypt)
+        except BackendAuthError:
+            if not self._session.invalidate(token):
+                raise
+        token = self._session.token()
+        return self._http.request(method, path, op=op, token=token, body=body, decrypt=decrypt)
+
+    @staticmethod
+    def _data(reply: dict[str, Any]) -> dict[str, Any]:
+        data = reply.get("data")
+        if not isinstance(data, dict):
+            raise BackendError("transit: the key service sent an unexpected reply")
+        return data
+
+
+def _check_no_reuse(old: _KeyState, new: _KeyState) -> None:
+    recreated = new.latest < old.latest or any(
+        version in new.created and new.created[version] != created for version, created in old.created.items()
+    )
+    if recreated:
+        raise KeyNotFound(
+            "the transit key was deleted and re-created under the same name; refusing to reuse its key ids"
+        )
