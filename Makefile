@@ -17,8 +17,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	@touch $@
 
-$(SYSDEPS_STAMP): scripts/install-system-deps
+$(SYSDEPS_STAMP): scripts/install-system-deps $(STAMP)
 	bash scripts/install-system-deps
+	@# tpm2-pytss builds against Debian's libtss2-dev, so it comes after the system packages
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[tpm]'
 	@touch $@
 
 # Start the KMS v2 plugin on an embedded default: a local keyring created on first use under
