@@ -1,0 +1,1 @@
+"""Generated gRPC stubs for the subset of etcd v3 we use (see protos/etcd/). Do not edit."""

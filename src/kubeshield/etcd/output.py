@@ -1,0 +1,69 @@
+"""Writing recovered objects to disk: one file per object, mode 0600, written atomically.
+
+Layout: ``<out-dir>/<resource>/<namespace>/<name>.<yaml|json>`` (cluster-scoped objects have no
+namespace directory). Every path part is percent-encoded so a key with odd characters (``/``, ``..``,
+control bytes) can never escape the output directory. A file is written to a temp file in the same
+directory, fsynced, renamed into place and the directory fsynced, so nothing is ever half-written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import yaml
+
+from kubeshield.etcd.keys import KeyPath
+
+__all__ = ["dump_manifest", "manifest_path", "write_private_atomic"]
+
+
+def _part(text: str) -> str:
+    safe = quote(text, safe="-_.@+=,~")
+    if safe in (".", ".."):
+        return safe.replace(".", "%2E")
+    return safe or "_"
+
+
+def manifest_path(out_dir: Path, path: KeyPath, *, fmt: str) -> Path:
+    """Where the object at ``path`` goes under ``out_dir``."""
+    parts = [_part(path.resource or "_")]
+    if path.namespace is not None:
+        parts.append(_part(path.namespace))
+    parts.append(_part(path.name or "_") + "." + fmt)
+    return out_dir.joinpath(*parts)
+
+
+def dump_manifest(manifest: dict[str, Any], *, fmt: str) -> str:
+    """One manifest as YAML (a document) or JSON (indented)."""
+    if fmt == "json":
+        return json.dumps(manifest, indent=2, sort_keys=False) + "\n"
+    return str(yaml.safe_dump(manifest, sort_keys=False, default_flow_style=False))
+
+
+def write_private_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` (mode 0600) atomically: temp file, fsync, rename, fsync dir."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".kubeshield-", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
