@@ -1,0 +1,332 @@
+"""AWS KMS key backend (boto3): the KEK is a symmetric AWS KMS key; wrap = Encrypt, unwrap = Decrypt.
+
+Byte layout and EncryptionContext: :mod:`kubeshield.keys._aws_format`. Every call names our key ARN
+(``KeyId``) and our context, so a ciphertext made under another key, another key_id or another aad
+fails with InvalidCiphertext, and a reply for another key is refused.
+
+What key_id changes mean here (read this before relying on them): AWS keeps every generation of key
+material under the same ARN and picks the right one from the ciphertext, so the ARN alone never
+changes. kubeshield adds a local *rotation generation* ``n`` = 1 + the number of completed rotations
+AWS lists for the key (automatic or on demand), giving key_id ``awskms:<ARN>:<n>``. It changes exactly
+when AWS has rotated the key material, which tells kube-apiserver to re-wrap its DEKs under the new
+material; old key_ids keep decrypting for as long as the AWS key exists (AWS never deletes old
+material of a key). It does not change when the key is merely re-enabled or its policy edited.
+``refresh()`` re-reads the rotation list; ``rotate()`` calls RotateKeyOnDemand (moto supports it). On
+real AWS an on-demand rotation completes asynchronously, so ``rotate()`` may return the old key_id and
+a later ``refresh()`` picks the new one up.
+
+Timeouts: the client uses short connect/read timeouts and at most two attempts (botocore "standard"
+retry mode), so a call returns, or fails with BackendTimeout/BackendUnavailable, well within
+kube-apiserver's 3 s KMS timeout. Errors never carry an AWS response body or message: only the error
+code and the HTTP status.
+
+boto3 is imported here and nowhere else in kubeshield.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import boto3  # type: ignore[import-untyped,unused-ignore]
+import botocore.config  # type: ignore[import-untyped,unused-ignore]
+import botocore.exceptions as bce  # type: ignore[import-untyped,unused-ignore]
+
+from kubeshield.config.settings import AwsKmsSettings
+from kubeshield.errors import (
+    BackendAuthError,
+    BackendError,
+    BackendTimeout,
+    BackendUnavailable,
+    ConfigError,
+    InvalidCiphertext,
+    InvalidRequest,
+    KeyNotFound,
+)
+from kubeshield.keys import _aws_format as fmt
+from kubeshield.keys.base import Health, Wrapped
+
+__all__ = ["AwsKmsKeyBackend", "map_exceptions"]
+
+_HEALTH_AAD = b"kubeshield/health"
+_MAX_PLAINTEXT = 4096  # AWS KMS Encrypt limit
+
+_UNAVAILABLE_CODES = frozenset(
+    {
+        "ThrottlingException",
+        "Throttling",
+        "RequestLimitExceeded",
+        "LimitExceededException",
+        "TooManyRequestsException",
+        "KMSInternalException",
+        "KeyUnavailableException",
+        "ServiceUnavailable",
+        "ServiceUnavailableException",
+        "InternalFailure",
+        "CustomKeyStoreInvalidStateException",
+    }
+)
+_TIMEOUT_CODES = frozenset({"DependencyTimeoutException", "RequestTimeout", "RequestTimeoutException"})
+_AUTH_CODES = frozenset(
+    {
+        "AccessDeniedException",
+        "AccessDenied",
+        "UnrecognizedClientException",
+        "InvalidSignatureException",
+        "IncompleteSignature",
+        "ExpiredTokenException",
+        "ExpiredToken",
+        "InvalidClientTokenId",
+        "SignatureDoesNotMatch",
+        "InvalidGrantTokenException",
+    }
+)
+_PERMISSION_PROBE_TTL = 5.0
+_KEY_CODES = frozenset({"NotFoundException", "DisabledException", "KMSInvalidStateException"})
+_CIPHERTEXT_CODES = frozenset(
+    {"InvalidCiphertextException", "IncorrectKeyException", "InvalidKeyUsageException", "ValidationException"}
+)
+
+
+@contextlib.contextmanager
+def map_exceptions(*, decrypting: bool = False) -> Iterator[None]:
+    """Translate botocore errors into the kubeshield tree (chained ``from`` the SDK error).
+
+    Throttling/5xx -> BackendUnavailable; timeouts -> BackendTimeout; refused credentials ->
+    BackendAuthError; missing/disabled key -> KeyNotFound; with ``decrypting=True`` a refused
+    ciphertext -> InvalidCiphertext. Messages hold the AWS error code and HTTP status only.
+    """
+    try:
+        yield
+    except bce.ClientError as exc:
+        err = exc.response.get("Error", {}) if isinstance(exc.response, dict) else {}
+        code = str(err.get("Code", "")) or "Unknown"
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        where = f"AWS KMS {exc.operation_name} failed: {code} (HTTP {status})"
+        if decrypting and code in _CIPHERTEXT_CODES:
+            raise InvalidCiphertext() from exc
+        if code in _UNAVAILABLE_CODES or (isinstance(status, int) and status >= 500):
+            raise BackendUnavailable(where) from exc
+        if code in _TIMEOUT_CODES:
+            raise BackendTimeout(where) from exc
+        if code in _AUTH_CODES:
+            raise BackendAuthError(where) from exc
+        if code in _KEY_CODES:
+            raise KeyNotFound(where) from exc
+        if code == "ValidationException":
+            raise InvalidRequest(where) from exc
+        raise BackendError(where) from exc
+    except (bce.ConnectTimeoutError, bce.ReadTimeoutError) as exc:
+        raise BackendTimeout(f"AWS KMS did not answer in time ({type(exc).__name__})") from exc
+    except (bce.NoCredentialsError, bce.PartialCredentialsError, bce.CredentialRetrievalError) as exc:
+        raise BackendAuthError(f"no usable AWS credentials ({type(exc).__name__})") from exc
+    except bce.NoRegionError as exc:
+        raise ConfigError("region: no AWS region given (set keys.awskms.region or AWS_REGION)") from exc
+    except (bce.EndpointConnectionError, bce.ConnectionError, bce.HTTPClientError) as exc:
+        raise BackendUnavailable(f"cannot reach AWS KMS ({type(exc).__name__})") from exc
+    except bce.BotoCoreError as exc:
+        raise BackendUnavailable(f"AWS KMS call failed ({type(exc).__name__})") from exc
+
+
+class AwsKmsKeyBackend:
+    """A symmetric AWS KMS key as KEK (see the module docstring for the key_id semantics)."""
+
+    name = "awskms"
+
+    def __init__(
+        self,
+        *,
+        key_id: str,
+        region: str | None,
+        endpoint_url: str | None = None,
+        connect_timeout: float = 0.5,
+        read_timeout: float = 0.8,
+        max_attempts: int = 2,
+        rng: Callable[[int], bytes] = os.urandom,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if not isinstance(key_id, str) or not key_id:
+            raise ConfigError("keyId: the AWS KMS key id, ARN or alias is required")
+        if max_attempts < 1:
+            raise ValueError("max_attempts must be >= 1")
+        self._rng = rng
+        self._clock = clock
+        self._lock = threading.Lock()
+        config = botocore.config.Config(
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            retries={"total_max_attempts": max_attempts, "mode": "standard"},
+            tcp_keepalive=True,
+        )
+        with map_exceptions():
+            self._client: Any = boto3.session.Session().client(
+                "kms", region_name=region, endpoint_url=endpoint_url, config=config
+            )
+        self._closed = False
+        self._probe_at = float("-inf")
+        self._probe_ok = False
+        try:
+            self._arn = self._resolve(key_id)
+            self._generation = self._read_generation()
+        except BaseException:
+            self._client.close()
+            raise
+
+    @classmethod
+    def from_settings(cls, settings: AwsKmsSettings) -> AwsKmsKeyBackend:
+        """Build from ``keys.awskms``; credentials come from the usual AWS chain (env, profile, IRSA)."""
+        return cls(key_id=settings.key_id, region=settings.region, endpoint_url=settings.endpoint_url)
+
+    # -- remote reads -----------------------------------------------------------------------------------
+
+    def _resolve(self, key_id: str) -> str:
+        with map_exceptions():
+            meta = self._client.describe_key(KeyId=key_id)["KeyMetadata"]
+        if meta.get("KeyState") != "Enabled":
+            raise KeyNotFound(f"AWS KMS key is not enabled (state {meta.get('KeyState')!s})")
+        if meta.get("KeySpec", "SYMMETRIC_DEFAULT") != "SYMMETRIC_DEFAULT" or meta.get("KeyUsage") != (
+            "ENCRYPT_DECRYPT"
+        ):
+            raise ConfigError("keyId: the AWS KMS key must be SYMMETRIC_DEFAULT with usage ENCRYPT_DECRYPT")
+        return str(meta["Arn"])
+
+    def _read_generation(self) -> int:
+        rotations = 0
+        kwargs: dict[str, Any] = {"KeyId": self._arn}
+        with map_exceptions():
+            while True:
+                page = self._client.list_key_rotations(**kwargs)
+                rotations += len(page.get("Rotations", []))
+                marker = page.get("NextMarker")
+                if not page.get("Truncated") or not marker:
+                    break
+                kwargs["Marker"] = marker
+        return min(1 + rotations, fmt.MAX_GENERATION)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise BackendUnavailable("the AWS KMS backend is closed")
+
+    # -- KeyBackend ------------------------------------------------------------------------------------
+
+    def key_id(self) -> str:
+        """The key_id of the last known generation (no remote call)."""
+        return fmt.make_key_id(arn=self._arn, generation=self._generation)
+
+    def wrap(self, plaintext: bytes, *, aad: bytes = b"") -> Wrapped:
+        """KMS Encrypt under our ARN with our EncryptionContext; layout in :mod:`._aws_format`."""
+        if not isinstance(plaintext, bytes) or not isinstance(aad, bytes):
+            raise TypeError("plaintext and aad must be bytes")
+        if not 1 <= len(plaintext) <= _MAX_PLAINTEXT:
+            raise InvalidRequest(f"plaintext must be 1..{_MAX_PLAINTEXT} bytes for AWS KMS")
+        self._check_open()
+        generation = self._generation
+        key_id = fmt.make_key_id(arn=self._arn, generation=generation)
+        with map_exceptions():
+            resp = self._client.encrypt(
+                KeyId=self._arn,
+                Plaintext=plaintext,
+                EncryptionContext=fmt.encryption_context(key_id=key_id, aad=aad),
+                EncryptionAlgorithm="SYMMETRIC_DEFAULT",
+            )
+        if resp.get("KeyId") != self._arn:
+            raise BackendError("AWS KMS answered for another key")
+        return Wrapped(
+            ciphertext=fmt.encode_ciphertext(generation=generation, blob=resp["CiphertextBlob"]),
+            key_id=key_id,
+        )
+
+    def unwrap(self, wrapped: Wrapped, *, aad: bytes = b"") -> bytes:
+        if not isinstance(wrapped, Wrapped) or not isinstance(aad, bytes):
+            raise TypeError("unwrap takes a Wrapped and bytes aad")
+        generation, blob = fmt.decode_ciphertext(wrapped.ciphertext)
+        key_id = fmt.make_key_id(arn=self._arn, generation=generation)
+        if wrapped.key_id and wrapped.key_id != key_id:
+            raise InvalidCiphertext()
+        self._check_open()
+        context = fmt.encryption_context(key_id=key_id, aad=aad)
+        try:
+            plaintext = self._decrypt(blob, context)
+        except BackendAuthError:
+            # AccessDenied on Decrypt means either "our credential may not decrypt" or "this blob names
+            # a key we cannot use" (a foreign or altered blob; moto answers so for any altered key-id
+            # byte). Our own probe tells them apart; its result is cached for a few seconds.
+            if self._can_decrypt():
+                raise InvalidCiphertext() from None
+            raise
+        return plaintext
+
+    def _decrypt(self, blob: bytes, context: dict[str, str]) -> bytes:
+        with map_exceptions(decrypting=True):
+            resp = self._client.decrypt(
+                KeyId=self._arn,
+                CiphertextBlob=blob,
+                EncryptionContext=context,
+                EncryptionAlgorithm="SYMMETRIC_DEFAULT",
+            )
+        if resp.get("KeyId") != self._arn:
+            raise InvalidCiphertext()
+        return bytes(resp["Plaintext"])
+
+    def _can_decrypt(self) -> bool:
+        now = self._clock()
+        if now - self._probe_at < _PERMISSION_PROBE_TTL:
+            return self._probe_ok
+        ok = False
+        with contextlib.suppress(BackendError, InvalidCiphertext, InvalidRequest):
+            probe = self._rng(32)
+            wrapped = self.wrap(probe, aad=_HEALTH_AAD)
+            _generation, blob = fmt.decode_ciphertext(wrapped.ciphertext)
+            context = fmt.encryption_context(key_id=wrapped.key_id, aad=_HEALTH_AAD)
+            ok = hmac.compare_digest(self._decrypt(blob, context), probe)
+        self._probe_at, self._probe_ok = now, ok
+        return ok
+
+    def check_health(self) -> Health:
+        start = self._clock()
+        try:
+            probe = self._rng(32)
+            wrapped = self.wrap(probe, aad=_HEALTH_AAD)
+            if not hmac.compare_digest(self.unwrap(wrapped, aad=_HEALTH_AAD), probe):
+                raise BackendError("the round trip returned different bytes")
+        except Exception as exc:
+            detail = (
+                "InvalidCiphertext" if isinstance(exc, InvalidCiphertext) else f"{type(exc).__name__}: {exc}"
+            )
+            if not isinstance(exc, (BackendError, ConfigError, InvalidCiphertext, InvalidRequest)):
+                detail = type(exc).__name__
+            return Health(False, None, detail, start, self._clock() - start)
+        return Health(True, wrapped.key_id, "ok", start, self._clock() - start)
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._client.close()
+
+    # -- optional abilities ----------------------------------------------------------------------------
+
+    def refresh(self) -> bool:
+        """Re-read the key's rotation list; True when the generation (and so the key_id) changed."""
+        self._check_open()
+        generation = self._read_generation()
+        with self._lock:
+            changed = generation != self._generation
+            self._generation = generation
+        return changed
+
+    def rotate(self) -> str:
+        """RotateKeyOnDemand, then refresh. On real AWS the rotation may finish later (see above)."""
+        self._check_open()
+        with map_exceptions():
+            self._client.rotate_key_on_demand(KeyId=self._arn)
+        self.refresh()
+        return self.key_id()
+
+    def __repr__(self) -> str:
+        return f"AwsKmsKeyBackend(key={self._arn!r})"
