@@ -1,0 +1,342 @@
+"""The custody process as a real subprocess: hardening, attestation of callers, faults, memory scan."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import tempfile
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from kubeshield.errors import BackendTimeout, BackendUnavailable, InvalidCiphertext, PolicyDenied
+from kubeshield.keys.enclave import EnclaveKeyBackend
+
+from ._support import (
+    CUSTODY_CLI,
+    PYTHON,
+    REPO,
+    allow_policy,
+    env,
+    memory_contains,
+    start_custody,
+    write_keyring,
+)
+
+NOBODY = pwd.getpwnam("nobody")
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0, reason="these tests start processes as other users (run as root)"
+)
+
+
+@pytest.fixture
+def workdir():
+    """A directory other users can traverse (pytest's own tmp root is 0700), removed afterwards."""
+    path = Path(tempfile.mkdtemp(prefix="ks-custody-", dir="/tmp"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def custody(workdir: Path):
+    kek = write_keyring(workdir / "keyring")
+    proc = start_custody(
+        keyring=workdir / "keyring",
+        socket=workdir / "custody.sock",
+        policy=allow_policy(workdir / "policy.yaml", uid=0),
+        extra=["--user", "nobody", "--socket-mode", "0666"],
+    )
+    proc.kek = kek  # type: ignore[attr-defined]
+    yield proc
+    proc.stop()
+
+
+def _status(pid: int) -> dict[str, str]:
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        k, _, v = line.partition(":")
+        out[k] = v.strip()
+    return out
+
+
+def _open_mem_as(uid: int, gid: int, pid: int) -> str:
+    """In a child that dropped to uid/gid, try to read /proc/<pid>/mem; returns 'ok' or the error name."""
+    r, w = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the child
+        os.close(r)
+        try:
+            os.setgroups([])
+            os.setgid(gid)
+            os.setuid(uid)
+            maps = Path(f"/proc/{pid}/maps").read_text().splitlines()
+            start = int(maps[0].split("-")[0], 16)
+            with open(f"/proc/{pid}/mem", "rb", 0) as mem:
+                mem.seek(start)
+                mem.read(16)
+            msg = b"ok"
+        except OSError as exc:
+            msg = type(exc).__name__.encode()
+        os.write(w, msg)
+        os._exit(0)
+    os.close(w)
+    data = os.read(r, 100).decode()
+    os.close(r)
+    os.waitpid(child, 0)
+    return data
+
+
+def test_round_trip_through_the_custody_process(custody) -> None:
+    backend = EnclaveKeyBackend(socket=str(custody.socket))
+    wrapped = backend.wrap(b"d" * 32, aad=b"ctx")
+    assert wrapped.ciphertext != b"d" * 32
+    assert backend.unwrap(wrapped, aad=b"ctx") == b"d" * 32
+    with pytest.raises(InvalidCiphertext):
+        backend.unwrap(wrapped, aad=b"other")
+    assert backend.check_health().ok
+    backend.close()
+
+
+def test_custody_runs_hardened(custody) -> None:
+    pid = custody.proc.pid
+    status = _status(pid)
+    assert status["Uid"].split()[0] == str(NOBODY.pw_uid)  # dropped to the given user
+    assert int(status["VmLck"].split()[0]) > 0  # mlockall in force
+    limits = Path(f"/proc/{pid}/limits").read_text()
+    core = next(line for line in limits.splitlines() if line.startswith("Max core file size"))
+    assert core.split()[4:6] == ["0", "0"]
+    # not dumpable: the kernel hands /proc/<pid>/mem to root, and a same-uid process cannot read it
+    assert os.stat(f"/proc/{pid}/mem").st_uid == 0
+    assert _open_mem_as(NOBODY.pw_uid, NOBODY.pw_gid, pid) == "PermissionError"
+
+
+def test_same_uid_can_read_an_unhardened_process(workdir: Path) -> None:
+    """Control for the test above: without hardening, the same uid CAN read /proc/<pid>/mem."""
+    plain = subprocess.Popen(
+        ["sleep", "30"], preexec_fn=lambda: (os.setgid(NOBODY.pw_gid), os.setuid(NOBODY.pw_uid))
+    )
+    try:
+        time.sleep(0.2)
+        assert os.stat(f"/proc/{plain.pid}/mem").st_uid == NOBODY.pw_uid
+        assert _open_mem_as(NOBODY.pw_uid, NOBODY.pw_gid, plain.pid) == "ok"
+    finally:
+        plain.kill()
+        plain.wait()
+
+
+def test_inherited_file_descriptors_are_closed(workdir: Path) -> None:
+    write_keyring(workdir / "keyring")
+    leak_r, leak_w = os.pipe()
+    leaked = os.readlink(f"/proc/self/fd/{leak_r}")
+    try:
+        proc = start_custody(
+            keyring=workdir / "keyring",
+            socket=workdir / "c.sock",
+            policy=allow_policy(workdir / "p.yaml"),
+            pass_fds=(leak_r,),
+        )
+        try:
+            targets = [
+                os.readlink(f"/proc/{proc.proc.pid}/fd/{fd}")
+                for fd in os.listdir(f"/proc/{proc.proc.pid}/fd")
+            ]
+        finally:
+            proc.stop()
+    finally:
+        os.close(leak_r)
+        os.close(leak_w)
+    assert leaked not in targets
+    assert sum(t.startswith("socket:") for t in targets) == 1  # only the listener
+    assert len(targets) <= 4  # stdin, stdout, stderr and the listener
+
+
+def test_mlock_failure_warns_or_refuses(workdir: Path) -> None:
+    import resource
+
+    write_keyring(workdir / "keyring")
+    policy = allow_policy(workdir / "p.yaml")
+
+    def as_nobody_without_memlock() -> None:
+        # a process that may not lock memory: no CAP_IPC_LOCK, no CAP_SYS_RESOURCE, RLIMIT_MEMLOCK 0
+        # (the interpreter lives under /root, so we stay uid 0 and drop the capabilities instead)
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        for cap in (14, 24):  # CAP_IPC_LOCK, CAP_SYS_RESOURCE
+            if libc.prctl(24, cap, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+                os._exit(99)
+        resource.setrlimit(resource.RLIMIT_MEMLOCK, (0, 0))
+
+    refused = subprocess.run(
+        [*CUSTODY_CLI, "serve", "--keyring", str(workdir / "keyring"),
+         "--socket", str(workdir / "r.sock"), "--policy", str(policy), "--require-mlock",
+         "--backend-factory", "tests.integration.custody._support:file_backend"],
+        capture_output=True, text=True, cwd=str(REPO), env=env(), timeout=60,
+        preexec_fn=as_nobody_without_memlock,
+    )  # fmt: skip
+    assert refused.returncode == 1
+    assert "mlockall failed" in refused.stderr and "--require-mlock" in refused.stderr
+    assert "ready" not in refused.stdout
+
+    warned = start_custody(
+        keyring=workdir / "keyring",
+        socket=workdir / "w.sock",
+        policy=policy,
+        preexec_fn=as_nobody_without_memlock,
+    )
+    try:
+        assert "SECURITY WARNING: mlockall failed" in warned.log
+    finally:
+        warned.stop()
+
+
+def test_policy_with_an_error_refuses_to_start_and_names_the_line(workdir: Path) -> None:
+    write_keyring(workdir / "keyring")
+    bad = workdir / "bad.yaml"
+    bad.write_text("version: 1\nrules:\n  - name: a\n    uid: 0\n    exe: abc\n")
+    result = subprocess.run(
+        [*CUSTODY_CLI, "serve", "--keyring", str(workdir / "keyring"),
+         "--socket", str(workdir / "s.sock"), "--policy", str(bad)],
+        capture_output=True, text=True, cwd=str(REPO), env=env(), timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "line 5" in result.stderr and "'exe'" in result.stderr
+    assert not (workdir / "s.sock").exists()
+
+
+def test_caller_with_another_uid_is_refused_and_logged(custody) -> None:
+    script = textwrap.dedent(f"""
+        import os
+        from kubeshield.errors import PolicyDenied
+        from kubeshield.keys.enclave import EnclaveKeyBackend
+        os.setgid({NOBODY.pw_gid}); os.setuid({NOBODY.pw_uid})  # after the imports: /root is 0700
+        try:
+            EnclaveKeyBackend(socket={str(custody.socket)!r}).wrap(b"x" * 32)
+        except PolicyDenied:
+            print("denied")
+        else:
+            print("allowed")
+    """)
+    out = subprocess.run(
+        [PYTHON, "-c", script], capture_output=True, text=True, cwd=str(REPO), env=env(), timeout=60
+    )
+    assert out.stdout.strip() == "denied", out.stderr
+    deadline = time.monotonic() + 5
+    while "PERMISSION DENIED" not in custody.log and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert f"uid={NOBODY.pw_uid}" in custody.log and "exe_sha256=" in custody.log
+
+
+def test_caller_with_another_exe_measurement_is_refused(workdir: Path) -> None:
+    write_keyring(workdir / "keyring")
+    policy = workdir / "p.yaml"
+    policy.write_text(
+        "version: 1\nrules:\n  - name: other-binary\n    uid: 0\n    exeSha256: " + "ab" * 32 + "\n"
+    )
+    proc = start_custody(keyring=workdir / "keyring", socket=workdir / "c.sock", policy=policy)
+    try:
+        with pytest.raises(PolicyDenied):
+            EnclaveKeyBackend(socket=str(workdir / "c.sock")).key_id()
+    finally:
+        proc.stop()
+
+
+def test_killed_mid_request_reports_unavailable_then_reconnects(workdir: Path) -> None:
+    write_keyring(workdir / "keyring")
+    policy = allow_policy(workdir / "p.yaml")
+    sock = workdir / "c.sock"
+    fast = start_custody(keyring=workdir / "keyring", socket=sock, policy=policy)
+    backend = EnclaveKeyBackend(socket=str(sock), timeout=10)
+    wrapped = backend.wrap(b"k" * 32)
+    fast.stop()
+    slow = start_custody(
+        keyring=workdir / "keyring",
+        socket=sock,
+        policy=policy,
+        env_extra={"KUBESHIELD_TEST_SLOW_UNWRAP": "30"},
+    )
+    outcome: list[object] = []
+
+    def call() -> None:
+        try:
+            outcome.append(backend.unwrap(wrapped))
+        except Exception as exc:
+            outcome.append(exc)
+
+    t = threading.Thread(target=call)
+    t.start()
+    time.sleep(1.0)  # the request is now inside the slow unwrap
+    os.kill(slow.proc.pid, signal.SIGKILL)
+    t.join(15)
+    slow.stop()
+    assert len(outcome) == 1 and isinstance(outcome[0], BackendUnavailable)
+    with pytest.raises(BackendUnavailable):
+        backend.unwrap(wrapped)  # nobody is listening
+    again = start_custody(keyring=workdir / "keyring", socket=sock, policy=policy)
+    try:
+        assert backend.unwrap(wrapped) == b"k" * 32  # reconnected, right plaintext
+    finally:
+        backend.close()
+        again.stop()
+
+
+def test_timeout_reports_backend_timeout(workdir: Path) -> None:
+    write_keyring(workdir / "keyring")
+    sock = workdir / "c.sock"
+    proc = start_custody(
+        keyring=workdir / "keyring", socket=sock, policy=allow_policy(workdir / "p.yaml"),
+        env_extra={"KUBESHIELD_TEST_SLOW_UNWRAP": "3"},
+    )  # fmt: skip
+    try:
+        backend = EnclaveKeyBackend(socket=str(sock), timeout=0.5)
+        wrapped = backend.wrap(b"t" * 32)
+        with pytest.raises(BackendTimeout):
+            backend.unwrap(wrapped)
+        backend.close()
+    finally:
+        proc.stop()
+
+
+_PLUGIN = """
+import sys
+from kubeshield.keys.base import Wrapped
+mode, arg = sys.argv[1], sys.argv[2]
+if mode == "enclave":
+    from kubeshield.keys.enclave import EnclaveKeyBackend
+    backend = EnclaveKeyBackend(socket=arg)
+else:
+    from tests.integration.custody._support import FileKeyBackend
+    backend = FileKeyBackend(keyring=arg)
+for i in range(200):
+    w = backend.wrap(bytes([i]) * 32, aad=b"ns/name")
+    assert backend.unwrap(w, aad=b"ns/name") == bytes([i]) * 32
+print("ready", flush=True)
+sys.stdin.readline()
+"""
+
+
+def _scan_plugin(mode: str, arg: str, kek: bytes) -> bool:
+    proc = subprocess.Popen(
+        [PYTHON, "-c", _PLUGIN, mode, arg], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        cwd=str(REPO), env=env(),
+    )  # fmt: skip
+    with proc:
+        try:
+            assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+            return memory_contains(proc.pid, kek)
+        finally:
+            proc.kill()
+
+
+def test_plugin_using_the_enclave_backend_holds_no_kek(custody, workdir: Path) -> None:
+    kek = custody.kek
+    assert _scan_plugin("local", str(workdir / "keyring"), kek) is True  # the scan can find a KEK
+    assert _scan_plugin("enclave", str(custody.socket), kek) is False  # and finds none here
+    assert memory_contains(custody.proc.pid, kek) is True  # it lives in the custody process instead

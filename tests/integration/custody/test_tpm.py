@@ -1,0 +1,146 @@
+"""TPM sealing and attestation against real swtpm instances (one pair per module)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kubeshield.custody.attest import AttestationError, parse_quote, verify_statement
+from kubeshield.errors import BackendUnavailable
+from kubeshield.keys.tpm import TpmSealer, TpmUnsealError
+from tests.support.swtpm import start_swtpm
+
+from ._support import CUSTODY_CLI, REPO, allow_policy, env, start_custody, write_keyring
+
+
+@pytest.fixture(scope="module")
+def tpms(tmp_path_factory):
+    a = start_swtpm(tmp_path_factory.mktemp("tpm-a"))
+    b = start_swtpm(tmp_path_factory.mktemp("tpm-b"))
+    yield a, b
+    a.stop()
+    b.stop()
+
+
+def test_seal_unseal_round_trip_without_and_with_pcr_policy(tpms) -> None:
+    a, _ = tpms
+    secret = os.urandom(32)
+    for pcrs in ((), (16,), (7, 16)):
+        sealer = TpmSealer(tcti=a.tcti, pcrs=pcrs)
+        blob = sealer.seal(secret)
+        assert secret not in blob
+        assert sealer.unseal(blob) == secret
+
+
+def test_sealed_blob_does_not_unseal_on_another_tpm(tpms) -> None:
+    a, b = tpms
+    blob = TpmSealer(tcti=a.tcti).seal(b"k" * 32)
+    with pytest.raises(TpmUnsealError, match="sealed by another TPM"):
+        TpmSealer(tcti=b.tcti).unseal(blob)
+
+
+def test_changed_pcr_state_fails_with_a_clear_error(tpms) -> None:
+    a, _ = tpms
+    sealer = TpmSealer(tcti=a.tcti, pcrs=(23,))
+    blob = sealer.seal(b"p" * 32)
+    assert sealer.unseal(blob) == b"p" * 32
+    sealer.extend(23, b"a new boot component")
+    with pytest.raises(TpmUnsealError, match="PCR 23 changed since sealing"):
+        sealer.unseal(blob)
+
+
+@pytest.mark.parametrize("cut", [1, 10, 100])
+def test_damaged_blob_is_refused(tpms, cut: int) -> None:
+    a, _ = tpms
+    blob = TpmSealer(tcti=a.tcti).seal(b"d" * 32)
+    with pytest.raises(TpmUnsealError):
+        TpmSealer(tcti=a.tcti).unseal(blob[:-cut])
+    flipped = blob[:-5] + bytes([blob[-5] ^ 1]) + blob[-4:]
+    with pytest.raises(TpmUnsealError):
+        TpmSealer(tcti=a.tcti).unseal(flipped)
+
+
+def test_absent_tpm_is_unavailable(tmp_path: Path) -> None:
+    with pytest.raises(BackendUnavailable, match="cannot open the TPM"):
+        TpmSealer(tcti="swtpm:host=127.0.0.1,port=1").seal(b"x")
+
+
+@pytest.fixture
+def custody(tmp_path: Path):
+    write_keyring(tmp_path / "keyring")
+    proc = start_custody(
+        keyring=tmp_path / "keyring", socket=tmp_path / "c.sock", policy=allow_policy(tmp_path / "p.yaml")
+    )
+    yield proc
+    proc.stop()
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CUSTODY_CLI, *args], capture_output=True, text=True, cwd=str(REPO), env=env(), timeout=60
+    )
+
+
+def test_attest_and_verify_round_trip_and_reject_a_wrong_nonce(tpms, custody, tmp_path: Path) -> None:
+    a, b = tpms
+    nonce = os.urandom(32).hex()
+    out = _cli(
+        "attest", "--socket", str(custody.socket), "--tcti", a.tcti, "--nonce", nonce, "--pcrs", "7,16"
+    )
+    assert out.returncode == 0, out.stderr
+    statement = json.loads(out.stdout)
+    assert statement["measurement"]["pid"] == custody.proc.pid
+    assert statement["keyIds"] and statement["keyIds"][0].startswith("file:v1:")
+    info = parse_quote(base64.b64decode(statement["quote"]))
+    assert info.extra_data.hex() == nonce and info.pcrs == (7, 16)
+
+    path = tmp_path / "statement.json"
+    path.write_text(out.stdout)
+    ok = _cli("verify", "--statement", str(path), "--nonce", nonce)
+    assert ok.returncode == 0 and ok.stdout.startswith("verified"), ok.stderr
+    ak = tmp_path / "ak.pem"
+    ak.write_text(statement["akPublicKey"])
+    assert _cli("verify", "--statement", str(path), "--nonce", nonce, "--ak-public", str(ak)).returncode == 0
+
+    replay = _cli("verify", "--statement", str(path), "--nonce", os.urandom(32).hex())
+    assert replay.returncode == 1 and "not our nonce" in replay.stderr
+
+    # the same statement checked against another TPM's attestation key is refused
+    other_ak = TpmSealer(tcti=b.tcti).quote(nonce=b"x", pcrs=(7,)).ak_public_pem
+    with pytest.raises(AttestationError, match="another attestation key"):
+        verify_statement(statement, nonce=bytes.fromhex(nonce), ak_public_pem=other_ak)
+
+
+def test_tampered_quote_or_signature_is_rejected(tpms) -> None:
+    a, _ = tpms
+    nonce = b"n" * 20
+    q = TpmSealer(tcti=a.tcti).quote(nonce=nonce, pcrs=(7,))
+    good = {
+        "version": 1, "nonce": nonce.hex(), "pcrs": [7], "akPublicKey": q.ak_public_pem.decode(),
+        "quote": base64.b64encode(q.attest).decode(), "signature": base64.b64encode(q.signature).decode(),
+    }  # fmt: skip
+    assert verify_statement(good, nonce=nonce).pcrs == (7,)
+    bad_quote = dict(good, quote=base64.b64encode(q.attest[:-1] + bytes([q.attest[-1] ^ 1])).decode())
+    with pytest.raises(AttestationError, match="signature does not verify"):
+        verify_statement(bad_quote, nonce=nonce)
+    with pytest.raises(AttestationError, match="PCR selection"):
+        verify_statement(dict(good, pcrs=[7, 16]), nonce=nonce)
+    with pytest.raises(AttestationError, match="malformed"):
+        verify_statement(dict(good, quote="***"), nonce=nonce)
+
+
+@settings(max_examples=300)
+@given(st.binary(max_size=300))
+def test_quote_parser_any_bytes_parse_or_raise_attestation_error(data: bytes) -> None:
+    try:
+        info = parse_quote(data)
+    except AttestationError:
+        return
+    assert len(info.extra_data) <= 64 and all(0 <= p < 2048 for p in info.pcrs)
