@@ -50,6 +50,7 @@ from typing import Any, Final
 
 import httpx
 
+from kubeshield.config.settings import TransitAuthSettings, TransitSettings
 from kubeshield.errors import (
     BackendAuthError,
     BackendError,
@@ -78,6 +79,7 @@ __all__ = [
     "TokenAuth",
     "TransitAuth",
     "TransitKeyBackend",
+    "auth_from_settings",
 ]
 
 _AAD_DOMAIN: Final = b"kubeshield-transit-v1\x00"
@@ -145,6 +147,17 @@ class TransitKeyBackend:
         except BaseException:
             self._http.close()
             raise
+
+    @classmethod
+    def from_settings(cls, settings: TransitSettings) -> TransitKeyBackend:
+        """Build from ``keys.transit``; the credential is read from the files its ``auth`` names."""
+        return cls(
+            address=settings.address,
+            mount=settings.mount,
+            key=settings.key,
+            auth=auth_from_settings(settings.auth),
+            ca_file=str(settings.ca_file) if settings.ca_file is not None else None,
+        )
 
     # -- KeyBackend ---------------------------------------------------------------------------------
 
@@ -334,6 +347,27 @@ class TransitKeyBackend:
         if not isinstance(data, dict):
             raise BackendError("transit: the key service sent an unexpected reply")
         return data
+
+
+def auth_from_settings(settings: TransitAuthSettings) -> TransitAuth:
+    """``keys.transit.auth`` -> the auth object; a missing field raises ``ConfigError`` naming it."""
+    if settings.method == "token":
+        if settings.token_file is None:
+            raise ConfigError("keys.transit.auth.tokenFile: required when method is token")
+        return TokenAuth(token_file=str(settings.token_file))
+    if settings.method == "approle":
+        if not settings.role_id:
+            raise ConfigError("keys.transit.auth.roleId: required when method is approle")
+        if settings.secret_id_file is None:
+            raise ConfigError("keys.transit.auth.secretIdFile: required when method is approle")
+        return AppRoleAuth(role_id=settings.role_id, secret_id_file=str(settings.secret_id_file))
+    if settings.method == "kubernetes":
+        if not settings.role:
+            raise ConfigError("keys.transit.auth.role: required when method is kubernetes")
+        if settings.jwt_file is None:
+            return KubernetesAuth(role=settings.role)
+        return KubernetesAuth(role=settings.role, jwt_file=str(settings.jwt_file))
+    raise ConfigError(f"keys.transit.auth.method: unknown method {settings.method!r}")
 
 
 def _check_no_reuse(old: _KeyState, new: _KeyState) -> None:

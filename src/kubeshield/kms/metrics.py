@@ -61,6 +61,11 @@ class KMSMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.break_glass = Counter(
+            "kubeshield_break_glass_decrypts",
+            "Decrypts served by the emergency keyring because the primary key backend was unreachable.",
+            registry=self.registry,
+        )
         self._key_id_hash: str | None = None
 
     def observe_operation(self, operation: str, code: str, seconds: float) -> None:
@@ -84,6 +89,11 @@ class KMSMetrics:
         self.health_check_duration.observe(seconds)
         if ok:
             self.backend_last_healthy.set(wall_time)
+
+    def count_break_glass(self, key_id: str) -> None:
+        """Count one Decrypt served by the emergency keyring (``key_id`` is not used as a label)."""
+        del key_id
+        self.break_glass.inc()
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""

@@ -104,10 +104,14 @@ class KMSService:
         health_timeout: float = 2.0,
         refresh_interval: float = 5.0,
         metrics: KMSMetrics | None = None,
+        v1_backend: KeyBackend | None = None,
     ) -> None:
         if health_interval <= 0 or health_timeout <= 0 or refresh_interval <= 0:
             raise ValueError("health_interval, health_timeout and refresh_interval must be > 0")
         self._backend = backend
+        # KMS v1 has no annotations, so it must not go through layers that need them (the local-KEK
+        # hierarchy, break-glass escrow): the caller passes the bare backend for v1.
+        self._v1_backend = v1_backend if v1_backend is not None else backend
         self._clock = clock
         self._wall_clock = wall_clock
         self.health_interval = health_interval
@@ -288,7 +292,7 @@ class KMSService:
     def v1_encrypt(self, plain: bytes) -> bytes:
         """KMS v1 Encrypt: wrap under the current KEK. v1 has no key_id: the blob must identify it."""
         _check_plaintext(plain)
-        wrapped = self._backend.wrap(plain, aad=AAD_V1)
+        wrapped = self._v1_backend.wrap(plain, aad=AAD_V1)
         if not 1 <= len(wrapped.ciphertext) <= MAX_V1_CIPHERTEXT:
             raise ContractViolation("v1 ciphertext length is outside 1..65535 bytes")
         return wrapped.ciphertext
@@ -296,12 +300,12 @@ class KMSService:
     def v1_decrypt(self, cipher: bytes) -> bytes:
         """KMS v1 Decrypt: the backend finds the KEK from the ciphertext (``key_id=""``)."""
         _check_ciphertext(cipher, limit=MAX_V1_CIPHERTEXT)
-        return self._backend.unwrap(Wrapped(ciphertext=cipher, key_id=""), aad=AAD_V1)
+        return self._v1_backend.unwrap(Wrapped(ciphertext=cipher, key_id=""), aad=AAD_V1)
 
     def close(self) -> None:
         """Stop the threads and close the backend."""
         self.stop()
-        self._backend.close()
+        self._backend.close()  # a v1 backend is a view of the same stack; closing v2 closes its primary
 
 
 def _check_plaintext(plaintext: bytes) -> None:
