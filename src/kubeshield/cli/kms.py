@@ -1,4 +1,5 @@
-"""``kubeshield kms``: run the KMS plugin, ask it for its status, print its EncryptionConfiguration.
+"""``kubeshield kms``: run the KMS plugin (locally or as an mTLS service), the node-local relay, ask a
+plugin for its status, print its EncryptionConfiguration.
 
 Only flag parsing and rendering live here; the plugin is ``kubeshield.kms``.
 """
@@ -7,7 +8,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import click
 
@@ -71,6 +72,23 @@ def _open_backend(
 @option(
     "--print-encryption-config", is_flag=True, help="Print the EncryptionConfiguration for the apiserver."
 )
+@option("--listen", help="Service mode: also serve KMS v2/v1 with mTLS on tcp://HOST:PORT.")
+@option("--tls-cert", type=click.Path(path_type=Path, dir_okay=False), help="Server certificate (PEM).")
+@option("--tls-key", type=click.Path(path_type=Path, dir_okay=False), help="Server private key (PEM).")
+@option("--client-ca", type=click.Path(path_type=Path, dir_okay=False), help="CA that signs client certs.")
+@option(
+    "--allow", help="Comma-separated client identities (SAN, or cn:NAME) allowed; default: any the CA signed."
+)
+@option(
+    "--etcd-endpoints", help="Sync the local keyring's versions through etcd at these URLs (comma-separated)."
+)
+@option("--etcd-cacert", type=click.Path(dir_okay=False), help="etcd CA certificate.")
+@option("--etcd-cert", type=click.Path(dir_okay=False), help="etcd client certificate.")
+@option("--etcd-key", type=click.Path(dir_okay=False), help="etcd client key.")
+@option(
+    "--sync-prefix", default="/kubeshield/keyring/", show_default=True, help="etcd prefix for keyring sync."
+)
+@option("--sync-interval", type=float, default=1.0, show_default=True, help="Seconds between keyring syncs.")
 @option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"]),
@@ -88,9 +106,20 @@ def serve(
     passphrase_file: Path | None,
     create_keyring: bool,
     print_encryption_config: bool,
+    listen: str | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    client_ca: Path | None,
+    allow: str | None,
+    etcd_endpoints: str | None,
+    etcd_cacert: str | None,
+    etcd_cert: str | None,
+    etcd_key: str | None,
+    sync_prefix: str,
+    sync_interval: float,
     log_level: str,
 ) -> int:
-    """Serve KMS v2 (and optionally v1) to kube-apiserver on a unix socket until SIGTERM/SIGINT."""
+    """Serve KMS v2 (and optionally v1) on a unix socket and/or, with --listen, over mTLS, until SIGTERM."""
     from kubeshield.kms.encryption_config import render_encryption_config
     from kubeshield.kms.http import HealthServer
     from kubeshield.kms.logging import configure_logging
@@ -100,22 +129,75 @@ def serve(
 
     configure_logging(log_level)
     settings = _settings(config)
-    socket = socket or str(settings.kms.socket)
+    listen = listen or settings.kms.listen
+    if listen:
+        tls = settings.kms.tls
+        tls_cert = tls_cert or (tls.cert if tls else None)
+        tls_key = tls_key or (tls.key if tls else None)
+        client_ca = client_ca or (tls.client_ca if tls else None)
+        missing = [
+            f
+            for f, v in (("--tls-cert", tls_cert), ("--tls-key", tls_key), ("--client-ca", client_ca))
+            if not v
+        ]
+        if missing:
+            raise click.UsageError(
+                f"--listen requires {', '.join(missing)} (service mode is always mutual TLS)"
+            )
+        socket = socket or None  # service mode: a unix socket only when asked for
+    else:
+        if tls_cert or tls_key or client_ca or allow:
+            raise click.UsageError("--tls-cert/--tls-key/--client-ca/--allow need --listen")
+        socket = socket or str(settings.kms.socket)
     if v1_socket is None and settings.kms.v1_socket is not None:
         v1_socket = str(settings.kms.v1_socket)
     if health_addr is None:
         health_addr = settings.kms.health_addr
+    credentials = None
+    allow_list = None
+    if listen:
+        from kubeshield.kms.server import parse_listen
+        from kubeshield.kms.tls import AllowList, ReloadingServerCredentials
+
+        parse_listen(listen)  # before anything is created
+
+        assert tls_cert is not None and tls_key is not None and client_ca is not None
+        credentials = ReloadingServerCredentials(cert=tls_cert, key=tls_key, client_ca=client_ca)
+        allow_list = AllowList.parse(allow)
     backend = _open_backend(
         settings, keyring=keyring, passphrase_file=passphrase_file, create_keyring=create_keyring
     )
     metrics = KMSMetrics()
-    service = KMSService(backend, metrics=metrics)
+    sync = None
+    if etcd_endpoints:
+        backend, sync = _with_sync(
+            backend,
+            endpoints=etcd_endpoints,
+            cacert=etcd_cacert,
+            cert=etcd_cert,
+            key=etcd_key,
+            prefix=sync_prefix,
+            interval=sync_interval,
+            passphrase_file=passphrase_file or settings.keys.local.passphrase_file,
+        )
+    service = KMSService(backend, metrics=metrics, refresh_interval=min(5.0, sync_interval) if sync else 5.0)
+    if sync is not None:
+        sync.set_on_change(service.refresh_now)
     server: KMSServer | None = None
     http: HealthServer | None = None
     try:
         server = KMSServer(
-            service, socket=socket, v1_socket=v1_socket, socket_group=socket_group, metrics=metrics
+            service,
+            socket=socket,
+            v1_socket=v1_socket,
+            socket_group=socket_group,
+            listen=listen,
+            tls=credentials,
+            allow=allow_list,
+            metrics=metrics,
         )
+        if sync is not None:
+            sync.start()
         service.start()
         state = service.last_health()
         if state is not None and not state.ok:
@@ -124,9 +206,14 @@ def serve(
         if health_addr:
             http = HealthServer(health_addr, service=service, metrics=metrics, serving=lambda: server.serving)
             http.start()
-        if print_encryption_config:
+        if print_encryption_config and server.socket_path is not None:
             click.echo(render_encryption_config(socket=server.socket_path), nl=False)
-        click.echo(f"serving KMS v2 on {server.socket_path}", err=True)
+        if server.socket_path is not None:
+            click.echo(f"serving KMS v2 on {server.socket_path}", err=True)
+        if server.listen is not None:
+            click.echo(
+                f"serving KMS v2/v1 with mTLS on tcp://{server.listen[0]}:{server.listen_port}", err=True
+            )
         return serve_until_signalled(server)
     finally:
         if server is not None and server.serving:
@@ -134,6 +221,127 @@ def serve(
         if http is not None:
             http.stop()
         service.close()
+
+
+def _with_sync(
+    backend: Any,
+    *,
+    endpoints: str,
+    cacert: str | None,
+    cert: str | None,
+    key: str | None,
+    prefix: str,
+    interval: float,
+    passphrase_file: Path | None,
+) -> tuple[Any, Any]:
+    """Wrap the local backend so its keyring versions are synchronised through etcd."""
+    from kubeshield.etcd.client import EtcdClient
+    from kubeshield.keys.local import LocalKeyBackend
+    from kubeshield.keys.passphrase import read_passphrase
+    from kubeshield.kms.sync import KeyringSync, SyncedBackend
+
+    if not isinstance(backend, LocalKeyBackend):
+        raise ConfigError(
+            "--etcd-endpoints: keyring sync is for the local backend; remote backends share their key already"
+        )
+    urls = [e.strip() for e in endpoints.split(",") if e.strip()]
+    store = EtcdClient(urls, cacert=cacert, cert=cert, key=key, timeout=2.0)
+    sync = KeyringSync(
+        store=store,
+        keyring=backend.path,
+        passphrase=read_passphrase(passphrase_file=passphrase_file),
+        prefix=prefix,
+        interval=interval,
+    )
+    return SyncedBackend(backend, sync), sync
+
+
+@group.command("relay")
+@option("--socket", required=True, help="KMS v2 socket for the apiserver (path or unix:/// endpoint).")
+@option("--v1-socket", help="Also serve the deprecated KMS v1 API on this socket.")
+@option("--socket-group", help="Make the sockets 0660 and owned by this group (non-root apiservers).")
+@option("--upstream", required=True, help="Replicas: https://HOST:PORT[,https://HOST:PORT...].")
+@option(
+    "--tls-cert", required=True, type=click.Path(path_type=Path, dir_okay=False), help="Client cert (PEM)."
+)
+@option("--tls-key", required=True, type=click.Path(path_type=Path, dir_okay=False), help="Client key (PEM).")
+@option(
+    "--ca", required=True, type=click.Path(path_type=Path, dir_okay=False), help="CA of the replicas' certs."
+)
+@option("--server-name", help="Expected name in the replicas' certificates (default: the upstream host).")
+@option(
+    "--check-interval", type=float, default=1.0, show_default=True, help="Seconds between replica checks."
+)
+@option(
+    "--budget", type=float, default=2.5, show_default=True, help="Seconds per call, all failovers included."
+)
+@option(
+    "--health-addr",
+    default="127.0.0.1:8082",
+    show_default=True,
+    help="HOST:PORT for /livez /readyz /metrics.",
+)
+@option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+    help="Log level (JSON lines on stderr).",
+)
+def relay(
+    socket: str,
+    v1_socket: str | None,
+    socket_group: str | None,
+    upstream: str,
+    tls_cert: Path,
+    tls_key: Path,
+    ca: Path,
+    server_name: str | None,
+    check_interval: float,
+    budget: float,
+    health_addr: str,
+    log_level: str,
+) -> int:
+    """Serve KMS v2/v1 on a local socket and forward to service replicas over mTLS, with failover."""
+    from kubeshield.kms.http import HealthServer
+    from kubeshield.kms.logging import configure_logging
+    from kubeshield.kms.metrics import KMSMetrics
+    from kubeshield.kms.relay import GrpcUpstream, Relay, parse_upstreams
+    from kubeshield.kms.server import KMSServer, serve_until_signalled
+    from kubeshield.kms.tls import client_credentials
+
+    configure_logging(log_level)
+    if budget <= 0 or check_interval <= 0:
+        raise click.UsageError("--budget and --check-interval must be > 0")
+    targets = parse_upstreams(upstream)
+    credentials = client_credentials(ca=ca, cert=tls_cert, key=tls_key)
+    metrics = KMSMetrics()
+    upstreams = [GrpcUpstream(t, credentials=credentials, server_name=server_name) for t in targets]
+    pool = Relay(upstreams, check_interval=check_interval, budget=budget, metrics=metrics)
+    server: KMSServer | None = None
+    http: HealthServer | None = None
+    try:
+        server = KMSServer(
+            pool, socket=socket, v1_socket=v1_socket, socket_group=socket_group, metrics=metrics
+        )
+        pool.start()
+        if pool.agreed_key_id is None:
+            click.echo("warning: the replicas do not agree on a key_id yet (or none is reachable)", err=True)
+        server.start()
+        if health_addr:
+            # the relay has the two calls HealthServer uses (is_healthy, last_health)
+            http = HealthServer(
+                health_addr, service=cast(Any, pool), metrics=metrics, serving=lambda: server.serving
+            )
+            http.start()
+        click.echo(f"relaying KMS v2 on {server.socket_path} to {len(targets)} replicas", err=True)
+        return serve_until_signalled(server)
+    finally:
+        if server is not None and server.serving:
+            server.stop(0).wait(5)
+        if http is not None:
+            http.stop()
+        pool.close()
 
 
 @group.command("status")

@@ -21,6 +21,13 @@ request") by our own deserializer wrapper instead of grpc's generic INTERNAL. Me
 errors never hold secrets (errors.py contract). The server is grpc's sync server
 with a thread pool: backend calls may block (remote key services), and ``bench/kms_bench.py`` measured it
 against grpc.aio for this workload (see the numbers in the bench output and the module ``SERVER_NOTE``).
+
+Service mode (``listen="tcp://HOST:PORT"`` with ``tls``): the same v2 and v1 services are also served on
+a TCP port with TLS that *requires* a client certificate signed by the client CA
+(:class:`~kubeshield.kms.tls.ReloadingServerCredentials`, reloaded without restart). When an
+:class:`~kubeshield.kms.tls.AllowList` is configured, every RPC whose peer identities are not on it is
+answered PERMISSION_DENIED before the request reaches the KMS service. There is never a plaintext TCP
+listener.
 """
 
 from __future__ import annotations
@@ -32,10 +39,11 @@ import signal
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent import futures
 from types import FrameType
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
+from urllib.parse import urlsplit
 
 import grpc
 
@@ -57,16 +65,19 @@ from kubeshield.kms.api.v2 import api_pb2 as v2_pb2
 from kubeshield.kms.api.v2 import api_pb2_grpc as v2_grpc
 from kubeshield.kms.logging import fields, get_logger
 from kubeshield.kms.metrics import KMSMetrics
-from kubeshield.kms.service import KMSService
+from kubeshield.kms.service import EncryptReply, StatusReply
+from kubeshield.kms.tls import AllowList, ReloadingServerCredentials, peer_identities
 
 __all__ = [
     "DEFAULT_GRACE",
+    "KMSAPI",
     "MAX_MESSAGE_BYTES",
     "RUNTIME_NAME",
     "KMSServer",
     "KMSv1Servicer",
     "KMSv2Servicer",
     "map_error",
+    "parse_listen",
     "serve_until_signalled",
     "v1_handler",
     "v2_handler",
@@ -96,6 +107,36 @@ def map_error(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     if isinstance(exc, (BackendAuthError, PolicyDenied)):
         return grpc.StatusCode.PERMISSION_DENIED, str(exc) or "permission denied"
     return grpc.StatusCode.INTERNAL, "internal error"
+
+
+class KMSAPI(Protocol):
+    """What the servicers call: :class:`~kubeshield.kms.service.KMSService` or the relay."""
+
+    def status(self) -> StatusReply: ...
+
+    def encrypt(self, plaintext: bytes, *, uid: str) -> EncryptReply: ...
+
+    def decrypt(
+        self, ciphertext: bytes, *, key_id: str, annotations: Mapping[str, bytes], uid: str
+    ) -> bytes: ...
+
+    def v1_encrypt(self, plain: bytes) -> bytes: ...
+
+    def v1_decrypt(self, cipher: bytes) -> bytes: ...
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """``tcp://HOST:PORT`` (HOST may be ``[v6]``; PORT 0 picks a free one) -> (host, port)."""
+    parts = urlsplit(listen)
+    if parts.scheme != "tcp" or not parts.netloc or parts.path not in ("", "/"):
+        raise ConfigError(f"listen address {listen!r} must be tcp://HOST:PORT")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ConfigError(f"listen address {listen!r} has an invalid port") from None
+    if port is None or parts.hostname is None:
+        raise ConfigError(f"listen address {listen!r} must name a host and a port")
+    return parts.hostname, port
 
 
 class _Malformed:
@@ -158,15 +199,28 @@ def v1_handler(servicer: KMSv1Servicer) -> grpc.GenericRpcHandler[Any, Any]:
 
 
 class _Servicer:
-    def __init__(self, service: KMSService, *, metrics: KMSMetrics | None, api: str) -> None:
+    def __init__(
+        self, service: KMSAPI, *, metrics: KMSMetrics | None, api: str, allow: AllowList | None = None
+    ) -> None:
         self._service = service
         self._metrics = metrics
         self._api = api
+        self._allow = allow
+
+    def _admit(self, context: grpc.ServicerContext, operation: str, start: float) -> None:
+        """TLS peers must present a certificate whose identity is allowed (before any KMS call)."""
+        if self._allow is None:
+            return
+        if not self._allow.permits(peer_identities(context.auth_context())):
+            _log.warning("client refused: identity not allowed", extra=fields(operation=operation))
+            self._observe(operation, grpc.StatusCode.PERMISSION_DENIED.name, start)
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, "client certificate identity is not allowed")
 
     def _run(
         self, context: grpc.ServicerContext, operation: str, call: Callable[[], _T], request: Any = None
     ) -> _T:
         start = time.perf_counter()
+        self._admit(context, operation, start)
         try:
             if request is _MALFORMED:
                 raise InvalidRequest("malformed request: not a valid protobuf message")
@@ -194,8 +248,10 @@ class _Servicer:
 class KMSv2Servicer(_Servicer, v2_grpc.KeyManagementServiceServicer):  # type: ignore[misc]
     """``/v2.KeyManagementService/{Status,Encrypt,Decrypt}``."""
 
-    def __init__(self, service: KMSService, *, metrics: KMSMetrics | None = None) -> None:
-        super().__init__(service, metrics=metrics, api="v2")
+    def __init__(
+        self, service: KMSAPI, *, metrics: KMSMetrics | None = None, allow: AllowList | None = None
+    ) -> None:
+        super().__init__(service, metrics=metrics, api="v2", allow=allow)
 
     def Status(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802 - gRPC method name
         def call() -> Any:
@@ -229,8 +285,10 @@ class KMSv2Servicer(_Servicer, v2_grpc.KeyManagementServiceServicer):  # type: i
 class KMSv1Servicer(_Servicer, v1_grpc.KeyManagementServiceServicer):  # type: ignore[misc]
     """``/v1beta1.KeyManagementService/{Version,Encrypt,Decrypt}`` (deprecated KMS v1)."""
 
-    def __init__(self, service: KMSService, *, metrics: KMSMetrics | None = None) -> None:
-        super().__init__(service, metrics=metrics, api="v1beta1")
+    def __init__(
+        self, service: KMSAPI, *, metrics: KMSMetrics | None = None, allow: AllowList | None = None
+    ) -> None:
+        super().__init__(service, metrics=metrics, api="v1beta1", allow=allow)
 
     def Version(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
         def call() -> Any:
@@ -310,20 +368,33 @@ class KMSServer:
 
     def __init__(
         self,
-        service: KMSService,
+        service: KMSAPI,
         *,
-        socket: str,
+        socket: str | None = None,
         v1_socket: str | None = None,
         socket_group: str | None = None,
+        listen: str | None = None,
+        tls: ReloadingServerCredentials | None = None,
+        allow: AllowList | None = None,
         max_workers: int = 32,
         metrics: KMSMetrics | None = None,
     ) -> None:
         self.service = service
         self.metrics = metrics
-        self.socket_path = parse_endpoint(socket)
+        self.socket_path = parse_endpoint(socket) if socket else None
         self.v1_socket_path = parse_endpoint(v1_socket) if v1_socket else None
         if self.v1_socket_path is not None and self.v1_socket_path == self.socket_path:
             raise ConfigError("the v1 socket must differ from the v2 socket")
+        self.listen = parse_listen(listen) if listen else None
+        if self.listen is not None and tls is None:
+            raise ConfigError("--listen requires TLS: give --tls-cert, --tls-key and --client-ca")
+        if tls is not None and self.listen is None:
+            raise ConfigError("TLS material was given but no --listen address")
+        if self.socket_path is None and self.listen is None:
+            raise ConfigError("nothing to serve: give a socket or a --listen address")
+        self._tls = tls
+        self._allow = allow if allow is not None else AllowList()
+        self.listen_port: int | None = None
         self._gid = _resolve_group(socket_group) if socket_group else None
         self._max_workers = max_workers
         self._servers: list[grpc.Server] = []
@@ -343,14 +414,16 @@ class KMSServer:
 
     def start(self) -> None:
         """Bind the sockets and start serving (the service's background threads must be started apart)."""
-        plan: list[tuple[str, Callable[[grpc.Server], None]]] = [
-            (
-                self.socket_path,
-                lambda s: s.add_generic_rpc_handlers(
-                    (v2_handler(KMSv2Servicer(self.service, metrics=self.metrics)),)
-                ),
+        plan: list[tuple[str, Callable[[grpc.Server], None]]] = []
+        if self.socket_path is not None:
+            plan.append(
+                (
+                    self.socket_path,
+                    lambda s: s.add_generic_rpc_handlers(
+                        (v2_handler(KMSv2Servicer(self.service, metrics=self.metrics)),)
+                    ),
+                )
             )
-        ]
         if self.v1_socket_path is not None:
             plan.append(
                 (
@@ -376,10 +449,35 @@ class KMSServer:
                 self._listeners.append(listener)
                 listener.secure(self._gid)
                 _log.info("serving", extra=fields(socket=path))
+            if self.listen is not None:
+                self._start_tcp(self.listen)
         except BaseException:
             self.stop(None).wait(5)
             raise
         self.serving = True
+
+    def _start_tcp(self, listen: tuple[str, int]) -> None:
+        """Serve v2 and v1 on TCP with mTLS (and the allow-list checked on every RPC)."""
+        assert self._tls is not None  # checked in __init__
+        host, port = listen
+        server = self._new_server()
+        server.add_generic_rpc_handlers(
+            (
+                v2_handler(KMSv2Servicer(self.service, metrics=self.metrics, allow=self._allow)),
+                v1_handler(KMSv1Servicer(self.service, metrics=self.metrics, allow=self._allow)),
+            )
+        )
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        try:
+            bound = server.add_secure_port(address, self._tls.credentials)
+        except RuntimeError as exc:
+            raise ConfigError(f"cannot listen on tcp://{address}: {exc}") from None
+        if bound == 0:
+            raise ConfigError(f"cannot listen on tcp://{address} (address in use or not local)")
+        server.start()
+        self._servers.append(server)
+        self.listen_port = bound
+        _log.info("serving mTLS", extra=fields(address=host, port=bound, allow_list=len(self._allow.entries)))
 
     def stop(self, grace: float | None = DEFAULT_GRACE) -> threading.Event:
         """Stop accepting RPCs; in-flight ones get ``grace`` seconds (None: cancel them now).

@@ -1,0 +1,579 @@
+"""The node-local relay: KMS v2/v1 for the apiserver on a unix socket, forwarded to replicas over mTLS.
+
+``Relay`` implements the same five calls as :class:`~kubeshield.kms.service.KMSService`, so the
+ordinary servicers and :class:`~kubeshield.kms.server.KMSServer` serve it unchanged.
+
+How it decides (kms-contract §2.4/§2.5: the apiserver's Status/Encrypt/Decrypt, each under a 3 s timeout):
+
+* **Health.** A checker thread calls Status on every replica every ``check_interval`` seconds (each call
+  bounded by ``check_timeout``). A replica is *healthy* when its last Status succeeded. A call that fails
+  with UNAVAILABLE or a deadline marks the replica unhealthy at once (passive check), so the next request
+  skips it without waiting for the checker.
+* **The agreed key_id.** After every round, when *all* healthy replicas report the same key_id, that key_id
+  becomes the agreed one; while they differ (a rotation is spreading) the previous agreed key_id is kept.
+  Status reports only the agreed key_id, so the apiserver learns a new key_id only once every healthy
+  replica can decrypt under it, and no apiserver writes data another replica cannot read.
+* **Encrypt** goes only to healthy replicas that report the agreed key_id, and a reply whose key_id is
+  not the agreed one (the replica rotated in between) is never returned: the next replica is tried, and
+  once all were tried the relay re-checks every replica and tries again if the agreement moved.
+* **Decrypt and Status fail over**: replicas are tried in round-robin order, healthy ones first, each
+  try bounded by ``try_timeout`` and all of them by ``budget`` (default 2.5 s, inside the apiserver's
+  3 s). Decrypt tries the next replica after any failure except a request the replicas call malformed;
+  if every replica failed and one of them said "invalid ciphertext" the caller gets the opaque
+  :class:`InvalidCiphertext`.
+* **Connections** are one long-lived HTTP/2 channel per replica (grpc reconnects with a backoff capped at
+  ``max_reconnect_backoff_ms``); calls do not wait for a connection, so a dead replica fails fast.
+
+KMS v1 has no key_id on the wire: v1 Encrypt uses the same agreed-key rule, but a replica that rotates
+between the check and the call cannot be detected from its reply (the window is one check interval).
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent import futures
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol, TypeVar
+from urllib.parse import urlsplit
+
+import grpc
+from prometheus_client import Counter, Gauge
+
+from kubeshield.envelope.limits import validate_annotations, validate_encrypted_dek_source, validate_key_id
+from kubeshield.errors import (
+    BackendError,
+    BackendTimeout,
+    BackendUnavailable,
+    ConfigError,
+    ContractViolation,
+    InvalidCiphertext,
+    InvalidRequest,
+    KubeshieldError,
+)
+from kubeshield.kms.api.v1beta1 import api_pb2 as v1_pb2
+from kubeshield.kms.api.v1beta1 import api_pb2_grpc as v1_grpc
+from kubeshield.kms.api.v2 import api_pb2 as v2_pb2
+from kubeshield.kms.api.v2 import api_pb2_grpc as v2_grpc
+from kubeshield.kms.client import V2_VERSIONS, error_from_rpc
+from kubeshield.kms.logging import fields, get_logger
+from kubeshield.kms.metrics import KMSMetrics
+from kubeshield.kms.service import API_VERSION, EncryptReply, HealthState, StatusReply
+
+__all__ = [
+    "DEFAULT_BUDGET",
+    "GrpcUpstream",
+    "KeyChange",
+    "Relay",
+    "Upstream",
+    "UpstreamState",
+    "parse_upstreams",
+]
+
+DEFAULT_BUDGET = 2.5
+_log = get_logger("kms.relay")
+_T = TypeVar("_T")
+
+
+class Upstream(Protocol):
+    """One service replica as the relay sees it. Failures raise the kubeshield error tree."""
+
+    name: str
+
+    def status(self, *, timeout: float) -> StatusReply: ...
+
+    def encrypt(self, plaintext: bytes, *, uid: str, timeout: float) -> EncryptReply: ...
+
+    def decrypt(
+        self, ciphertext: bytes, *, key_id: str, annotations: Mapping[str, bytes], uid: str, timeout: float
+    ) -> bytes: ...
+
+    def v1_encrypt(self, plain: bytes, *, timeout: float) -> bytes: ...
+
+    def v1_decrypt(self, cipher: bytes, *, timeout: float) -> bytes: ...
+
+    def close(self) -> None: ...
+
+
+def parse_upstreams(text: str) -> list[str]:
+    """``https://h1:9443,https://h2:9443`` -> ``["h1:9443", "h2:9443"]``. Raises ConfigError."""
+    targets: list[str] = []
+    for raw in text.split(","):
+        url = raw.strip()
+        if not url:
+            continue
+        parts = urlsplit(url)
+        if parts.scheme != "https" or not parts.netloc or parts.path not in ("", "/"):
+            raise ConfigError(f"upstream {url!r} must be https://HOST:PORT")
+        try:
+            port = parts.port
+        except ValueError:
+            raise ConfigError(f"upstream {url!r} has an invalid port") from None
+        if port is None:
+            raise ConfigError(f"upstream {url!r} has no port")
+        targets.append(parts.netloc)
+    if not targets:
+        raise ConfigError("--upstream: at least one https://HOST:PORT is required")
+    if len(set(targets)) != len(targets):
+        raise ConfigError("--upstream lists the same replica twice")
+    return targets
+
+
+class GrpcUpstream:
+    """A replica reached over one reused mTLS gRPC channel; replies validated like the apiserver does."""
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        credentials: grpc.ChannelCredentials,
+        server_name: str | None = None,
+        max_reconnect_backoff_ms: int = 1000,
+    ) -> None:
+        self.name = target
+        options: list[tuple[str, Any]] = [
+            ("grpc.max_reconnect_backoff_ms", max_reconnect_backoff_ms),
+            ("grpc.min_reconnect_backoff_ms", 100),
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.keepalive_time_ms", 10_000),
+            ("grpc.keepalive_timeout_ms", 2_000),
+        ]
+        if server_name:
+            options.append(("grpc.ssl_target_name_override", server_name))
+        self._channel = grpc.secure_channel(target, credentials, options=options)
+        self._v2 = v2_grpc.KeyManagementServiceStub(self._channel)
+        self._v1 = v1_grpc.KeyManagementServiceStub(self._channel)
+
+    def _call(self, operation: str, method: Callable[..., _T], request: Any, timeout: float) -> _T:
+        try:
+            return method(request, timeout=timeout)
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc, operation=operation) from None
+
+    def status(self, *, timeout: float) -> StatusReply:
+        reply = self._call("Status", self._v2.Status, v2_pb2.StatusRequest(), timeout)
+        if reply.version not in V2_VERSIONS:
+            raise ContractViolation("replica Status version is not v2")
+        if reply.healthz != "ok":
+            raise BackendUnavailable("replica Status healthz is not ok")
+        validate_key_id(reply.key_id)
+        return StatusReply(version=reply.version, healthz=reply.healthz, key_id=reply.key_id)
+
+    def encrypt(self, plaintext: bytes, *, uid: str, timeout: float) -> EncryptReply:
+        request = v2_pb2.EncryptRequest(plaintext=plaintext, uid=uid)
+        reply = self._call("Encrypt", self._v2.Encrypt, request, timeout)
+        validate_encrypted_dek_source(reply.ciphertext)
+        validate_key_id(reply.key_id)
+        annotations = dict(reply.annotations)
+        validate_annotations(annotations)
+        return EncryptReply(ciphertext=reply.ciphertext, key_id=reply.key_id, annotations=annotations)
+
+    def decrypt(
+        self, ciphertext: bytes, *, key_id: str, annotations: Mapping[str, bytes], uid: str, timeout: float
+    ) -> bytes:
+        request = v2_pb2.DecryptRequest(
+            ciphertext=ciphertext, key_id=key_id, annotations=dict(annotations), uid=uid
+        )
+        plaintext: bytes = self._call("Decrypt", self._v2.Decrypt, request, timeout).plaintext
+        return plaintext
+
+    def v1_encrypt(self, plain: bytes, *, timeout: float) -> bytes:
+        request = v1_pb2.EncryptRequest(version="v1beta1", plain=plain)
+        cipher: bytes = self._call("Encrypt", self._v1.Encrypt, request, timeout).cipher
+        return cipher
+
+    def v1_decrypt(self, cipher: bytes, *, timeout: float) -> bytes:
+        request = v1_pb2.DecryptRequest(version="v1beta1", cipher=cipher)
+        plain: bytes = self._call("Decrypt", self._v1.Decrypt, request, timeout).plain
+        return plain
+
+    def close(self) -> None:
+        self._channel.close()
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamState:
+    """What the relay last learned about one replica (``checked_at`` on the relay's clock)."""
+
+    name: str
+    healthy: bool = False
+    key_id: str | None = None
+    detail: str = "not checked yet"
+    checked_at: float = 0.0
+
+
+@dataclass(slots=True)
+class KeyChange:
+    """A key_id the relay agreed on: when a replica first reported it and when all healthy ones did."""
+
+    key_id: str
+    first_seen: float
+    agreed_at: float | None = None
+
+    @property
+    def convergence_seconds(self) -> float | None:
+        return None if self.agreed_at is None else self.agreed_at - self.first_seen
+
+
+class _RelayMetrics:
+    def __init__(self, metrics: KMSMetrics) -> None:
+        self.upstream_healthy = Gauge(
+            "kubeshield_relay_upstream_healthy",
+            "1 when the replica's last Status succeeded, else 0.",
+            ["upstream"],
+            registry=metrics.registry,
+        )
+        self.failovers = Counter(
+            "kubeshield_relay_failovers",
+            "Calls that a replica failed and the relay retried on another one.",
+            ["operation"],
+            registry=metrics.registry,
+        )
+
+
+_RETRY_ANY = (BackendError, ContractViolation, InvalidCiphertext)  # InvalidRequest is never retried
+_MARK_DOWN = (BackendUnavailable, BackendTimeout)
+
+
+@dataclass
+class _Attempt:
+    errors: list[KubeshieldError] = field(default_factory=list)
+
+
+class Relay:
+    """Forwards the KMS API to a pool of replicas (see the module docstring). Thread-safe."""
+
+    def __init__(
+        self,
+        upstreams: Sequence[Upstream],
+        *,
+        check_interval: float = 1.0,
+        check_timeout: float = 1.0,
+        try_timeout: float = 1.0,
+        budget: float = DEFAULT_BUDGET,
+        clock: Callable[[], float] = time.monotonic,
+        metrics: KMSMetrics | None = None,
+    ) -> None:
+        if not upstreams:
+            raise ConfigError("the relay needs at least one upstream replica")
+        if min(check_interval, check_timeout, try_timeout, budget) <= 0:
+            raise ValueError("check_interval, check_timeout, try_timeout and budget must be > 0")
+        self._upstreams = list(upstreams)
+        self.check_interval = check_interval
+        self.check_timeout = check_timeout
+        self.try_timeout = try_timeout
+        self.budget = budget
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._states = {u.name: UpstreamState(u.name) for u in self._upstreams}
+        self._agreed: str | None = None
+        self._changes: dict[str, KeyChange] = {}
+        self._rr = itertools.count()
+        self._pool = futures.ThreadPoolExecutor(
+            max_workers=len(self._upstreams), thread_name_prefix="kubeshield-relay-check"
+        )
+        self._check_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last_round: float | None = None
+        self._metrics = metrics
+        self._relay_metrics = _RelayMetrics(metrics) if metrics is not None else None
+
+    # -- health and agreement --------------------------------------------------------------------
+
+    @property
+    def agreed_key_id(self) -> str | None:
+        """The key_id every healthy replica served at the last agreement (None before the first)."""
+        return self._agreed
+
+    def states(self) -> list[UpstreamState]:
+        """The current view of every replica, in upstream order."""
+        with self._lock:
+            return [self._states[u.name] for u in self._upstreams]
+
+    def key_changes(self) -> list[KeyChange]:
+        """Every key_id seen, with its first sighting and agreement times."""
+        with self._lock:
+            return list(self._changes.values())
+
+    def _check_one(self, upstream: Upstream) -> UpstreamState:
+        try:
+            reply = upstream.status(timeout=self.check_timeout)
+        except Exception as exc:
+            detail = (
+                f"{type(exc).__name__}: {exc}" if isinstance(exc, KubeshieldError) else type(exc).__name__
+            )
+            return UpstreamState(upstream.name, False, None, detail[:300], self._clock())
+        return UpstreamState(upstream.name, True, reply.key_id, "ok", self._clock())
+
+    def check_now(self) -> None:
+        """One round: Status on every replica in parallel, then recompute the agreed key_id."""
+        with self._check_lock:
+            results = list(self._pool.map(self._check_one, self._upstreams))
+            with self._lock:
+                for state in results:
+                    previous = self._states[state.name]
+                    if previous.healthy != state.healthy:
+                        level = "info" if state.healthy else "warning"
+                        getattr(_log, level)(
+                            "replica health changed",
+                            extra=fields(upstream=state.name, healthy=state.healthy, detail=state.detail),
+                        )
+                    self._states[state.name] = state
+                    if state.key_id is not None and state.key_id not in self._changes:
+                        self._changes[state.key_id] = KeyChange(state.key_id, state.checked_at)
+                self._agree_locked()
+                self._last_round = self._clock()
+            if self._relay_metrics is not None:
+                for state in results:
+                    self._relay_metrics.upstream_healthy.labels(upstream=state.name).set(int(state.healthy))
+
+    def _agree_locked(self) -> None:
+        key_ids = {s.key_id for s in self._states.values() if s.healthy}
+        if len(key_ids) != 1:
+            return
+        (key_id,) = key_ids
+        if key_id is None or key_id == self._agreed:
+            return
+        change = self._changes.setdefault(key_id, KeyChange(key_id, self._clock()))
+        change.agreed_at = self._clock()
+        _log.info(
+            "replicas agree on a new key_id",
+            extra=fields(key_id=key_id, previous=self._agreed, seconds=change.convergence_seconds),
+        )
+        self._agreed = key_id
+        if self._metrics is not None:
+            self._metrics.set_current_key_id(key_id)
+
+    def _mark(self, upstream: Upstream, **changes: Any) -> None:
+        with self._lock:
+            self._states[upstream.name] = replace(self._states[upstream.name], **changes)
+
+    def start(self) -> None:
+        """Check every replica once now, then keep checking in a background thread."""
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        self.check_now()
+        self._thread = threading.Thread(target=self._loop, name="kubeshield-relay-health", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.check_interval):
+            try:
+                self.check_now()
+            except Exception:  # never let the checker die
+                _log.error("replica check failed", exc_info=True)
+
+    def stop(self) -> None:
+        """Stop the checker thread."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(self.check_timeout + self.check_interval + 1.0)
+            self._thread = None
+
+    def close(self) -> None:
+        """Stop checking and close every channel."""
+        self.stop()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        for upstream in self._upstreams:
+            upstream.close()
+
+    def is_healthy(self) -> bool:
+        """True when a replica is healthy and an agreed key_id exists (relay /healthz and /readyz)."""
+        with self._lock:
+            healthy = any(s.healthy for s in self._states.values())
+            stale = self._last_round is None or self._clock() - self._last_round > 3 * self.check_interval + (
+                2 * self.check_timeout
+            )
+        return healthy and self._agreed is not None and not stale
+
+    def last_health(self) -> HealthState:
+        """A summary in the shape the health HTTP server shows."""
+        states = self.states()
+        healthy = sum(s.healthy for s in states)
+        detail = (
+            f"{healthy}/{len(states)} replicas healthy; agreed key_id {'set' if self._agreed else 'none'}"
+        )
+        return HealthState(self.is_healthy(), detail, self._last_round or 0.0, 0.0)
+
+    # -- routing -----------------------------------------------------------------------------------
+
+    def _ordered(self, *, key_id: str | None = None, with_unhealthy: bool = False) -> list[Upstream]:
+        """Healthy replicas (optionally only those reporting ``key_id``) in round-robin order."""
+        start = next(self._rr)
+        n = len(self._upstreams)
+        rotated = [self._upstreams[(start + i) % n] for i in range(n)]
+        with self._lock:
+            states = dict(self._states)
+        healthy = [u for u in rotated if states[u.name].healthy]
+        if key_id is not None:
+            healthy = [u for u in healthy if states[u.name].key_id == key_id]
+        if not with_unhealthy:
+            return healthy
+        return healthy + [u for u in rotated if not states[u.name].healthy]
+
+    def _try(
+        self,
+        operation: str,
+        candidates: Sequence[Upstream],
+        call: Callable[[Upstream, float], _T],
+        *,
+        deadline: float,
+        attempt: _Attempt,
+        retry: tuple[type[BaseException], ...],
+        accept: Callable[[Upstream, _T], bool] = lambda _u, _r: True,
+    ) -> list[_T]:
+        """Try ``candidates`` in order; ``[result]`` from the first accepted reply, ``[]`` if none."""
+        for upstream in candidates:
+            remaining = deadline - self._clock()
+            if remaining <= 0.01:
+                break
+            try:
+                result = call(upstream, min(remaining, self.try_timeout))
+            except InvalidRequest:
+                raise
+            except retry as exc:
+                assert isinstance(exc, KubeshieldError)
+                attempt.errors.append(exc)
+                if isinstance(exc, _MARK_DOWN):
+                    self._mark(upstream, healthy=False, detail=f"{operation}: {type(exc).__name__}")
+                if self._relay_metrics is not None:
+                    self._relay_metrics.failovers.labels(operation=operation).inc()
+                continue
+            if accept(upstream, result):
+                return [result]
+        return []
+
+    @staticmethod
+    def _give_up(operation: str, attempt: _Attempt) -> KubeshieldError:
+        if any(isinstance(e, InvalidCiphertext) for e in attempt.errors):
+            return InvalidCiphertext()
+        if attempt.errors and all(isinstance(e, type(attempt.errors[0])) for e in attempt.errors):
+            first = attempt.errors[0]
+            if not isinstance(first, (BackendUnavailable, InvalidCiphertext)):
+                return type(first)(f"every replica failed {operation}: {first}")
+        return BackendUnavailable(
+            f"no replica could serve {operation} ({len(attempt.errors)} attempts failed)"
+        )
+
+    def status(self) -> StatusReply:
+        """Status with the agreed key_id, answered live by the first healthy replica that responds."""
+        agreed = self._agreed
+        if agreed is None:
+            raise BackendUnavailable("the replicas do not agree on a key_id yet")
+        deadline = self._clock() + self.budget
+        attempt = _Attempt()
+
+        def call(upstream: Upstream, timeout: float) -> StatusReply:
+            return upstream.status(timeout=timeout)
+
+        answered = self._try(
+            "Status",
+            self._ordered(with_unhealthy=True),
+            call,
+            deadline=deadline,
+            attempt=attempt,
+            retry=_RETRY_ANY,
+        )
+        if not answered:
+            raise BackendUnavailable("no replica answered Status")
+        return StatusReply(version=API_VERSION, healthz="ok", key_id=agreed)
+
+    def encrypt(self, plaintext: bytes, *, uid: str) -> EncryptReply:
+        """Encrypt on a healthy replica that serves the agreed key_id; never returns another key_id."""
+        deadline = self._clock() + self.budget
+        attempt = _Attempt()
+
+        def call(upstream: Upstream, timeout: float) -> EncryptReply:
+            return upstream.encrypt(plaintext, uid=uid, timeout=timeout)
+
+        def accept(upstream: Upstream, reply: EncryptReply) -> bool:
+            if reply.key_id == self._agreed:
+                return True
+            self._mark(upstream, key_id=reply.key_id)  # it rotated since the last check
+            _log.info("replica encrypted under a key_id not agreed yet", extra=fields(upstream=upstream.name))
+            return False
+
+        for round_ in range(2):
+            agreed = self._agreed
+            if agreed is None:
+                raise BackendUnavailable("the replicas do not agree on a key_id yet")
+            candidates = self._ordered(key_id=agreed)
+            reply = self._try(
+                "Encrypt",
+                candidates,
+                call,
+                deadline=deadline,
+                attempt=attempt,
+                retry=_RETRY_ANY,
+                accept=accept,
+            )
+            if reply:
+                return reply[0]
+            if round_ == 0 and deadline - self._clock() > self.check_timeout:
+                self.check_now()  # the agreement may have moved (a rotation finished)
+        raise (
+            self._give_up("Encrypt", attempt)
+            if attempt.errors
+            else BackendUnavailable("no healthy replica serves the agreed key_id")
+        )
+
+    def decrypt(self, ciphertext: bytes, *, key_id: str, annotations: Mapping[str, bytes], uid: str) -> bytes:
+        """Decrypt on the first replica that can; fails over on any replica failure."""
+        deadline = self._clock() + self.budget
+        attempt = _Attempt()
+
+        def call(upstream: Upstream, timeout: float) -> bytes:
+            return upstream.decrypt(
+                ciphertext, key_id=key_id, annotations=annotations, uid=uid, timeout=timeout
+            )
+
+        plain = self._try(
+            "Decrypt",
+            self._ordered(with_unhealthy=True),
+            call,
+            deadline=deadline,
+            attempt=attempt,
+            retry=_RETRY_ANY,
+        )
+        if plain:
+            return plain[0]
+        raise self._give_up("Decrypt", attempt)
+
+    def v1_encrypt(self, plain: bytes) -> bytes:
+        """KMS v1 Encrypt on a healthy replica that serves the agreed key."""
+        agreed = self._agreed
+        if agreed is None:
+            raise BackendUnavailable("the replicas do not agree on a key_id yet")
+        deadline = self._clock() + self.budget
+        attempt = _Attempt()
+        cipher = self._try(
+            "v1.Encrypt",
+            self._ordered(key_id=agreed),
+            lambda u, t: u.v1_encrypt(plain, timeout=t),
+            deadline=deadline,
+            attempt=attempt,
+            retry=_RETRY_ANY,
+        )
+        if cipher:
+            return cipher[0]
+        raise self._give_up("v1 Encrypt", attempt)
+
+    def v1_decrypt(self, cipher: bytes) -> bytes:
+        """KMS v1 Decrypt with failover."""
+        deadline = self._clock() + self.budget
+        attempt = _Attempt()
+        plain = self._try(
+            "v1.Decrypt",
+            self._ordered(with_unhealthy=True),
+            lambda u, t: u.v1_decrypt(cipher, timeout=t),
+            deadline=deadline,
+            attempt=attempt,
+            retry=_RETRY_ANY,
+        )
+        if plain:
+            return plain[0]
+        raise self._give_up("v1 Decrypt", attempt)
