@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import click
 
@@ -33,29 +33,36 @@ def _settings(config: Path | None) -> Any:
     return load_config(config) if config is not None else Settings()
 
 
-def _open_backend(
+def _open_primary(
     settings: Any, *, keyring: Path | None, passphrase_file: Path | None, create_keyring: bool
-) -> Any:
-    """The key backend: ``--keyring`` selects the local backend, else the config's ``keys`` section."""
+) -> tuple[Any, Any]:
+    """The bare key backend and the ``keys`` settings it stands for.
+
+    ``--keyring`` selects the local backend (and wins over the config's ``keys.backend``); otherwise the
+    config's ``keys`` section decides.
+    """
+    import dataclasses
+
     from kubeshield.keys.passphrase import read_passphrase
+    from kubeshield.keys.registry import open_primary
 
-    use_local = keyring is not None or settings.keys.backend == "local"
-    if use_local:
-        from kubeshield.keys.local import LocalKeyBackend
+    keys = settings.keys
+    if keyring is not None and keys.backend != "local":
+        keys = dataclasses.replace(keys, backend="local")
+    if keys.backend != "local":
+        if create_keyring:
+            raise ConfigError("--create-keyring only applies to the local backend")
+        return open_primary(keys), keys
+    from kubeshield.keys.local import LocalKeyBackend
 
-        path = keyring if keyring is not None else settings.keys.local.keyring
-        pass_file = passphrase_file if passphrase_file is not None else settings.keys.local.passphrase_file
-        passphrase = read_passphrase(passphrase_file=pass_file)
-        if create_keyring and not Path(path).exists():
-            backend = LocalKeyBackend.create(path=path, passphrase=passphrase)
-            click.echo(f"created keyring {path}", err=True)
-            return backend
-        return LocalKeyBackend(path=path, passphrase=passphrase)
-    if create_keyring:
-        raise ConfigError("--create-keyring only applies to the local backend")
-    from kubeshield.keys.registry import open_backend
-
-    return open_backend(settings.keys)
+    path = keyring if keyring is not None else keys.local.keyring
+    pass_file = passphrase_file if passphrase_file is not None else keys.local.passphrase_file
+    passphrase = read_passphrase(passphrase_file=pass_file)
+    if create_keyring and not Path(path).exists():
+        backend = LocalKeyBackend.create(path=path, passphrase=passphrase)
+        click.echo(f"created keyring {path}", err=True)
+        return backend, keys
+    return LocalKeyBackend(path=path, passphrase=passphrase), keys
 
 
 @group.command("serve")
@@ -164,14 +171,16 @@ def serve(
         assert tls_cert is not None and tls_key is not None and client_ca is not None
         credentials = ReloadingServerCredentials(cert=tls_cert, key=tls_key, client_ca=client_ca)
         allow_list = AllowList.parse(allow)
-    backend = _open_backend(
+    from kubeshield.keys.registry import open_backends
+
+    primary, keys_settings = _open_primary(
         settings, keyring=keyring, passphrase_file=passphrase_file, create_keyring=create_keyring
     )
     metrics = KMSMetrics()
     sync = None
     if etcd_endpoints:
-        backend, sync = _with_sync(
-            backend,
+        primary, sync = _with_sync(
+            primary,
             endpoints=etcd_endpoints,
             cacert=etcd_cacert,
             cert=etcd_cert,
@@ -180,7 +189,15 @@ def serve(
             interval=sync_interval,
             passphrase_file=passphrase_file or settings.keys.local.passphrase_file,
         )
-    service = KMSService(backend, metrics=metrics, refresh_interval=min(5.0, sync_interval) if sync else 5.0)
+    # v2 gets the configured stack (hierarchy, break-glass); v1 has no annotations, so it gets the stack
+    # without the layers that need them (keys.registry.open_backends).
+    stack = open_backends(keys_settings, on_emergency=metrics.count_break_glass, primary=primary)
+    service = KMSService(
+        stack.v2,
+        v1_backend=stack.v1,
+        metrics=metrics,
+        refresh_interval=min(5.0, sync_interval) if sync else 5.0,
+    )
     if sync is not None:
         sync.set_on_change(service.refresh_now)
     server: KMSServer | None = None
@@ -330,9 +347,7 @@ def relay(
         server.start()
         if health_addr:
             # the relay has the two calls HealthServer uses (is_healthy, last_health)
-            http = HealthServer(
-                health_addr, service=cast(Any, pool), metrics=metrics, serving=lambda: server.serving
-            )
+            http = HealthServer(health_addr, service=pool, metrics=metrics, serving=lambda: server.serving)
             http.start()
         click.echo(f"relaying KMS v2 on {server.socket_path} to {len(targets)} replicas", err=True)
         return serve_until_signalled(server)

@@ -14,15 +14,25 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from kubeshield.errors import ConfigError
 from kubeshield.kms.logging import fields, get_logger
 from kubeshield.kms.metrics import KMSMetrics
-from kubeshield.kms.service import KMSService
+from kubeshield.kms.service import HealthState
 
-__all__ = ["HealthServer", "parse_host_port"]
+__all__ = ["HealthServer", "HealthSource", "parse_host_port"]
+
+
+class HealthSource(Protocol):
+    """What the health endpoints read: the plugin's KMSService, or the relay's replica pool."""
+
+    def is_healthy(self) -> bool: ...
+
+    def last_health(self) -> HealthState | None: ...
+
 
 _log = get_logger("kms.http")
 
@@ -47,7 +57,7 @@ class HealthServer:
         self,
         addr: str,
         *,
-        service: KMSService,
+        service: HealthSource,
         metrics: KMSMetrics,
         serving: Callable[[], bool] = lambda: True,
     ) -> None:

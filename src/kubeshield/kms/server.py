@@ -504,19 +504,30 @@ class KMSServer:
         return self._stopped.wait(timeout)
 
 
+#: Seconds in which a repeat of the first stop signal counts as the same request.
+SIGNAL_DEBOUNCE = 0.5
+
+
 def serve_until_signalled(server: KMSServer, *, grace: float = DEFAULT_GRACE) -> int:
     """Run a started server until SIGTERM/SIGINT, then shut down in two stages. Main thread only.
 
     The first signal stops accepting new RPCs and lets in-flight ones finish within ``grace`` seconds;
-    a second signal cancels whatever is still running at once.
+    a second signal cancels whatever is still running at once. A repeat of the same signal within
+    ``SIGNAL_DEBOUNCE`` seconds is one delivery, not a second request: ``timeout``, some init systems and
+    process-group kills deliver one stop request twice.
     """
     requested = threading.Event()
     forced = threading.Event()
+    first: list[tuple[int, float]] = []
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
+        now = time.monotonic()
         if not requested.is_set():
             _log.info("shutting down", extra=fields(signal=signal.Signals(signum).name, grace=grace))
+            first.append((signum, now))
             requested.set()
+        elif first and first[0][0] == signum and now - first[0][1] < SIGNAL_DEBOUNCE:
+            _log.info("duplicate signal ignored", extra=fields(signal=signal.Signals(signum).name))
         else:
             _log.warning("second signal: forcing shutdown", extra=fields(signal=signal.Signals(signum).name))
             forced.set()

@@ -123,3 +123,37 @@ def test_startup_errors(tmp_path: Path, setup: str, message: str) -> None:
     assert "right-passphrase" not in err and "wrong-passphrase" not in err
     if setup == "socket-is-a-file":
         assert sock.read_text() == "keep me"
+
+
+def test_a_repeated_stop_signal_is_one_request(tmp_path: Path) -> None:
+    """``timeout`` and process-group kills deliver SIGTERM twice: that must still be a graceful stop."""
+    keyring, sock = tmp_path / "keyring", tmp_path / "kms.sock"
+    proc = _start("--keyring", str(keyring), "--create-keyring", "--socket", str(sock), "--health-addr", "")
+    try:
+        _wait_for_socket(proc, sock)
+        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert "forcing shutdown" not in err
+    assert '"msg": "stopped"' in err
+
+
+def test_a_different_second_signal_forces_the_stop(tmp_path: Path) -> None:
+    keyring, sock = tmp_path / "keyring", tmp_path / "kms.sock"
+    proc = _start("--keyring", str(keyring), "--create-keyring", "--socket", str(sock), "--health-addr", "")
+    try:
+        _wait_for_socket(proc, sock)
+        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert "forcing shutdown" in err
