@@ -521,59 +521,42 @@ class Relay:
             else BackendUnavailable("no healthy replica serves the agreed key_id")
         )
 
-    def decrypt(self, ciphertext: bytes, *, key_id: str, annotations: Mapping[str, bytes], uid: str) -> bytes:
-        """Decrypt on the first replica that can; fails over on any replica failure."""
-        deadline = self._clock() + self.budget
+    def _failover(
+        self, operation: str, candidates: Sequence[Upstream], call: Callable[[Upstream, float], _T]
+    ) -> _T:
+        """The first answer of ``candidates`` in order within the call budget, or the combined failure."""
         attempt = _Attempt()
-
-        def call(upstream: Upstream, timeout: float) -> bytes:
-            return upstream.decrypt(
-                ciphertext, key_id=key_id, annotations=annotations, uid=uid, timeout=timeout
-            )
-
-        plain = self._try(
-            "Decrypt",
-            self._ordered(with_unhealthy=True),
+        answer = self._try(
+            operation,
+            candidates,
             call,
-            deadline=deadline,
+            deadline=self._clock() + self.budget,
             attempt=attempt,
             retry=_RETRY_ANY,
         )
-        if plain:
-            return plain[0]
-        raise self._give_up("Decrypt", attempt)
+        if answer:
+            return answer[0]
+        raise self._give_up(operation, attempt)
+
+    def decrypt(self, ciphertext: bytes, *, key_id: str, annotations: Mapping[str, bytes], uid: str) -> bytes:
+        """Decrypt on the first replica that can; fails over on any replica failure."""
+        return self._failover(
+            "Decrypt",
+            self._ordered(with_unhealthy=True),
+            lambda u, t: u.decrypt(ciphertext, key_id=key_id, annotations=annotations, uid=uid, timeout=t),
+        )
 
     def v1_encrypt(self, plain: bytes) -> bytes:
         """KMS v1 Encrypt on a healthy replica that serves the agreed key."""
         agreed = self._agreed
         if agreed is None:
             raise BackendUnavailable("the replicas do not agree on a key_id yet")
-        deadline = self._clock() + self.budget
-        attempt = _Attempt()
-        cipher = self._try(
-            "v1.Encrypt",
-            self._ordered(key_id=agreed),
-            lambda u, t: u.v1_encrypt(plain, timeout=t),
-            deadline=deadline,
-            attempt=attempt,
-            retry=_RETRY_ANY,
+        return self._failover(
+            "v1.Encrypt", self._ordered(key_id=agreed), lambda u, t: u.v1_encrypt(plain, timeout=t)
         )
-        if cipher:
-            return cipher[0]
-        raise self._give_up("v1 Encrypt", attempt)
 
     def v1_decrypt(self, cipher: bytes) -> bytes:
         """KMS v1 Decrypt with failover."""
-        deadline = self._clock() + self.budget
-        attempt = _Attempt()
-        plain = self._try(
-            "v1.Decrypt",
-            self._ordered(with_unhealthy=True),
-            lambda u, t: u.v1_decrypt(cipher, timeout=t),
-            deadline=deadline,
-            attempt=attempt,
-            retry=_RETRY_ANY,
+        return self._failover(
+            "v1.Decrypt", self._ordered(with_unhealthy=True), lambda u, t: u.v1_decrypt(cipher, timeout=t)
         )
-        if plain:
-            return plain[0]
-        raise self._give_up("v1 Decrypt", attempt)
