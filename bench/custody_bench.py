@@ -1,8 +1,9 @@
 """Unwrap latency and throughput: through the custody process vs the local key store, in one run.
 
-Starts a real ``kubeshield custody serve`` subprocess (test key store: 32 raw bytes in a file, the same
-AES-256-GCM work as the local backend), then unwraps the same DEK N times through the enclave backend
-and N times directly, and prints a table and the ratio. Bounded: at most ``--seconds`` per side.
+Starts a real ``kubeshield custody serve`` subprocess over a real local keyring (``LocalKeyBackend``),
+then unwraps the same DEK N times through the enclave backend and N times with a ``LocalKeyBackend`` on
+the same keyring in this process, and prints a table and the ratio. Bounded: at most ``--seconds``
+per side.
 
     .venv/bin/python bench/custody_bench.py [--seconds 3] [--threads 4]
 """
@@ -20,12 +21,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kubeshield.keys.enclave import EnclaveKeyBackend
-from tests.integration.custody._support import (
-    FileKeyBackend,
-    allow_policy,
-    start_custody,
-    write_keyring,
-)
+from kubeshield.keys.local import LocalKeyBackend
+from tests.integration.custody._support import allow_policy, start_custody, write_keyring
 
 
 def _run(make, seconds: float, threads: int) -> tuple[list[float], float, int]:
@@ -70,11 +67,11 @@ def main() -> int:
         try:
             rows = []
             for name, make, threads in [
-                ("local, 1 thread", lambda: FileKeyBackend(keyring=str(work / "keyring")), 1),
+                ("local, 1 thread", lambda: LocalKeyBackend(path=work / "keyring"), 1),
                 ("custody, 1 thread", lambda: EnclaveKeyBackend(socket=str(work / "c.sock")), 1),
                 (
                     f"local, {args.threads} threads",
-                    lambda: FileKeyBackend(keyring=str(work / "keyring")),
+                    lambda: LocalKeyBackend(path=work / "keyring"),
                     args.threads,
                 ),
                 (

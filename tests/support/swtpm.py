@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -60,7 +61,8 @@ class SwTpm:
             except ProcessLookupError:
                 return
             time.sleep(0.02)
-        os.kill(self.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):  # it may exit between the last check and now
+            os.kill(self.pid, signal.SIGKILL)
 
 
 def start_swtpm(state_dir: Path) -> SwTpm:

@@ -1,13 +1,15 @@
 """``kubeshield custody``: the isolated key-custody process and its evidence.
 
 \b
-kubeshield custody serve   --keyring PATH --socket PATH --policy FILE [--user NAME] [--require-mlock]
+kubeshield custody serve   (--keyring PATH | --config FILE) [--backend local|tpm] [--tcti T --pcrs 7]
+                           --socket PATH --policy FILE [--user NAME] [--require-mlock]
 kubeshield custody attest  --socket PATH --tcti TCTI --nonce HEX [--pcrs 7,16]
 kubeshield custody verify  --statement FILE --nonce HEX [--ak-public PEM]
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
@@ -16,8 +18,10 @@ from pathlib import Path
 import click
 
 from kubeshield.cli._common import option, raise_cli_error
+from kubeshield.config import KeysSettings, load_config
+from kubeshield.config.settings import TpmSettings
 from kubeshield.custody.attest import dumps, make_statement, verify_statement
-from kubeshield.custody.daemon import ServeOptions, load_backend_factory, serve
+from kubeshield.custody.daemon import ServeOptions, serve
 from kubeshield.errors import KubeshieldError
 
 __all__ = ["group"]
@@ -38,46 +42,111 @@ def _octal(value: str) -> int:
     return mode
 
 
+def _keys_settings(
+    *,
+    config: Path | None,
+    backend: str | None,
+    keyring: Path | None,
+    passphrase_file: Path | None,
+    tcti: str | None,
+    pcrs: str | None,
+) -> KeysSettings:
+    """The ``keys:`` section from ``--config`` (or the defaults), with the flags laid over it."""
+    if config is None and keyring is None:
+        raise click.UsageError("give --keyring PATH or --config FILE")
+    keys = load_config(config).keys if config is not None else KeysSettings()
+    name = backend or ("local" if config is None else keys.backend)
+    if name == "local":
+        local = keys.local
+        local = dataclasses.replace(
+            local,
+            keyring=keyring if keyring is not None else local.keyring,
+            passphrase_file=passphrase_file if passphrase_file is not None else local.passphrase_file,
+        )
+        return dataclasses.replace(keys, backend="local", local=local)
+    if passphrase_file is not None:
+        raise click.UsageError(f"--passphrase-file applies to the local backend, not {name}")
+    if name == "tpm":
+        tpm = keys.tpm if keys.tpm is not None else TpmSettings()
+        tpm = dataclasses.replace(
+            tpm,
+            keyring=keyring if keyring is not None else tpm.keyring,
+            tcti=tcti if tcti is not None else tpm.tcti,
+            pcrs=_pcr_list(pcrs, allow_empty=True) if pcrs is not None else tpm.pcrs,
+        )
+        return dataclasses.replace(keys, backend="tpm", tpm=tpm)
+    if keyring is not None or tcti is not None or pcrs is not None:
+        raise click.UsageError(f"--keyring/--tcti/--pcrs do not apply to the {name} backend")
+    return keys
+
+
 @group.command("serve")
 @option(
-    "--keyring", required=True, type=click.Path(dir_okay=False), help="The keyring holding the KEK versions."
+    "--config", type=click.Path(dir_okay=False, path_type=Path), help="kubeshield.yaml (its keys: section)."
 )
+@option(
+    "--backend",
+    type=click.Choice(["local", "tpm"]),
+    help="Key store: a local keyring file, or a TPM-sealed keyring [default: local, or the config's].",
+)
+@option("--keyring", type=click.Path(dir_okay=False, path_type=Path), help="The keyring file.")
+@option(
+    "--passphrase-file",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="Passphrase file of a local keyring (else $KUBESHIELD_KEYRING_PASSPHRASE).",
+)
+@option("--tcti", help="tpm backend: the TPM, e.g. device:/dev/tpmrm0 or swtpm:host=127.0.0.1,port=2321.")
+@option("--pcrs", help="tpm backend: PCRs new seals are bound to, e.g. 7 or 7,16 ('' for none).")
 @option("--socket", required=True, type=click.Path(dir_okay=False), help="Unix socket to listen on.")
 @option("--policy", required=True, type=click.Path(dir_okay=False), help="Caller allow-list (YAML).")
-@option("--passphrase-file", type=click.Path(dir_okay=False, exists=True), help="Keyring passphrase file.")
 @option("--user", help="Drop to this user (name or uid) after start when started as root.")
 @option("--require-mlock", is_flag=True, help="Refuse to start if memory cannot be locked.")
 @option("--socket-mode", default="0660", show_default=True, help="Permission bits of the socket file.")
-@option("--backend-factory", hidden=True, help="module:callable building the key store (testing, plugins).")
 def serve_cmd(
-    keyring: str,
+    config: Path | None,
+    backend: str | None,
+    keyring: Path | None,
+    passphrase_file: Path | None,
+    tcti: str | None,
+    pcrs: str | None,
     socket: str,
     policy: str,
-    passphrase_file: str | None,
     user: str | None,
     require_mlock: bool,
     socket_mode: str,
-    backend_factory: str | None,
 ) -> int:
-    """Hold the KEK versions and serve wrap/unwrap/key_id/health/rotate to allowed callers only."""
+    """Hold the KEK versions and serve wrap/unwrap/key_id/health/rotate to allowed callers only.
+
+    \b
+    The key store is a real kubeshield backend:
+      --keyring PATH [--passphrase-file F]          a local keyring (kubeshield keys init --keyring)
+      --backend tpm --keyring PATH --tcti T         a TPM-sealed keyring (keys init --config, backend tpm)
+      --config FILE                                 the keys: section of kubeshield.yaml (local or tpm)
+    """
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
-    passphrase = Path(passphrase_file).read_bytes().rstrip(b"\r\n") if passphrase_file else None
-    options = ServeOptions(
-        socket=socket,
-        policy=policy,
-        keyring=keyring,
-        passphrase=passphrase,
-        user=user,
-        require_mlock=require_mlock,
-        socket_mode=_octal(socket_mode),
-    )
 
     def ready(key_id: str) -> None:
         click.echo(f"ready key_id={key_id}")
         sys.stdout.flush()
 
     try:
-        return serve(options, factory=load_backend_factory(backend_factory), ready=ready)
+        keys = _keys_settings(
+            config=config,
+            backend=backend,
+            keyring=keyring,
+            passphrase_file=passphrase_file,
+            tcti=tcti,
+            pcrs=pcrs,
+        )
+        options = ServeOptions(
+            socket=socket,
+            policy=policy,
+            keys=keys,
+            user=user,
+            require_mlock=require_mlock,
+            socket_mode=_octal(socket_mode),
+        )
+        return serve(options, ready=ready)
     except KubeshieldError as exc:
         raise_cli_error(exc)
         raise  # unreachable
@@ -93,12 +162,12 @@ def _nonce(value: str) -> bytes:
     return nonce
 
 
-def _pcr_list(value: str) -> tuple[int, ...]:
+def _pcr_list(value: str, *, allow_empty: bool = False) -> tuple[int, ...]:
     try:
         pcrs = tuple(sorted({int(p) for p in value.split(",") if p.strip()}))
     except ValueError:
         raise click.BadParameter("must be a comma-separated list of PCR indexes such as 7,16") from None
-    if not pcrs or any(not 0 <= p <= 23 for p in pcrs):
+    if (not pcrs and not allow_empty) or any(not 0 <= p <= 23 for p in pcrs):
         raise click.BadParameter("PCR indexes are 0..23")
     return pcrs
 

@@ -127,10 +127,15 @@ def init_command(
     With a passphrase (--passphrase-file or $KUBESHIELD_KEYRING_PASSPHRASE) the keys are sealed with
     AES-256-GCM under an Argon2id-derived key. Without one the keyring is created unprotected and a
     warning is printed: then only file permissions (0600) and disk encryption protect it.
+    With --config and keys.backend: tpm it creates a TPM-sealed keyring instead (keys.tpm: tcti,
+    keyring, pcrs): the keys are sealed by that TPM and useless on any other machine.
     Refuses to overwrite an existing keyring unless --force is given.
     """
     with _errors():
         target = _resolve(config_file, keyring, passphrase_file)
+        if target.keys.backend == "tpm" and keyring is None:
+            _init_tpm(target.keys, force=force, passphrase_file=passphrase_file)
+            return
         if not target.is_local:
             raise CLIError(
                 f"keys init creates local keyrings only; the {target.keys.backend!r} backend's keys are "
@@ -149,6 +154,26 @@ def init_command(
     click.echo(f"  keyring id:     {info.keyring_id}")
     click.echo(f"  primary key_id: {info.primary.key_id}")
     click.echo(f"  protection:     {'argon2id passphrase' if info.protected else 'none'}")
+
+
+def _init_tpm(keys: KeysSettings, *, force: bool, passphrase_file: Path | None) -> None:
+    from kubeshield.config.settings import TpmSettings
+    from kubeshield.keys.tpm import TpmSealer
+
+    if passphrase_file is not None:
+        raise click.UsageError("--passphrase-file: a TPM-sealed keyring (backend tpm) has no passphrase")
+    tpm = keys.tpm if keys.tpm is not None else TpmSettings()
+    try:
+        sealer = TpmSealer(tcti=tpm.tcti, pcrs=tpm.pcrs)
+    except ValueError as exc:
+        raise click.UsageError(f"keys.tpm: {exc}") from None
+    with _errors():
+        info = KeyringFile(tpm.keyring, sealer=sealer).create(passphrase=None, force=force).info
+    click.echo(f"Created keyring {info.path}")
+    click.echo(f"  keyring id:     {info.keyring_id}")
+    click.echo(f"  primary key_id: {info.primary.key_id}")
+    pcrs = ",".join(map(str, info.pcrs)) or "none (bound to this TPM only)"
+    click.echo(f"  protection:     tpm ({tpm.tcti}; PCRs {pcrs})")
 
 
 @group.command("rotate")
@@ -344,39 +369,3 @@ def restore_command(
     click.echo(f"Restored keyring {info.path} (verified: {len(info.versions)} version(s) round-tripped)")
     click.echo(f"  keyring id:     {info.keyring_id}")
     click.echo(f"  primary key_id: {info.primary.key_id}")
-
-
-# --- keys.backend: tpm (issue 5) ----------------------------------------------------------------------
-# `keys init` above creates passphrase/unprotected keyrings. With --config and keys.backend: tpm it
-# creates a TPM-sealed keyring (kubeshield.keys.tpm) instead; every other case runs the command above
-# unchanged. Kept as one self-contained block so the commands above can be edited independently.
-# (rotate and list already reach TpmKeyBackend through open_primary.)
-_init_unsealed = init_command.callback
-
-
-def _init_tpm_or_unsealed(**params: Any) -> Any:
-    config_file, keyring = params.get("config_file"), params.get("keyring")
-    if config_file is None or keyring is not None or load_config(config_file).keys.backend != "tpm":
-        assert _init_unsealed is not None
-        return _init_unsealed(**params)
-    from kubeshield.keys.tpm import TpmSealer
-
-    if params.get("passphrase_file") is not None:
-        raise click.UsageError("--passphrase-file: a TPM-sealed keyring (backend tpm) has no passphrase")
-    with _errors():
-        tpm = load_config(config_file).keys.tpm
-        if tpm is None:
-            from kubeshield.config.settings import TpmSettings
-
-            tpm = TpmSettings()
-        sealer = TpmSealer(tcti=tpm.tcti, pcrs=tpm.pcrs)
-        info = KeyringFile(tpm.keyring, sealer=sealer).create(passphrase=None, force=params["force"]).info
-    click.echo(f"Created keyring {info.path}")
-    click.echo(f"  keyring id:     {info.keyring_id}")
-    click.echo(f"  primary key_id: {info.primary.key_id}")
-    pcrs = ",".join(map(str, info.pcrs)) or "none (bound to this TPM only)"
-    click.echo(f"  protection:     tpm ({tpm.tcti}; PCRs {pcrs})")
-    return None
-
-
-init_command.callback = _init_tpm_or_unsealed

@@ -2,25 +2,30 @@
 
 ``make_statement`` asks the custody process (over its socket) for its current key_id, learns its pid
 from the kernel (``SO_PEERCRED`` on our side of the connection), measures it
-(:func:`kubeshield.custody.measure.measure_pid`), and has the TPM quote the chosen PCRs with
-``qualifyingData = nonce``. The JSON statement (version 1)::
+(:func:`kubeshield.custody.measure.measure_pid`), builds the statement *body*, and has the TPM quote
+the chosen PCRs with ``qualifyingData = binding(nonce, body)``. The JSON statement (version 2)::
 
-    {"version": 1, "nonce": HEX, "keyIds": [..], "measurement": {pid, uid, gid, exe, exeSha256,
-     cgroup, packageDigest, startTime}, "pcrs": [..], "quote": B64(TPMS_ATTEST),
-     "signature": B64(DER ECDSA-SHA256), "akPublicKey": PEM}
+    {"version": 2, "nonce": HEX, "keyIds": [..], "measurement": {pid, uid, gid, exe, exeSha256,
+     cgroup, packageDigest, startTime}, "pcrs": [..],                         <- the body
+     "quote": B64(TPMS_ATTEST), "signature": B64(DER ECDSA-SHA256), "akPublicKey": PEM}
+
+The body is every field except ``quote``, ``signature`` and ``akPublicKey``. The binding is::
+
+    binding(nonce, body) = SHA-256(nonce || canonical_json(body))          (32 bytes)
+    canonical_json = JSON with keys sorted, separators "," and ":", ASCII only, UTF-8 bytes
 
 ``verify_statement`` needs only ``cryptography``: the signature over the TPMS_ATTEST bytes with the AK
-public key (pinned by the verifier when given), magic 0xFF544347, type 0x8018 (quote), extraData ==
-the verifier's nonce (a replayed statement fails), and the quoted PCR selection == ``pcrs``.
-
-What the quote binds: the nonce and the PCR values. The measurement and key_ids are claims made by
-the attesting side next to the quote, not inside it; a verifier that must rely on them needs them
-measured into a PCR (see docs/custody.md).
+public key (pinned by the verifier when given), magic 0xFF544347, type 0x8018 (quote), the statement's
+nonce == the verifier's nonce (a replayed statement fails), extraData == binding(verifier's nonce,
+body) (so a measurement, key_id or PCR list edited after quoting fails), and the quoted PCR selection
+== ``pcrs``. The quote thus vouches, with the TPM's AK, for the measurement and key_ids the attester
+reported at quoting time; it does not make the attester's measuring code trustworthy (docs/custody.md).
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import socket
 import struct
@@ -37,7 +42,19 @@ from kubeshield.errors import BackendUnavailable, PolicyDenied
 from kubeshield.keys._custody_protocol import Op, Request, Status, decode_response, encode_request, read_body
 from kubeshield.keys.tpm import MAX_NONCE, TpmSealer
 
-__all__ = ["AttestationError", "QuoteInfo", "make_statement", "parse_quote", "verify_statement"]
+__all__ = [
+    "STATEMENT_VERSION",
+    "AttestationError",
+    "QuoteInfo",
+    "binding",
+    "make_statement",
+    "parse_quote",
+    "statement_body",
+    "verify_statement",
+]
+
+STATEMENT_VERSION = 2
+_EVIDENCE_FIELDS = ("quote", "signature", "akPublicKey")
 
 TPM_GENERATED = 0xFF544347
 TPM_ST_ATTEST_QUOTE = 0x8018
@@ -87,6 +104,22 @@ def parse_quote(attest: bytes) -> QuoteInfo:
     return QuoteInfo(magic, typ, bytes(extra), tuple(sorted(pcrs)), bytes(digest))
 
 
+def statement_body(statement: dict[str, Any]) -> dict[str, Any]:
+    """The fields the quote binds: every field except ``quote``, ``signature`` and ``akPublicKey``."""
+    return {k: v for k, v in statement.items() if k not in _EVIDENCE_FIELDS}
+
+
+def binding(nonce: bytes, body: dict[str, Any]) -> bytes:
+    """``SHA-256(nonce || canonical_json(body))``: the quote's qualifyingData (module docstring)."""
+    try:
+        canonical = json.dumps(
+            body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
+        )
+    except (TypeError, ValueError) as exc:
+        raise AttestationError(f"statement body is not plain JSON: {type(exc).__name__}") from None
+    return hashlib.sha256(nonce + canonical.encode("ascii")).digest()
+
+
 def _custody_key_id(path: str, timeout: float) -> tuple[str, tuple[int, int, int]]:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(timeout)
@@ -113,12 +146,15 @@ def make_statement(
     *, socket_path: str, tcti: str, nonce: bytes, pcrs: tuple[int, ...], timeout: float = 5.0
 ) -> dict[str, Any]:
     """Build the signed statement described in the module docstring."""
+    if not isinstance(nonce, bytes) or not 1 <= len(nonce) <= MAX_NONCE:
+        raise ValueError(f"nonce must be 1..{MAX_NONCE} bytes")
+    if not pcrs or any(not 0 <= p <= 23 for p in pcrs):
+        raise ValueError("pcrs must be PCR indexes 0..23")
     key_id, (pid, uid, gid) = _custody_key_id(socket_path, timeout)
     identity = measure_pid(pid, uid, gid)
-    quote = TpmSealer(tcti=tcti).quote(nonce=nonce, pcrs=pcrs)
     measurement = asdict(identity)
-    return {
-        "version": 1,
+    body: dict[str, Any] = {
+        "version": STATEMENT_VERSION,
         "nonce": nonce.hex(),
         "keyIds": [key_id],
         "measurement": {
@@ -131,7 +167,11 @@ def make_statement(
             "packageDigest": measurement["package_digest"],
             "startTime": measurement["start_time"],
         },
-        "pcrs": list(quote.pcrs),
+        "pcrs": sorted(set(pcrs)),
+    }
+    quote = TpmSealer(tcti=tcti).quote(nonce=binding(nonce, body), pcrs=pcrs)
+    return {
+        **body,
         "quote": base64.b64encode(quote.attest).decode(),
         "signature": base64.b64encode(quote.signature).decode(),
         "akPublicKey": quote.ak_public_pem.decode(),
@@ -143,8 +183,10 @@ def verify_statement(
 ) -> QuoteInfo:
     """Check a statement against the verifier's ``nonce`` (and pinned AK). Raises AttestationError."""
     try:
-        if statement.get("version") != 1:
-            raise AttestationError("unsupported statement version")
+        if statement.get("version") != STATEMENT_VERSION:
+            raise AttestationError(
+                f"unsupported statement version (this kubeshield verifies {STATEMENT_VERSION})"
+            )
         attest = base64.b64decode(statement["quote"], validate=True)
         signature = base64.b64decode(statement["signature"], validate=True)
         claimed_pem = str(statement["akPublicKey"]).encode()
@@ -166,10 +208,13 @@ def verify_statement(
         raise AttestationError(f"magic is 0x{info.magic:08x}, not TPM_GENERATED 0xff544347")
     if info.type != TPM_ST_ATTEST_QUOTE:
         raise AttestationError(f"type is 0x{info.type:04x}, not a quote (0x8018)")
-    if info.extra_data != nonce:
-        raise AttestationError("the quote's extraData is not our nonce (replayed or foreign evidence)")
     if statement.get("nonce") != nonce.hex():
-        raise AttestationError("the statement's nonce is not our nonce")
+        raise AttestationError("the statement's nonce is not our nonce (replayed or foreign evidence)")
+    if info.extra_data != binding(nonce, statement_body(statement)):
+        raise AttestationError(
+            "the quote does not cover this statement body with our nonce "
+            "(the measurement, key_ids or pcrs were altered, or the quote is replayed)"
+        )
     if info.pcrs != claimed_pcrs:
         raise AttestationError("the quoted PCR selection differs from the statement's pcrs")
     return info

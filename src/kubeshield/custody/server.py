@@ -14,6 +14,11 @@ One thread per connection. For every connection:
    not, the answer is dropped and the connection closed.
 
 Backend calls are serialised by one lock: the custody process values simplicity over parallelism.
+
+A :class:`~kubeshield.keys.base.Refreshable` key store (the local and tpm keyrings) is refreshed before
+every KEY_ID and HEALTH answer (one ``stat`` when the keyring file is unchanged), so a rotation made
+with ``kubeshield keys rotate`` on the keyring file reaches the plugin at its next key_id refresh. A
+failed reload keeps the old keys and is logged (the error type and its path-only message).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from kubeshield.errors import (
     InvalidCiphertext,
     InvalidRequest,
     KeyNotFound,
+    KubeshieldError,
 )
 from kubeshield.keys._custody_protocol import (
     Op,
@@ -45,7 +51,7 @@ from kubeshield.keys._custody_protocol import (
     encode_response,
     read_body,
 )
-from kubeshield.keys.base import KeyBackend, Rotatable, Wrapped
+from kubeshield.keys.base import KeyBackend, Refreshable, Rotatable, Wrapped
 
 __all__ = ["CustodyServer", "bind_unix_socket"]
 
@@ -236,6 +242,18 @@ class CustodyServer:
         conn.sendall(encode_response(response))
 
     # ---- operations ------------------------------------------------------------------------------
+    def _refresh(self) -> None:
+        """Reload a Refreshable key store if its source changed; keep the old keys if that fails."""
+        if not isinstance(self._backend, Refreshable):
+            return
+        try:
+            if self._backend.refresh():
+                log.info("custody: key store reloaded, primary key_id is now %s", self._backend.key_id())
+        except KubeshieldError as exc:  # messages of our errors hold no secrets (paths, reasons)
+            log.warning("custody: key store reload failed, old keys kept: %s: %s", type(exc).__name__, exc)
+        except Exception as exc:
+            log.warning("custody: key store reload failed, old keys kept: %s", type(exc).__name__)
+
     def _dispatch(self, request: Request) -> Response:
         f = request.fields
         try:
@@ -256,6 +274,8 @@ class CustodyServer:
                     return Response(Status.OK, (self._backend.unwrap(w, aad=f[2]),))
                 if f:
                     raise ProtocolError("this op takes no fields")
+                if request.op in (Op.KEY_ID, Op.HEALTH):
+                    self._refresh()
                 if request.op == Op.KEY_ID:
                     return Response(Status.OK, (self._backend.key_id().encode(),))
                 if request.op == Op.HEALTH:

@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from kubeshield.config.settings import CustodySettings
 from kubeshield.errors import (
     BackendTimeout,
     BackendUnavailable,
@@ -57,6 +58,11 @@ class EnclaveKeyBackend:
         self._lock = threading.Lock()
         self._sock: _socket_mod.socket | None = None
         self._key_id: str | None = None
+
+    @classmethod
+    def from_settings(cls, settings: CustodySettings) -> EnclaveKeyBackend:
+        """The backend for ``keys.backend: custody``: the custody process at ``keys.custody.socket``."""
+        return cls(socket=str(settings.socket))
 
     # ---- transport -------------------------------------------------------------------------------
     def _connect(self) -> _socket_mod.socket:

@@ -1,4 +1,4 @@
-"""The local keyring: ordered KEK versions in one JSON file, optionally sealed with a passphrase.
+"""The local keyring: ordered KEK versions in one JSON file, sealed with a passphrase or a TPM.
 
 File layout (UTF-8 JSON, mode 0600, written atomically)::
 
@@ -9,7 +9,8 @@ File layout (UTF-8 JSON, mode 0600, written atomically)::
                    "state": "primary" | "decrypt-only"}, ...],           # ascending, exactly one primary
      "protection": {"kdf": "none"}
                  | {"kdf": "argon2id", "salt": "<b64, 16 bytes>", "iterations": 3, "lanes": 4,
-                    "memoryCost": 65536},                                # memoryCost in KiB
+                    "memoryCost": 65536}                                 # memoryCost in KiB
+                 | {"kdf": "tpm", "sealed": "<b64 of a TPM-sealed blob>", "pcrs": [7, ...]},
      "material": "<b64>"}
 
 The *public part* is every field except ``material``; it can be read without the passphrase
@@ -23,6 +24,17 @@ The *public part* is every field except ``material``; it can be read without the
   a state or the KDF parameters without the passphrase therefore makes the file fail to open. Because
   GCM cannot tell a wrong key from tampered data, both raise :class:`~kubeshield.errors.WrongPassphrase`.
   Every write draws a fresh salt and nonce; the Argon2 parameters are kept from the file.
+* ``kdf: tpm``: ``nonce(12) || AES-256-GCM(json above) || tag(16)`` under a random 32-byte *wrapping
+  key* that only the TPM can give back: ``sealed`` is that key sealed by a :class:`KeySealer`
+  (:class:`kubeshield.keys.tpm.TpmSealer`: bound to this TPM's storage seed and, when ``pcrs`` is not
+  empty, to the current sha256 values of those PCRs). AAD is the canonical JSON of the public part, as
+  for argon2id, so it covers ``sealed`` and ``pcrs`` too. A copy of the file on another machine (another
+  TPM) or after a PCR changed fails at unseal with :class:`~kubeshield.errors.KeyringError` (the TPM's
+  reason); a file whose public part was edited fails the GCM check with a ``KeyringError`` saying it was
+  altered. Every write draws a fresh wrapping key, seals it again (to the sealer's current ``pcrs``)
+  and draws a fresh nonce. A :class:`KeyringFile` built with a ``sealer`` opens only TPM-sealed
+  keyrings (fail closed: ``keys.backend: tpm`` never silently uses an unsealed file); one built
+  without a sealer refuses a TPM-sealed keyring with a message naming the fix.
 
 ``keyId`` is ``local:v<N>:<fp>`` where ``fp`` is the first 16 hex digits of
 ``sha256(b"kubeshield-kek-fingerprint\\x00" + key)``: no secret, stable for a key, and different for
@@ -53,7 +65,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -67,6 +79,7 @@ __all__ = [
     "KIND",
     "Argon2Params",
     "FileStamp",
+    "KeySealer",
     "Keyring",
     "KeyringFile",
     "KeyringInfo",
@@ -88,10 +101,27 @@ _MAX_VERSIONS = 10_000
 _TOP_FIELDS = frozenset({"kind", "formatVersion", "keyringId", "versions", "protection", "material"})
 _VERSION_FIELDS = frozenset({"version", "keyId", "created", "state"})
 _ARGON_FIELDS = frozenset({"kdf", "salt", "iterations", "lanes", "memoryCost"})
+_TPM_FIELDS = frozenset({"kdf", "sealed", "pcrs"})
+_MAX_SEALED_BYTES = 4096
 _KEY_ID = re.compile(r"local:v([1-9][0-9]*):([0-9a-f]{16})")
 _STATES = ("primary", "decrypt-only")
 
 State = Literal["primary", "decrypt-only"]
+Kdf = Literal["none", "argon2id", "tpm"]
+
+
+class KeySealer(Protocol):
+    """Seals a short secret to a device (a TPM) so that only that device, in that state, unseals it.
+
+    ``unseal`` raises :class:`~kubeshield.errors.KeyringError` (or a subclass) naming why it cannot.
+    """
+
+    @property
+    def pcrs(self) -> tuple[int, ...]: ...
+
+    def seal(self, secret: bytes) -> bytes: ...
+
+    def unseal(self, blob: bytes) -> bytes: ...
 
 
 def fingerprint(key: bytes) -> bytes:
@@ -158,13 +188,17 @@ class KeyringVersion:
 
 @dataclass(frozen=True, slots=True)
 class KeyringInfo:
-    """The public part of a keyring (readable without the passphrase)."""
+    """The public part of a keyring (readable without the passphrase or the TPM).
+
+    ``pcrs`` are the PCRs a ``kdf: tpm`` keyring is sealed to (empty otherwise).
+    """
 
     path: Path
     keyring_id: str
     versions: tuple[KeyringVersion, ...]
-    kdf: Literal["none", "argon2id"]
+    kdf: Kdf
     argon2: Argon2Params | None
+    pcrs: tuple[int, ...] = ()
 
     @property
     def primary(self) -> KeyringVersion:
@@ -205,7 +239,8 @@ class KeyringFile:
     """Reads and writes one keyring file. Holds no key material itself.
 
     ``argon2`` sets the cost of *new* keyrings (``create``); tests pass cheap parameters here.
-    ``fsync`` is the seam through which tests make a write fail.
+    ``sealer`` makes this a TPM-sealed keyring (``kdf: tpm``, module docstring): ``create`` seals with it,
+    and ``load`` opens only TPM-sealed keyrings. ``fsync`` is the seam through which tests make a write fail.
     """
 
     def __init__(
@@ -216,12 +251,14 @@ class KeyringFile:
         rng: Callable[[int], bytes] = os.urandom,
         argon2: Argon2Params | None = None,
         fsync: Callable[[int], None] = os.fsync,
+        sealer: KeySealer | None = None,
     ) -> None:
         self.path = Path(path)
         self._clock = clock
         self._rng = rng
         self._argon2 = argon2 if argon2 is not None else Argon2Params()
         self._fsync = fsync
+        self._sealer = sealer
 
     # --- reading -----------------------------------------------------------------------------------
 
@@ -241,7 +278,7 @@ class KeyringFile:
         return info
 
     def load(self, passphrase: bytes | None) -> Keyring:
-        """Open the keyring. A protected keyring needs ``passphrase``; an unprotected one ignores it."""
+        """Open the keyring. An argon2id keyring needs ``passphrase``; a TPM-sealed one needs the sealer."""
         info, public, material, stamp = self._read()
         return Keyring(info=info, keys=self._open_material(info, public, material, passphrase), stamp=stamp)
 
@@ -300,13 +337,13 @@ class KeyringFile:
         except ValueError:
             raise self._error("keyringId is not a UUID") from None
         versions = self._parse_versions(doc["versions"])
-        kdf, argon2 = self._parse_protection(doc["protection"])
+        kdf, argon2, pcrs = self._parse_protection(doc["protection"])
         try:
             material = _b64decode(doc["material"])
         except (ValueError, binascii.Error):
             raise self._error("material is not base64") from None
         public = {k: v for k, v in doc.items() if k != "material"}
-        info = KeyringInfo(self.path, keyring_id, versions, kdf, argon2)
+        info = KeyringInfo(self.path, keyring_id, versions, kdf, argon2, pcrs)
         return info, public, material
 
     def _parse_versions(self, raw: object) -> tuple[KeyringVersion, ...]:
@@ -342,16 +379,18 @@ class KeyringFile:
             raise self._error("two versions share a fingerprint")
         return tuple(out)
 
-    def _parse_protection(self, raw: object) -> tuple[Literal["none", "argon2id"], Argon2Params | None]:
+    def _parse_protection(self, raw: object) -> tuple[Kdf, Argon2Params | None, tuple[int, ...]]:
         if not isinstance(raw, dict):
             raise self._error("protection must be a mapping")
         kdf = raw.get("kdf")
         if kdf == "none":
             if set(raw) != {"kdf"}:
                 raise self._error("protection with kdf none has extra fields")
-            return "none", None
+            return "none", None, ()
+        if kdf == "tpm":
+            return "tpm", None, self._parse_tpm_protection(raw)
         if kdf != "argon2id":
-            raise self._error("protection.kdf must be none or argon2id")
+            raise self._error("protection.kdf must be none, argon2id or tpm")
         if set(raw) != _ARGON_FIELDS:
             raise self._error(f"protection must have exactly the fields {sorted(_ARGON_FIELDS)}")
         try:
@@ -366,12 +405,37 @@ class KeyringFile:
         problem = _argon_problem(*numbers)
         if problem:
             raise self._error(f"protection: {problem}")
-        return "argon2id", Argon2Params(*numbers)
+        return "argon2id", Argon2Params(*numbers), ()
+
+    def _parse_tpm_protection(self, raw: dict[str, Any]) -> tuple[int, ...]:
+        if set(raw) != _TPM_FIELDS:
+            raise self._error(f"protection must have exactly the fields {sorted(_TPM_FIELDS)}")
+        try:
+            sealed = _b64decode(raw["sealed"])
+        except (ValueError, binascii.Error):
+            raise self._error("protection.sealed is not base64") from None
+        if not 1 <= len(sealed) <= _MAX_SEALED_BYTES:
+            raise self._error(f"protection.sealed must be 1..{_MAX_SEALED_BYTES} bytes")
+        pcrs = raw["pcrs"]
+        if (
+            not isinstance(pcrs, list)
+            or any(isinstance(p, bool) or not isinstance(p, int) or not 0 <= p <= 23 for p in pcrs)
+            or pcrs != sorted(set(pcrs))
+        ):
+            raise self._error("protection.pcrs must be a sorted list of distinct PCR indexes 0..23")
+        return tuple(pcrs)
 
     def _open_material(
         self, info: KeyringInfo, public: Mapping[str, Any], material: bytes, passphrase: bytes | None
     ) -> dict[int, bytes]:
-        if info.argon2 is not None:
+        if self._sealer is not None and info.kdf != "tpm":
+            raise self._error(
+                f"keyring is not TPM-sealed (protection kdf is {info.kdf}); the tpm backend opens only "
+                "keyrings created with `kubeshield keys init --config FILE` and keys.backend: tpm"
+            )
+        if info.kdf == "tpm":
+            plain = self._open_tpm_material(public, material)
+        elif info.argon2 is not None:
             if passphrase is None:
                 raise self._error(
                     "keyring is passphrase-protected: give a passphrase file or set "
@@ -407,12 +471,38 @@ class KeyringFile:
             keys[v.version] = key
         return keys
 
+    def _open_tpm_material(self, public: Mapping[str, Any], material: bytes) -> bytes:
+        if self._sealer is None:
+            raise self._error(
+                "keyring is sealed by a TPM: open it with keys.backend: tpm (--config FILE, "
+                "keys.tpm.tcti naming the TPM that sealed it)"
+            )
+        if len(material) < _NONCE + _TAG:
+            raise self._error("material is truncated")
+        try:
+            wrapping = self._sealer.unseal(base64.b64decode(public["protection"]["sealed"]))
+        except KeyringError as exc:
+            raise type(exc)(f"{self.path}: {exc}") from None
+        if len(wrapping) != KEY_BYTES:
+            raise self._error("the TPM-sealed wrapping key has the wrong length")
+        try:
+            return AESGCM(wrapping).decrypt(material[:_NONCE], material[_NONCE:], _canonical(public))
+        except InvalidTag:
+            raise self._error(
+                "keyring was altered: its contents do not match its TPM-sealed key (integrity check failed)"
+            ) from None
+
     # --- writing -----------------------------------------------------------------------------------
 
     def create(self, *, passphrase: bytes | None, force: bool = False) -> Keyring:
-        """Write a new keyring with one primary version. Refuses to replace one unless ``force``."""
+        """Write a new keyring with one primary version. Refuses to replace one unless ``force``.
+
+        With a sealer the keyring is TPM-sealed (``passphrase`` must then be None).
+        """
         if passphrase is not None and not passphrase:
             raise ValueError("passphrase must not be empty (pass None for an unprotected keyring)")
+        if passphrase is not None and self._sealer is not None:
+            raise ValueError("a keyring is sealed by a passphrase or by a TPM, not both")
         try:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as exc:
@@ -427,7 +517,12 @@ class KeyringFile:
             version = KeyringVersion(1, key_id_for(1, key), _now_rfc3339(self._clock), "primary")
             argon2 = self._argon2 if passphrase is not None else None
             return self._write(
-                str(uuid.UUID(bytes=self._rng(16), version=4)), (version,), {1: key}, argon2, passphrase
+                str(uuid.UUID(bytes=self._rng(16), version=4)),
+                (version,),
+                {1: key},
+                argon2,
+                passphrase,
+                tpm=self._sealer is not None,
             )
 
     def rotate(self, *, passphrase: bytes | None) -> Keyring:
@@ -443,7 +538,14 @@ class KeyringFile:
             older = [KeyringVersion(v.version, v.key_id, v.created, "decrypt-only") for v in old]
             versions = (*older, new)
             keys = {**current.keys, number: key}
-            return self._write(current.info.keyring_id, versions, keys, current.info.argon2, passphrase)
+            return self._write(
+                current.info.keyring_id,
+                versions,
+                keys,
+                current.info.argon2,
+                passphrase,
+                tpm=current.info.kdf == "tpm",
+            )
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -468,10 +570,24 @@ class KeyringFile:
         keys: Mapping[int, bytes],
         argon2: Argon2Params | None,
         passphrase: bytes | None,
+        *,
+        tpm: bool = False,
     ) -> Keyring:
-        if argon2 is not None:
-            salt = self._rng(_SALT_BYTES)
+        wrapping: bytes | None = None
+        pcrs: tuple[int, ...] = ()
+        if tpm:
+            if self._sealer is None or argon2 is not None:
+                raise self._error("a TPM-sealed keyring needs a sealer and no passphrase")
+            wrapping = self._new_key()
+            pcrs = tuple(self._sealer.pcrs)
             protection: dict[str, Any] = {
+                "kdf": "tpm",
+                "sealed": base64.b64encode(self._sealer.seal(wrapping)).decode("ascii"),
+                "pcrs": list(pcrs),
+            }
+        elif argon2 is not None:
+            salt = self._rng(_SALT_BYTES)
+            protection = {
                 "kdf": "argon2id",
                 "salt": base64.b64encode(salt).decode("ascii"),
                 "iterations": argon2.iterations,
@@ -494,7 +610,10 @@ class KeyringFile:
             {str(n): base64.b64encode(k).decode("ascii") for n, k in sorted(keys.items())},
             separators=(",", ":"),
         ).encode("ascii")
-        if argon2 is not None:
+        if wrapping is not None:
+            nonce = self._rng(_NONCE)
+            material = nonce + AESGCM(wrapping).encrypt(nonce, table, _canonical(public))
+        elif argon2 is not None:
             if passphrase is None:
                 raise self._error("keyring is passphrase-protected but no passphrase was given")
             nonce = self._rng(_NONCE)
@@ -509,8 +628,8 @@ class KeyringFile:
             stamp = FileStamp.of(os.stat(self.path))
         except OSError as exc:
             raise self._error(f"cannot write keyring: {exc.strerror}") from None
-        kdf: Literal["none", "argon2id"] = "argon2id" if argon2 is not None else "none"
-        info = KeyringInfo(self.path, keyring_id, versions, kdf, argon2)
+        kdf: Kdf = "tpm" if tpm else "argon2id" if argon2 is not None else "none"
+        info = KeyringInfo(self.path, keyring_id, versions, kdf, argon2, pcrs)
         return Keyring(info=info, keys=dict(keys), stamp=stamp)
 
 

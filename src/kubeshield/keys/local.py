@@ -42,7 +42,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from kubeshield.config.settings import LocalSettings
 from kubeshield.errors import BackendUnavailable, InvalidCiphertext, KeyNotFound
 from kubeshield.keys.base import Health, KeyVersionInfo, Wrapped
-from kubeshield.keys.keyring import Argon2Params, FileStamp, Keyring, KeyringFile, fingerprint
+from kubeshield.keys.keyring import Argon2Params, FileStamp, Keyring, KeyringFile, KeySealer, fingerprint
 from kubeshield.keys.passphrase import read_passphrase
 
 __all__ = ["WRAP_FORMAT", "LocalKeyBackend"]
@@ -84,7 +84,12 @@ def _aad(key_id: str, aad: bytes) -> bytes:
 
 
 class LocalKeyBackend:
-    """KEKs from a local keyring file. Implements KeyBackend, Rotatable, Refreshable and Exportable."""
+    """KEKs from a local keyring file. Implements KeyBackend, Rotatable, Refreshable and Exportable.
+
+    ``sealer`` opens (and keeps writing) a TPM-sealed keyring instead of a passphrase-protected one
+    (:mod:`kubeshield.keys.keyring`); :class:`kubeshield.keys.tpm.TpmKeyBackend` is this class with a
+    TPM sealer. The wrap format and key_ids are the same either way.
+    """
 
     name = "local"
 
@@ -96,8 +101,9 @@ class LocalKeyBackend:
         clock: Callable[[], float] = time.time,
         rng: Callable[[int], bytes] = os.urandom,
         argon2: Argon2Params | None = None,
+        sealer: KeySealer | None = None,
     ) -> None:
-        self._file = KeyringFile(path, clock=clock, rng=rng, argon2=argon2)
+        self._file = KeyringFile(path, clock=clock, rng=rng, argon2=argon2, sealer=sealer)
         self._passphrase = passphrase
         self._clock = clock
         self._rng = rng
@@ -114,10 +120,13 @@ class LocalKeyBackend:
         clock: Callable[[], float] = time.time,
         rng: Callable[[int], bytes] = os.urandom,
         argon2: Argon2Params | None = None,
+        sealer: KeySealer | None = None,
     ) -> LocalKeyBackend:
         """Create a new keyring file (refusing to replace one unless ``force``) and open it."""
-        KeyringFile(path, clock=clock, rng=rng, argon2=argon2).create(passphrase=passphrase, force=force)
-        return cls(path=path, passphrase=passphrase, clock=clock, rng=rng, argon2=argon2)
+        KeyringFile(path, clock=clock, rng=rng, argon2=argon2, sealer=sealer).create(
+            passphrase=passphrase, force=force
+        )
+        return cls(path=path, passphrase=passphrase, clock=clock, rng=rng, argon2=argon2, sealer=sealer)
 
     @classmethod
     def from_settings(

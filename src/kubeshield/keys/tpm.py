@@ -1,4 +1,16 @@
-"""TPM 2.0 sealing of key material at rest, and TPM quotes (tpm2-pytss; the only module importing it).
+"""TPM 2.0 sealing of key material at rest, the ``tpm`` key backend, and TPM quotes.
+
+tpm2-pytss is imported here only (by name, lazily).
+
+The ``tpm`` backend (:class:`TpmKeyBackend`) is :class:`~kubeshield.keys.local.LocalKeyBackend` over a
+TPM-sealed keyring (``protection.kdf: tpm``, layout in :mod:`kubeshield.keys.keyring`): a random
+32-byte wrapping key sealed by :class:`TpmSealer` (optionally to PCRs) protects the KEK versions in
+the file. Same wrap format, same ``local:v<N>:<fp>`` key_ids (they name the keyring format, so moving
+a keyring between passphrase and TPM protection keeps every key_id and every stored Secret readable).
+The TPM is used when the keyring is opened, reloaded or rotated, never per wrap/unwrap: the KEKs are in
+this process's memory while it runs (run it inside ``kubeshield custody serve`` to keep them out of
+the plugin). A copied keyring file is useless without this TPM, and with ``pcrs`` without this PCR
+state.
 
 Sealing: the secret becomes a TPM keyed-hash object under the owner hierarchy's primary storage key
 (ECC P-256, the standard template, re-derived from the TPM's seed on every use, never stored). Only
@@ -23,16 +35,21 @@ import hashlib
 import importlib
 import os
 import struct
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from kubeshield.errors import BackendUnavailable, KeyringError
+from kubeshield.config.settings import TpmSettings
+from kubeshield.errors import BackendUnavailable, ConfigError, KeyringError
+from kubeshield.keys.keyring import Argon2Params, KeyringFile, KeySealer
+from kubeshield.keys.local import LocalKeyBackend
 
-__all__ = ["MAX_NONCE", "Quote", "TpmSealer", "TpmUnsealError"]
+__all__ = ["MAX_NONCE", "Quote", "TpmKeyBackend", "TpmSealer", "TpmUnsealError"]
 
 os.environ.setdefault("TSS2_LOG", "all+none")  # the library otherwise writes its own errors to stderr
 
@@ -81,6 +98,11 @@ class TpmSealer:
             raise ValueError("pcrs must be distinct PCR indexes 0..23")
         self._tcti = tcti
         self._pcrs = tuple(sorted(pcrs))
+
+    @property
+    def pcrs(self) -> tuple[int, ...]:
+        """The sha256 PCRs new seals are bound to (sorted; empty: bound to this TPM only)."""
+        return self._pcrs
 
     # ---- plumbing --------------------------------------------------------------------------------
     @contextmanager
@@ -294,3 +316,55 @@ class TpmSealer:
                 ctx.pcr_extend(getattr(t.ESYS_TR, f"PCR{pcr}"), digests)
             except Exception as exc:
                 raise BackendUnavailable(f"the TPM refused to extend PCR {pcr} (rc 0x{_rc(exc):x})") from None
+
+
+class TpmKeyBackend(LocalKeyBackend):
+    """The ``tpm`` backend: a local keyring whose material is sealed by this TPM (module docstring)."""
+
+    name = "tpm"
+
+    def __init__(
+        self,
+        *,
+        path: str | Path,
+        tcti: str,
+        pcrs: Sequence[int] = (),
+        clock: Callable[[], float] = time.time,
+        rng: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        super().__init__(path=path, clock=clock, rng=rng, sealer=TpmSealer(tcti=tcti, pcrs=pcrs))
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        path: str | Path,
+        passphrase: bytes | None = None,
+        force: bool = False,
+        clock: Callable[[], float] = time.time,
+        rng: Callable[[int], bytes] = os.urandom,
+        argon2: Argon2Params | None = None,
+        sealer: KeySealer | None = None,
+        tcti: str = "",
+        pcrs: Sequence[int] = (),
+    ) -> TpmKeyBackend:
+        """Create a TPM-sealed keyring (refusing to replace one unless ``force``) and open it.
+
+        ``tcti`` names the TPM; ``passphrase``, ``argon2`` and ``sealer`` exist for the signature of
+        :meth:`LocalKeyBackend.create` and must be left out.
+        """
+        if passphrase is not None or argon2 is not None or sealer is not None:
+            raise ValueError("a TPM-sealed keyring takes tcti and pcrs, not a passphrase, argon2 or sealer")
+        sealer = TpmSealer(tcti=tcti, pcrs=pcrs)
+        KeyringFile(path, clock=clock, rng=rng, sealer=sealer).create(passphrase=None, force=force)
+        return cls(path=path, tcti=tcti, pcrs=pcrs, clock=clock, rng=rng)
+
+    # Each backend's from_settings takes its own settings section (keys.registry), hence the override.
+    @classmethod
+    def from_settings(cls, settings: TpmSettings) -> TpmKeyBackend:  # type: ignore[override]
+        """Open the TPM-sealed keyring named by ``keys.tpm`` (``keyring``, ``tcti``, ``pcrs``)."""
+        try:
+            TpmSealer(tcti=settings.tcti, pcrs=settings.pcrs)
+        except ValueError as exc:
+            raise ConfigError(f"keys.tpm: {exc}") from None
+        return cls(path=settings.keyring, tcti=settings.tcti, pcrs=settings.pcrs)

@@ -1,24 +1,18 @@
-"""Helpers for the custody integration tests: a file-backed test key store, process start, memory scan."""
+"""Helpers for the custody integration tests: real keyrings, process start, memory scan."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
-from kubeshield.errors import InvalidCiphertext, KeyNotFound
-from kubeshield.keys.base import Health, Wrapped
+from kubeshield.keys.keyring import KeyringFile
 
 REPO = Path(__file__).resolve().parents[3]
 PYTHON = sys.executable
-FACTORY = "tests.integration.custody._support:file_backend"
+KUBESHIELD = [str(Path(PYTHON).parent / "kubeshield")]
 # ``kubeshield custody ...`` without depending on the group being registered in kubeshield.cli yet
 CUSTODY_CLI = [
     PYTHON,
@@ -28,67 +22,16 @@ CUSTODY_CLI = [
 ]
 
 
-class FileKeyBackend:
-    """Stand-in for the local keyring backend: the KEK is 32 raw bytes in a file the test wrote.
-
-    ``KUBESHIELD_TEST_SLOW_UNWRAP`` (seconds) makes unwrap sleep first, to kill the process mid-request.
-    """
-
-    name = "file"
-
-    def __init__(self, *, keyring: str) -> None:
-        material = Path(keyring).read_bytes()
-        if len(material) != 32:
-            raise ValueError("test keyring must hold 32 bytes")
-        self._keys = {"file:v1:" + hashlib.sha256(material).hexdigest()[:16]: AESGCM(material)}
-        self._order = list(self._keys)
-        self._slow = float(os.environ.get("KUBESHIELD_TEST_SLOW_UNWRAP", "0"))
-
-    def key_id(self) -> str:
-        return self._order[-1]
-
-    def rotate(self) -> str:
-        material = os.urandom(32)
-        kid = f"file:v{len(self._order) + 1}:" + hashlib.sha256(material).hexdigest()[:16]
-        self._keys[kid] = AESGCM(material)
-        self._order.append(kid)
-        return kid
-
-    def wrap(self, plaintext: bytes, *, aad: bytes = b"") -> Wrapped:
-        kid = self.key_id()
-        nonce = os.urandom(12)
-        return Wrapped(nonce + self._keys[kid].encrypt(nonce, plaintext, kid.encode() + b"\0" + aad), kid)
-
-    def unwrap(self, wrapped: Wrapped, *, aad: bytes = b"") -> bytes:
-        if self._slow:
-            time.sleep(self._slow)
-        key = self._keys.get(wrapped.key_id)
-        if key is None:
-            raise KeyNotFound("unknown key_id")
-        blob = wrapped.ciphertext
-        try:
-            return key.decrypt(blob[:12], blob[12:], wrapped.key_id.encode() + b"\0" + aad)
-        except (InvalidTag, ValueError):
-            raise InvalidCiphertext() from None
-
-    def check_health(self) -> Health:
-        probe = os.urandom(16)
-        ok = self.unwrap(self.wrap(probe)) == probe
-        return Health(ok, self.key_id(), "ok" if ok else "mismatch", time.time(), 0.0)
-
-    def close(self) -> None:
-        self._keys.clear()
-
-
-def file_backend(*, keyring: str, passphrase: bytes | None) -> FileKeyBackend:
-    return FileKeyBackend(keyring=keyring)
-
-
 def write_keyring(path: Path) -> bytes:
-    kek = os.urandom(32)
-    path.write_bytes(kek)
-    path.chmod(0o600)
-    return kek
+    """Create a real, unprotected local keyring at ``path``; returns its one KEK (read back from the file)."""
+    KeyringFile(path).create(passphrase=None)
+    return keyring_keks(path)[0]
+
+
+def keyring_keks(path: Path) -> list[bytes]:
+    """Every KEK version of the unprotected keyring at ``path``, read from the file itself."""
+    opened = KeyringFile(path).load(None)
+    return [opened.keys[v.version] for v in opened.info.versions]
 
 
 def env(**extra: str) -> dict[str, str]:
@@ -133,7 +76,7 @@ class Custody:
 
 def start_custody(
     *,
-    keyring: Path,
+    keyring: Path | None,
     socket: Path,
     policy: Path,
     extra: list[str] = (),  # type: ignore[assignment]
@@ -141,10 +84,10 @@ def start_custody(
     preexec_fn=None,
     pass_fds: tuple[int, ...] = (),
 ) -> Custody:
+    """Start ``custody serve`` with the real key store (``--keyring`` unless None; ``extra`` flags)."""
+    keyring_args = ["--keyring", str(keyring)] if keyring is not None else []
     cmd = [
-        *CUSTODY_CLI, "serve",
-        "--keyring", str(keyring), "--socket", str(socket), "--policy", str(policy),
-        "--backend-factory", FACTORY, *extra,
+        *CUSTODY_CLI, "serve", *keyring_args, "--socket", str(socket), "--policy", str(policy), *extra,
     ]  # fmt: skip
     proc = subprocess.Popen(
         cmd,

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import pwd
 import shutil
 import signal
+import struct
 import subprocess
 import tempfile
+import termios
 import textwrap
 import threading
 import time
@@ -176,8 +179,7 @@ def test_mlock_failure_warns_or_refuses(workdir: Path) -> None:
 
     refused = subprocess.run(
         [*CUSTODY_CLI, "serve", "--keyring", str(workdir / "keyring"),
-         "--socket", str(workdir / "r.sock"), "--policy", str(policy), "--require-mlock",
-         "--backend-factory", "tests.integration.custody._support:file_backend"],
+         "--socket", str(workdir / "r.sock"), "--policy", str(policy), "--require-mlock"],
         capture_output=True, text=True, cwd=str(REPO), env=env(), timeout=60,
         preexec_fn=as_nobody_without_memlock,
     )  # fmt: skip
@@ -249,19 +251,13 @@ def test_caller_with_another_exe_measurement_is_refused(workdir: Path) -> None:
 
 
 def test_killed_mid_request_reports_unavailable_then_reconnects(workdir: Path) -> None:
+    """The request is on the custody socket, unanswered (the process is stopped), when it is killed."""
     write_keyring(workdir / "keyring")
     policy = allow_policy(workdir / "p.yaml")
     sock = workdir / "c.sock"
-    fast = start_custody(keyring=workdir / "keyring", socket=sock, policy=policy)
-    backend = EnclaveKeyBackend(socket=str(sock), timeout=10)
+    custody = start_custody(keyring=workdir / "keyring", socket=sock, policy=policy)
+    backend = EnclaveKeyBackend(socket=str(sock), timeout=30)
     wrapped = backend.wrap(b"k" * 32)
-    fast.stop()
-    slow = start_custody(
-        keyring=workdir / "keyring",
-        socket=sock,
-        policy=policy,
-        env_extra={"KUBESHIELD_TEST_SLOW_UNWRAP": "30"},
-    )
     outcome: list[object] = []
 
     def call() -> None:
@@ -270,12 +266,16 @@ def test_killed_mid_request_reports_unavailable_then_reconnects(workdir: Path) -
         except Exception as exc:
             outcome.append(exc)
 
-    t = threading.Thread(target=call)
-    t.start()
-    time.sleep(1.0)  # the request is now inside the slow unwrap
-    os.kill(slow.proc.pid, signal.SIGKILL)
+    os.kill(custody.proc.pid, signal.SIGSTOP)
+    try:
+        t = threading.Thread(target=call)
+        t.start()
+        _wait_for_pending_request(backend)
+        assert not outcome  # the call is waiting for its answer
+    finally:
+        os.kill(custody.proc.pid, signal.SIGKILL)
     t.join(15)
-    slow.stop()
+    custody.stop()
     assert len(outcome) == 1 and isinstance(outcome[0], BackendUnavailable)
     with pytest.raises(BackendUnavailable):
         backend.unwrap(wrapped)  # nobody is listening
@@ -287,19 +287,40 @@ def test_killed_mid_request_reports_unavailable_then_reconnects(workdir: Path) -
         again.stop()
 
 
+def _wait_for_pending_request(backend: EnclaveKeyBackend, bound: float = 30.0) -> None:
+    """Until the backend's request sits unread on the custody socket.
+
+    For a unix stream socket, ``TIOCOUTQ`` (SIOCOUTQ) counts the bytes sent that the peer has not
+    read yet, so a positive value means our request was sent and the stopped custody process holds it.
+    """
+    deadline = time.monotonic() + bound
+    while time.monotonic() < deadline:
+        sock = backend._sock
+        if sock is not None:
+            pending = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0]
+            if pending > 0:
+                return
+        time.sleep(0.02)
+    raise AssertionError("the request never reached the custody process's socket")
+
+
 def test_timeout_reports_backend_timeout(workdir: Path) -> None:
     write_keyring(workdir / "keyring")
     sock = workdir / "c.sock"
-    proc = start_custody(
-        keyring=workdir / "keyring", socket=sock, policy=allow_policy(workdir / "p.yaml"),
-        env_extra={"KUBESHIELD_TEST_SLOW_UNWRAP": "3"},
-    )  # fmt: skip
+    proc = start_custody(keyring=workdir / "keyring", socket=sock, policy=allow_policy(workdir / "p.yaml"))
     try:
-        backend = EnclaveKeyBackend(socket=str(sock), timeout=0.5)
-        wrapped = backend.wrap(b"t" * 32)
-        with pytest.raises(BackendTimeout):
-            backend.unwrap(wrapped)
-        backend.close()
+        patient = EnclaveKeyBackend(socket=str(sock), timeout=30)  # measuring a caller takes a moment
+        wrapped = patient.wrap(b"t" * 32)
+        impatient = EnclaveKeyBackend(socket=str(sock), timeout=0.5)
+        os.kill(proc.proc.pid, signal.SIGSTOP)  # the custody process cannot answer
+        try:
+            with pytest.raises(BackendTimeout):
+                impatient.unwrap(wrapped)
+        finally:
+            os.kill(proc.proc.pid, signal.SIGCONT)
+        impatient.close()
+        assert patient.unwrap(wrapped) == b"t" * 32  # the custody process serves again
+        patient.close()
     finally:
         proc.stop()
 
@@ -312,8 +333,8 @@ if mode == "enclave":
     from kubeshield.keys.enclave import EnclaveKeyBackend
     backend = EnclaveKeyBackend(socket=arg)
 else:
-    from tests.integration.custody._support import FileKeyBackend
-    backend = FileKeyBackend(keyring=arg)
+    from kubeshield.keys.local import LocalKeyBackend
+    backend = LocalKeyBackend(path=arg)
 for i in range(200):
     w = backend.wrap(bytes([i]) * 32, aad=b"ns/name")
     assert backend.unwrap(w, aad=b"ns/name") == bytes([i]) * 32

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import subprocess
@@ -12,8 +13,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kubeshield.custody.attest import AttestationError, parse_quote, verify_statement
+from kubeshield.custody.attest import (
+    AttestationError,
+    binding,
+    parse_quote,
+    statement_body,
+    verify_statement,
+)
 from kubeshield.errors import BackendUnavailable
+from kubeshield.keys.keyring import KeyringFile
 from kubeshield.keys.tpm import TpmSealer, TpmUnsealError
 from tests.support.swtpm import start_swtpm
 
@@ -78,6 +86,7 @@ def custody(tmp_path: Path):
     proc = start_custody(
         keyring=tmp_path / "keyring", socket=tmp_path / "c.sock", policy=allow_policy(tmp_path / "p.yaml")
     )
+    proc.key_id = KeyringFile(tmp_path / "keyring").read_info().primary.key_id  # type: ignore[attr-defined]
     yield proc
     proc.stop()
 
@@ -97,9 +106,13 @@ def test_attest_and_verify_round_trip_and_reject_a_wrong_nonce(tpms, custody, tm
     assert out.returncode == 0, out.stderr
     statement = json.loads(out.stdout)
     assert statement["measurement"]["pid"] == custody.proc.pid
-    assert statement["keyIds"] and statement["keyIds"][0].startswith("file:v1:")
+    assert statement["keyIds"] == [custody.key_id]
     info = parse_quote(base64.b64decode(statement["quote"]))
-    assert info.extra_data.hex() == nonce and info.pcrs == (7, 16)
+    assert info.pcrs == (7, 16)
+    # the quote's qualifying data binds the nonce AND the statement body
+    body = {k: v for k, v in statement.items() if k not in ("quote", "signature", "akPublicKey")}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    assert info.extra_data == hashlib.sha256(bytes.fromhex(nonce) + canonical).digest()
 
     path = tmp_path / "statement.json"
     path.write_text(out.stdout)
@@ -118,22 +131,69 @@ def test_attest_and_verify_round_trip_and_reject_a_wrong_nonce(tpms, custody, tm
         verify_statement(statement, nonce=bytes.fromhex(nonce), ak_public_pem=other_ak)
 
 
+def _quoted_statement(tcti: str, nonce: bytes) -> dict[str, object]:
+    """A version-2 statement quoted by the TPM at ``tcti`` (a made-up body; no custody process needed)."""
+    body = {
+        "version": 2, "nonce": nonce.hex(), "keyIds": ["local:v3:0123456789abcdef"], "pcrs": [7],
+        "measurement": {"pid": 4242, "uid": 0, "gid": 0, "exe": "/usr/bin/python3.11",
+                        "exeSha256": "ab" * 32, "cgroup": "0::/", "packageDigest": None, "startTime": 1},
+    }  # fmt: skip
+    q = TpmSealer(tcti=tcti).quote(nonce=binding(nonce, body), pcrs=(7,))
+    return {
+        **body, "akPublicKey": q.ak_public_pem.decode(),
+        "quote": base64.b64encode(q.attest).decode(), "signature": base64.b64encode(q.signature).decode(),
+    }  # fmt: skip
+
+
 def test_tampered_quote_or_signature_is_rejected(tpms) -> None:
     a, _ = tpms
     nonce = b"n" * 20
-    q = TpmSealer(tcti=a.tcti).quote(nonce=nonce, pcrs=(7,))
-    good = {
-        "version": 1, "nonce": nonce.hex(), "pcrs": [7], "akPublicKey": q.ak_public_pem.decode(),
-        "quote": base64.b64encode(q.attest).decode(), "signature": base64.b64encode(q.signature).decode(),
-    }  # fmt: skip
+    good = _quoted_statement(a.tcti, nonce)
     assert verify_statement(good, nonce=nonce).pcrs == (7,)
-    bad_quote = dict(good, quote=base64.b64encode(q.attest[:-1] + bytes([q.attest[-1] ^ 1])).decode())
+    attest = base64.b64decode(good["quote"])  # type: ignore[arg-type]
+    bad_quote = dict(good, quote=base64.b64encode(attest[:-1] + bytes([attest[-1] ^ 1])).decode())
     with pytest.raises(AttestationError, match="signature does not verify"):
         verify_statement(bad_quote, nonce=nonce)
-    with pytest.raises(AttestationError, match="PCR selection"):
-        verify_statement(dict(good, pcrs=[7, 16]), nonce=nonce)
     with pytest.raises(AttestationError, match="malformed"):
         verify_statement(dict(good, quote="***"), nonce=nonce)
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        pytest.param(lambda s: s["measurement"].update(exeSha256="cd" * 32), id="measurement-exe"),
+        pytest.param(lambda s: s["measurement"].update(uid=1000), id="measurement-uid"),
+        pytest.param(lambda s: s.update(keyIds=["local:v4:fedcba9876543210"]), id="key-ids"),
+        pytest.param(lambda s: s["keyIds"].append("local:v4:fedcba9876543210"), id="key-id-added"),
+        pytest.param(lambda s: s.update(extra="claim"), id="field-added"),
+        pytest.param(lambda s: s.pop("measurement"), id="field-removed"),
+    ],
+)
+def test_a_tampered_statement_body_fails_verification(tpms, edit) -> None:
+    a, _ = tpms
+    nonce = os.urandom(32)
+    statement = _quoted_statement(a.tcti, nonce)
+    assert verify_statement(statement, nonce=nonce).pcrs == (7,)
+    tampered = json.loads(json.dumps(statement))
+    edit(tampered)
+    assert statement_body(tampered) != statement_body(statement)
+    with pytest.raises(AttestationError, match="does not cover this statement body"):
+        verify_statement(tampered, nonce=nonce)
+
+
+def test_statement_pcrs_must_match_the_quoted_selection(tpms) -> None:
+    a, _ = tpms
+    nonce = b"p" * 16
+    statement = _quoted_statement(a.tcti, nonce)
+    with pytest.raises(AttestationError, match="does not cover this statement body"):
+        verify_statement(dict(statement, pcrs=[7, 16]), nonce=nonce)
+
+
+def test_a_version_1_statement_is_refused(tpms) -> None:
+    a, _ = tpms
+    statement = dict(_quoted_statement(a.tcti, b"v" * 8), version=1)
+    with pytest.raises(AttestationError, match="unsupported statement version"):
+        verify_statement(statement, nonce=b"v" * 8)
 
 
 @settings(max_examples=300)

@@ -133,7 +133,8 @@ def test_bad_config_is_reported_with_the_field(tmp_path: Path) -> None:
 
 
 def test_init_with_a_remote_backend_config_is_refused(tmp_path: Path) -> None:
-    (tmp_path / "kubeshield.yaml").write_text("keys:\n  backend: tpm\n")
+    # (keys.backend: tpm is not refused: it creates a TPM-sealed keyring, tests/integration/custody)
+    (tmp_path / "kubeshield.yaml").write_text("keys:\n  backend: awskms\n  awskms: {keyId: alias/ks}\n")
     result = run("keys", "init", "--config", str(tmp_path / "kubeshield.yaml"))
     assert result.exit_code == 1
     assert "creates local keyrings only" in result.stderr
