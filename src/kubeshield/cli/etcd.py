@@ -230,7 +230,7 @@ def _render_audit_table(summary: Any, *, with_config: bool) -> None:
 def decrypt_cmd(**params: Any) -> int:
     """Decrypt stored objects exactly as kube-apiserver would (disaster recovery; works on a snapshot)."""
     from kubeshield.etcd.decrypt import decrypt
-    from kubeshield.etcd.output import dump_manifest, manifest_path, write_private_atomic
+    from kubeshield.etcd.output import dump_manifest, manifest_path, write_private_file
 
     chosen = sum(bool(x) for x in (params["keys"], params["namespace"], params["all_keys"]))
     if chosen != 1:
@@ -266,7 +266,7 @@ def decrypt_cmd(**params: Any) -> int:
                 ok += 1
                 if out_dir is not None:
                     path = manifest_path(out_dir, item.path, fmt="yaml")
-                    write_private_atomic(path, dump_manifest(item.manifest, fmt="yaml").encode())
+                    write_private_file(path, dump_manifest(item.manifest, fmt="yaml").encode())
                 elif fmt == "yaml":
                     out.write(("" if first else "---\n") + dump_manifest(item.manifest, fmt="yaml"))
                 else:

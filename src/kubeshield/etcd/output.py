@@ -9,8 +9,6 @@ directory, fsynced, renamed into place and the directory fsynced, so nothing is 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -18,8 +16,9 @@ from urllib.parse import quote
 import yaml
 
 from kubeshield.etcd.keys import KeyPath
+from kubeshield.keys.files import write_private_atomic
 
-__all__ = ["dump_manifest", "manifest_path", "write_private_atomic"]
+__all__ = ["dump_manifest", "manifest_path", "write_private_file"]
 
 
 def _part(text: str) -> str:
@@ -45,25 +44,7 @@ def dump_manifest(manifest: dict[str, Any], *, fmt: str) -> str:
     return str(yaml.safe_dump(manifest, sort_keys=False, default_flow_style=False))
 
 
-def write_private_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` (mode 0600) atomically: temp file, fsync, rename, fsync dir."""
+def write_private_file(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` (mode 0600) atomically, creating missing directories (0700)."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".kubeshield-", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    write_private_atomic(path, data)

@@ -47,8 +47,8 @@ from typing import Any
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from kubeshield.errors import ConfigError, KeyringError, KubeshieldError
-from kubeshield.keys._files import exclusive_lock, write_private_atomic
 from kubeshield.keys.base import Wrapped
+from kubeshield.keys.files import exclusive_lock, fsync_directory, write_private_atomic
 from kubeshield.keys.keyring import (
     KEY_BYTES,
     Argon2Params,
@@ -434,11 +434,7 @@ def restore_backup(
             if os.path.lexists(target) and not force:
                 raise BackupError(refusal)
             os.replace(tmp, target)
-            dir_fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            fsync_directory(target.parent, fsync=fsync)
     except OSError as exc:
         raise BackupError(f"{target}: cannot write the restored keyring: {exc.strerror}") from None
     except KeyringError as exc:

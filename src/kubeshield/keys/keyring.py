@@ -72,7 +72,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 
 from kubeshield.errors import KeyringError, WrongPassphrase
-from kubeshield.keys._files import exclusive_lock, write_private_atomic
+from kubeshield.keys.files import exclusive_lock, write_private_atomic
 
 __all__ = [
     "FORMAT_VERSION",

@@ -50,8 +50,8 @@ from pathlib import Path
 from typing import Protocol
 
 from kubeshield.errors import ConfigError, KeyringError
-from kubeshield.keys._files import exclusive_lock
 from kubeshield.keys.base import Health, KeyBackend, KeyVersionInfo, Refreshable, Rotatable, Wrapped
+from kubeshield.keys.files import exclusive_lock, fsync_directory
 from kubeshield.keys.keyring import KeyringFile, KeyringInfo
 from kubeshield.kms.logging import fields, get_logger
 
@@ -245,11 +245,7 @@ class KeyringSync:
             if self.path.read_bytes() != expected:
                 raise KeyringError(f"{self.path}: changed during sync; will retry")
             os.replace(staged, self.path)
-            dir_fd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            fsync_directory(self.path.parent)
 
     # -- background --------------------------------------------------------------------------------
 

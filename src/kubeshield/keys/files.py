@@ -19,7 +19,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-__all__ = ["exclusive_lock", "write_private_atomic"]
+__all__ = ["exclusive_lock", "fsync_directory", "write_private_atomic"]
 
 
 def write_private_atomic(path: Path, data: bytes, *, fsync: Callable[[int], None] = os.fsync) -> None:
@@ -37,6 +37,11 @@ def write_private_atomic(path: Path, data: bytes, *, fsync: Callable[[int], None
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
         raise
+    fsync_directory(directory, fsync=fsync)
+
+
+def fsync_directory(directory: Path, *, fsync: Callable[[int], None] = os.fsync) -> None:
+    """Make a rename (or create) inside ``directory`` durable."""
     dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         fsync(dir_fd)
