@@ -89,4 +89,6 @@ def test_two_slash_endpoint_is_not_our_socket() -> None:
 @given(st.from_regex(r"[a-z][a-z0-9-]{0,20}", fullmatch=True))
 def test_any_colon_free_name_renders_and_validates(name: str) -> None:
     text = render_encryption_config(socket="/run/k.sock", name=name)
-    validate_encryption_config(yaml.safe_load(text))
+    doc = yaml.safe_load(text)
+    validate_encryption_config(doc)
+    assert doc["resources"][0]["providers"][0]["kms"]["name"] == name
