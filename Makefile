@@ -42,7 +42,7 @@ test: install $(SYSDEPS_STAMP) $(VENV)/tools/helm
 check: install
 	$(BIN)/ruff check src tests bench scripts
 	$(BIN)/ruff format --check src tests bench scripts
-	$(BIN)/mypy src
+	$(BIN)/mypy src tests bench
 	$(BIN)/lint-imports
 
 bench: install $(SYSDEPS_STAMP)

@@ -39,7 +39,7 @@ def wait_for_status_key_change(client: KMSv2Client, old: str, *, bound: float = 
     raise AssertionError(f"Status key_id did not change within {bound}s")
 
 
-def check_v2(socket: str, *, rotate: Callable[[], None], timeout: float = 3.0) -> V2Report:
+def check_v2(socket: str, *, rotate: Callable[[], object], timeout: float = 3.0) -> V2Report:
     """The v2 flow (module docstring). ``rotate`` makes the KEK change behind the socket."""
     with KMSv2Client(socket, timeout=timeout) as client:
         api = EmulatedAPIServer(client)

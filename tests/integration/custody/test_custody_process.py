@@ -122,9 +122,12 @@ def test_custody_runs_hardened(custody) -> None:
 
 def test_same_uid_can_read_an_unhardened_process(workdir: Path) -> None:
     """Control for the test above: without hardening, the same uid CAN read /proc/<pid>/mem."""
-    plain = subprocess.Popen(
-        ["sleep", "30"], preexec_fn=lambda: (os.setgid(NOBODY.pw_gid), os.setuid(NOBODY.pw_uid))
-    )
+
+    def become_nobody() -> None:
+        os.setgid(NOBODY.pw_gid)
+        os.setuid(NOBODY.pw_uid)
+
+    plain = subprocess.Popen(["sleep", "30"], preexec_fn=become_nobody)
     try:
         time.sleep(0.2)
         assert os.stat(f"/proc/{plain.pid}/mem").st_uid == NOBODY.pw_uid

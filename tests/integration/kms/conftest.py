@@ -43,6 +43,7 @@ def plugin(tmp_path: Path) -> Iterator[Plugin]:
     )
     service.start()
     server.start()
+    assert server.socket_path is not None
     try:
         yield Plugin(
             server.socket_path, str(tmp_path / "kms-v1.sock"), keyring, backend, service, server, metrics

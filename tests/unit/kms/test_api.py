@@ -77,6 +77,7 @@ def test_v2_messages_match_the_contract() -> None:
     }
     assert _fields(v2_pb2.DecryptResponse) == {"plaintext": (1, B)}
     entry = v2_pb2.EncryptResponse.DESCRIPTOR.fields_by_name["annotations"].message_type
+    assert entry is not None
     assert entry.GetOptions().map_entry
     assert {f.name: (f.number, f.type) for f in entry.fields} == {"key": (1, S), "value": (2, B)}
 
