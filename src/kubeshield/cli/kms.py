@@ -6,7 +6,9 @@ Only flag parsing and rendering live here; the plugin is ``kubeshield.kms``.
 
 from __future__ import annotations
 
+import functools
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,7 @@ import click
 
 from kubeshield.cli._common import EXIT_FAILURE, CLIError, option
 from kubeshield.errors import ConfigError, KubeshieldError
+from kubeshield.kms.shutdown import StopSignals
 
 __all__ = ["group"]
 
@@ -65,6 +68,20 @@ def _open_primary(
     return LocalKeyBackend(path=path, passphrase=passphrase), keys
 
 
+def _with_stop_signals(command: Callable[..., int]) -> Callable[..., int]:
+    """Install the stop-signal handlers before anything binds a socket; restore them afterwards."""
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> int:
+        signals = StopSignals()
+        try:
+            return command(*args, signals=signals, **kwargs)
+        finally:
+            signals.restore()
+
+    return run
+
+
 @group.command("serve")
 @option("--config", type=click.Path(path_type=Path, dir_okay=False), help="kubeshield.yaml to read.")
 @option("--keyring", type=click.Path(path_type=Path, dir_okay=False), help="Local keyring file.")
@@ -103,6 +120,7 @@ def _open_primary(
     show_default=True,
     help="Log level (JSON lines on stderr).",
 )
+@_with_stop_signals
 def serve(
     config: Path | None,
     keyring: Path | None,
@@ -125,14 +143,16 @@ def serve(
     sync_prefix: str,
     sync_interval: float,
     log_level: str,
+    signals: StopSignals,
 ) -> int:
     """Serve KMS v2 (and optionally v1) on a unix socket and/or, with --listen, over mTLS, until SIGTERM."""
     from kubeshield.kms.encryption_config import render_encryption_config
     from kubeshield.kms.http import HealthServer
     from kubeshield.kms.logging import configure_logging
     from kubeshield.kms.metrics import KMSMetrics
-    from kubeshield.kms.server import KMSServer, serve_until_signalled
+    from kubeshield.kms.server import KMSServer
     from kubeshield.kms.service import KMSService
+    from kubeshield.kms.shutdown import serve_until_signalled
 
     configure_logging(log_level)
     settings = _settings(config)
@@ -231,7 +251,7 @@ def serve(
             click.echo(
                 f"serving KMS v2/v1 with mTLS on tcp://{server.listen[0]}:{server.listen_port}", err=True
             )
-        return serve_until_signalled(server)
+        return serve_until_signalled(server, signals=signals)
     finally:
         if server is not None and server.serving:
             server.stop(0).wait(5)
@@ -305,6 +325,7 @@ def _with_sync(
     show_default=True,
     help="Log level (JSON lines on stderr).",
 )
+@_with_stop_signals
 def relay(
     socket: str,
     v1_socket: str | None,
@@ -318,13 +339,15 @@ def relay(
     budget: float,
     health_addr: str,
     log_level: str,
+    signals: StopSignals,
 ) -> int:
     """Serve KMS v2/v1 on a local socket and forward to service replicas over mTLS, with failover."""
     from kubeshield.kms.http import HealthServer
     from kubeshield.kms.logging import configure_logging
     from kubeshield.kms.metrics import KMSMetrics
     from kubeshield.kms.relay import GrpcUpstream, Relay, parse_upstreams
-    from kubeshield.kms.server import KMSServer, serve_until_signalled
+    from kubeshield.kms.server import KMSServer
+    from kubeshield.kms.shutdown import serve_until_signalled
     from kubeshield.kms.tls import client_credentials
 
     configure_logging(log_level)
@@ -350,7 +373,7 @@ def relay(
             http = HealthServer(health_addr, service=pool, metrics=metrics, serving=lambda: server.serving)
             http.start()
         click.echo(f"relaying KMS v2 on {server.socket_path} to {len(targets)} replicas", err=True)
-        return serve_until_signalled(server)
+        return serve_until_signalled(server, signals=signals)
     finally:
         if server is not None and server.serving:
             server.stop(0).wait(5)

@@ -35,13 +35,11 @@ from __future__ import annotations
 import contextlib
 import grp
 import os
-import signal
 import stat
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent import futures
-from types import FrameType
 from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
@@ -66,6 +64,7 @@ from kubeshield.kms.api.v2 import api_pb2_grpc as v2_grpc
 from kubeshield.kms.logging import fields, get_logger
 from kubeshield.kms.metrics import KMSMetrics
 from kubeshield.kms.service import EncryptReply, StatusReply
+from kubeshield.kms.shutdown import DEFAULT_GRACE
 from kubeshield.kms.tls import AllowList, ReloadingServerCredentials, peer_identities
 
 __all__ = [
@@ -78,7 +77,6 @@ __all__ = [
     "KMSv2Servicer",
     "map_error",
     "parse_listen",
-    "serve_until_signalled",
     "v1_handler",
     "v2_handler",
 ]
@@ -86,7 +84,6 @@ __all__ = [
 RUNTIME_NAME = "kubeshield"
 #: Requests are tiny (a 32-byte seed, a <=1 KiB ciphertext, <=32 KiB annotations, a <=64 KiB v1 blob).
 MAX_MESSAGE_BYTES = 256 * 1024
-DEFAULT_GRACE = 10.0
 
 _log = get_logger("kms.server")
 _T = TypeVar("_T")
@@ -502,48 +499,3 @@ class KMSServer:
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the server has stopped."""
         return self._stopped.wait(timeout)
-
-
-#: Seconds in which a repeat of the first stop signal counts as the same request.
-SIGNAL_DEBOUNCE = 0.5
-
-
-def serve_until_signalled(server: KMSServer, *, grace: float = DEFAULT_GRACE) -> int:
-    """Run a started server until SIGTERM/SIGINT, then shut down in two stages. Main thread only.
-
-    The first signal stops accepting new RPCs and lets in-flight ones finish within ``grace`` seconds;
-    a second signal cancels whatever is still running at once. A repeat of the same signal within
-    ``SIGNAL_DEBOUNCE`` seconds is one delivery, not a second request: ``timeout``, some init systems and
-    process-group kills deliver one stop request twice.
-    """
-    requested = threading.Event()
-    forced = threading.Event()
-    first: list[tuple[int, float]] = []
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        now = time.monotonic()
-        if not requested.is_set():
-            _log.info("shutting down", extra=fields(signal=signal.Signals(signum).name, grace=grace))
-            first.append((signum, now))
-            requested.set()
-        elif first and first[0][0] == signum and now - first[0][1] < SIGNAL_DEBOUNCE:
-            _log.info("duplicate signal ignored", extra=fields(signal=signal.Signals(signum).name))
-        else:
-            _log.warning("second signal: forcing shutdown", extra=fields(signal=signal.Signals(signum).name))
-            forced.set()
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        while not requested.wait(0.5):
-            pass
-        done = server.stop(grace)
-        while not done.wait(0.1):
-            if forced.is_set():
-                server.stop(None)
-                done.wait(5)
-                break
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    _log.info("stopped")
-    return 0
