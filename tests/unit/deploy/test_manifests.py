@@ -110,3 +110,25 @@ def test_chart_renders_to_the_checked_in_output() -> None:
 
 def _docs_text(text: str) -> list[Any]:
     return [d for d in yaml.safe_load_all(text) if d]
+
+
+def test_backup_cronjob_validates_and_calls_real_flags() -> None:
+    from click.testing import CliRunner
+
+    from kubeshield.cli import cli
+
+    docs = _docs(DEPLOY / "backup-cronjob.yaml")
+    for doc in docs:
+        _validate(doc)
+    (job,) = [d for d in docs if d["kind"] == "CronJob"]
+    container = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+    script = " ".join(container["args"])
+    assert "kubeshield keys backup" in script
+    help_text = CliRunner().invoke(cli, ["keys", "backup", "--help"]).output
+    for flag in [word for word in script.split() if word.startswith("--")]:
+        assert flag in help_text, f"{flag} is not a flag of 'kubeshield keys backup'"
+    for env in container.get("env", []):
+        flag = "--" + env["name"].removeprefix("KUBESHIELD_").lower().replace("_", "-")
+        assert flag in help_text, f"{env['name']} names no flag of 'kubeshield keys backup'"
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    assert mounts["keyring"]["readOnly"] is True  # a backup never needs to write the keyring
