@@ -8,8 +8,6 @@ Everything is a ``kubeshield`` subprocess started exactly as an operator would (
   from its startup line.
 * ``relay``:   ``kubeshield kms relay --socket DIR/relay.sock --upstream https://127.0.0.1:P0,...
   --tls-cert --tls-key --ca``.
-* optionally ``whatif``: ``bench/_service_aio_relay.py``, a grpc.aio forwarder in front of the same
-  replicas (a measurement aid, not the product).
 
 K0..K3 are byte-identical copies (mode 0600) of one keyring created at start without a passphrase, so
 every process serves the same KEK and a ciphertext made by one decrypts on all. The CA, the replicas'
@@ -75,8 +73,6 @@ class Fleet:
     relay: Proc
     local_socket: str
     relay_socket: str
-    whatif: Proc | None  # bench/_service_aio_relay.py, when asked for
-    whatif_socket: str | None
     replica_targets: tuple[str, ...]  # 127.0.0.1:PORT
     ca: Path
     relay_cert: Path
@@ -159,12 +155,8 @@ def stop(procs: list[Proc]) -> None:
 
 
 @contextmanager
-def fleet(*, replicas: int = 3, whatif: bool = False, start_bound: float = 60.0) -> Iterator[Fleet]:
-    """Generate the TLS material and keyrings, start every process, yield; stop them and clean up.
-
-    ``whatif`` also starts ``bench/_service_aio_relay.py`` (a grpc.aio forwarder, not the product) in
-    front of the same replicas, with the relay's client certificate.
-    """
+def fleet(*, replicas: int = 3, start_bound: float = 60.0) -> Iterator[Fleet]:
+    """Generate the TLS material and keyrings, start every process, yield; stop them and clean up."""
     from kubeshield.keys.local import LocalKeyBackend
 
     tmp = Path(tempfile.mkdtemp(prefix="ks-svc-bench-"))
@@ -249,39 +241,14 @@ def fleet(*, replicas: int = 3, whatif: bool = False, start_bound: float = 60.0)
             logs,
             procs,
         )
-        proto, proto_socket = None, None
-        if whatif:
-            proto_socket = str(tmp / "whatif.sock")
-            proto = _spawn(
-                "whatif",
-                [
-                    "--socket",
-                    proto_socket,
-                    "--upstream",
-                    ",".join(targets),
-                    "--ca",
-                    str(ca.path),
-                    "--cert",
-                    str(client.cert),
-                    "--key",
-                    str(client.key),
-                ],
-                logs,
-                procs,
-                argv0=[sys.executable, str(ROOT / "bench" / "_service_aio_relay.py")],
-            )
         _wait(local, lambda: os.path.exists(local_socket), "socket", deadline)
         _wait(relay, lambda: os.path.exists(relay_socket), "socket", deadline)
-        if proto is not None:
-            _wait(proto, lambda: os.path.exists(str(proto_socket)), "socket", deadline)
         yield Fleet(
             local=local,
             replicas=tuple(reps),
             relay=relay,
             local_socket=local_socket,
             relay_socket=relay_socket,
-            whatif=proto,
-            whatif_socket=proto_socket,
             replica_targets=targets,
             ca=ca.path,
             relay_cert=client.cert,

@@ -1,7 +1,7 @@
 """The price of the network hop: Decrypt through relay + 3 mTLS replicas versus a local plugin, one run.
 
 Run: .venv/bin/python bench/service_bench.py [--duration 1] [--warmup 0.25] [--repeat 3]
-                                             [--concurrency 1,16,64] [--client auto] [--no-whatif]
+                                             [--concurrency 1,16,64] [--client auto]
                                              [--no-diagnose]
 
 What runs where (nothing is served from this process; ``bench/_service_fleet.py``):
@@ -10,9 +10,7 @@ What runs where (nothing is served from this process; ``bench/_service_fleet.py`
 * three replicas: ``kubeshield kms serve --listen tcp://127.0.0.1:0 --tls-cert --tls-key --client-ca
   --allow <relay identity>``, each on its own byte-identical copy of the same keyring;
 * the relay: ``kubeshield kms relay --socket relay.sock --upstream https://127.0.0.1:P,... --tls-cert
-  --tls-key --ca``;
-* (unless ``--no-whatif``) ``bench/_service_aio_relay.py``: a grpc.aio forwarder in front of the same
-  replicas, to show what the relay's design costs (a measurement aid, not the product).
+  --tls-key --ca`` (grpc.aio on both sides, Decrypt forwarded as the received bytes).
 
 Keyring and TLS material (ECDSA P-256 CA, server and client certificates) are generated at start in a temp
 dir removed on exit; every process is stopped by PID. The load is ``h2load`` (Debian ``nghttp2-client``: C,
@@ -45,7 +43,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -154,52 +152,44 @@ def _grid(
     return {key: _summarise(by_key[key[0]], runs) for key, runs in got.items()}
 
 
-def _relay_logic_cost(seconds: float = 0.3) -> tuple[float, float]:
-    """In-process µs per Decrypt of (a) ``Relay.decrypt`` alone and (b) ``KMSv2Servicer`` over it
-    (parse + servicer + relay + serialize), with upstreams that answer at once (no gRPC, no network)."""
-    from kubeshield.kms.relay import Relay
-    from kubeshield.kms.server import KMSv2Servicer
+def _relay_logic_cost(seconds: float = 0.3) -> float:
+    """In-process µs per Decrypt of ``Relay.decrypt`` (the request check once, round robin, the forward
+    call) on its event loop, with upstreams that answer at once (no gRPC, no network)."""
+    import asyncio
 
-    plain = os.urandom(32)
+    from kubeshield.kms.relay import Relay
+
+    reply = pb.DecryptResponse(plaintext=os.urandom(32)).SerializeToString()
 
     class Instant:
         def __init__(self, name: str) -> None:
             self.name = name
 
-        def decrypt(
-            self,
-            ciphertext: bytes,
-            *,
-            key_id: str,
-            annotations: Mapping[str, bytes],
-            uid: str,
-            timeout: float,
-        ) -> bytes:
-            return plain
+        async def status(self, *, timeout: float) -> Any:
+            from kubeshield.kms.service import StatusReply
 
-        def close(self) -> None:
+            return StatusReply(version="v2", healthz="ok", key_id="local:v1:0")
+
+        async def decrypt(self, request: bytes, *, timeout: float) -> bytes:
+            return reply
+
+        async def close(self) -> None:
             pass
 
-    relay = Relay([Instant(f"r{i}") for i in range(3)])  # type: ignore[misc]  # only decrypt is called
-    try:
-        body = pb.DecryptRequest(ciphertext=b"c" * 69, key_id="local:v1:0", uid="b").SerializeToString()
-        servicer = KMSv2Servicer(relay)
+    relay = Relay([Instant(f"r{i}") for i in range(3)])  # type: ignore[misc]  # only these are called
+    body = pb.DecryptRequest(ciphertext=b"c" * 69, key_id="local:v1:0", uid="b").SerializeToString()
 
-        def per_call(fn: Callable[[], object]) -> float:
-            n, start = 0, time.perf_counter()
-            while (elapsed := time.perf_counter() - start) < seconds:
-                for _ in range(200):
-                    fn()
-                n += 200
-            return elapsed * 1e6 / n
+    async def measure() -> float:
+        await relay.check_now()
+        n, start = 0, time.perf_counter()
+        while (elapsed := time.perf_counter() - start) < seconds:
+            for _ in range(200):
+                await relay.decrypt(body)
+            n += 200
+        await relay.close()
+        return elapsed * 1e6 / n
 
-        bare = per_call(lambda: relay.decrypt(b"c" * 69, key_id="local:v1:0", annotations={}, uid="b"))
-        full = per_call(
-            lambda: servicer.Decrypt(pb.DecryptRequest.FromString(body), cast(Any, None)).SerializeToString()
-        )
-        return bare, full
-    finally:
-        relay.close()
+    return asyncio.run(measure())
 
 
 def _fmt(x: float, spec: str) -> str:
@@ -226,7 +216,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--rate", type=int, default=400, help="open-loop cell: Decrypt/s offered by h2load --rps (0: skip)"
     )
-    parser.add_argument("--no-whatif", action="store_true", help="skip the grpc.aio forwarder what-if")
     parser.add_argument("--no-diagnose", action="store_true", help="skip the direct-to-replica breakdown")
     args = parser.parse_args(argv)
     try:
@@ -257,18 +246,14 @@ def main(argv: list[str] | None = None) -> int:
     cores = os.cpu_count() or 1
     load_before = os.getloadavg()
     started = time.monotonic()
-    with fleet(whatif=not args.no_whatif) as f:
+    with fleet() as f:
         up = time.monotonic() - started
         replicas = tuple(p.role for p in f.replicas)
-        pids: Mapping[str, int] = {
-            p.role: p.pid for p in (f.local, f.relay, *f.replicas, *([f.whatif] if f.whatif else []))
-        }
+        pids: Mapping[str, int] = {p.role: p.pid for p in (f.local, f.relay, *f.replicas)}
         paths = [
             Route("local", "local plugin", f.local_socket, ("local",)),
             Route("relay", "relay+3 replicas", f.relay_socket, ("relay", *replicas)),
         ]
-        if f.whatif is not None and f.whatif_socket is not None:
-            paths.append(Route("whatif", "what-if aio fwd+3", f.whatif_socket, ("whatif", *replicas)))
         body, seed = _decrypt_body(f, paths)
         # the keyrings agree: a ciphertext the relay's replicas made decrypts on the local plugin too
         # (checked in _decrypt_body, which encrypts through the relay and decrypts on every path)
@@ -400,8 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     if logic is not None:
         console.print(
             "relay's own Python logic in process, upstreams answering at once (no gRPC): Relay.decrypt "
-            f"{logic[0]:.1f} µs/call; KMSv2Servicer(Relay) parse + servicer + serialize "
-            f"{logic[1]:.1f} µs/call"
+            f"(request check + routing + forward call) {logic:.1f} µs/call"
         )
     console.print(
         f"relay process: {relay_threads} threads at the end; failed calls in its log: {relay_failures}; "

@@ -7,21 +7,32 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
 
 from kubeshield.keys.local import LocalKeyBackend
-from kubeshield.kms.relay import GrpcUpstream
+from kubeshield.kms.api.v1beta1 import api_pb2 as v1_pb2
+from kubeshield.kms.api.v1beta1 import api_pb2_grpc as v1_grpc
+from kubeshield.kms.api.v2 import api_pb2 as v2_pb2
+from kubeshield.kms.api.v2 import api_pb2_grpc as v2_grpc
+from kubeshield.kms.client import error_from_rpc
+from kubeshield.kms.relay_upstream import channel_options, encrypt_reply, status_reply
 from kubeshield.kms.server import KMSServer
-from kubeshield.kms.service import KMSService
+from kubeshield.kms.service import EncryptReply, KMSService, StatusReply
 from kubeshield.kms.tls import AllowList, ReloadingServerCredentials, client_credentials
 from tests.support.etcd import free_port
 from tests.support.tls import CA, Issued
 
+_T = TypeVar("_T")
+
 __all__ = [
     "KUBESHIELD",
     "Certs",
+    "GrpcUpstream",
     "Proc",
     "Replica",
     "make_certs",
@@ -162,3 +173,56 @@ def replica_args(
 
 
 __all__ += ["free_port", "replica_args"]
+
+
+class GrpcUpstream:
+    """A plain synchronous mTLS client to one replica; replies checked like the relay checks them."""
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        credentials: grpc.ChannelCredentials,
+        server_name: str | None = None,
+        max_reconnect_backoff_ms: int = 1000,
+    ) -> None:
+        self.name = target
+        options = channel_options(server_name=server_name, max_reconnect_backoff_ms=max_reconnect_backoff_ms)
+        self._channel = grpc.secure_channel(target, credentials, options=options)
+        self._v2 = v2_grpc.KeyManagementServiceStub(self._channel)
+        self._v1 = v1_grpc.KeyManagementServiceStub(self._channel)
+
+    def _call(self, operation: str, method: Callable[..., _T], request: Any, timeout: float) -> _T:
+        try:
+            return method(request, timeout=timeout)
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc, operation=operation) from None
+
+    def status(self, *, timeout: float) -> StatusReply:
+        return status_reply(self._call("Status", self._v2.Status, v2_pb2.StatusRequest(), timeout))
+
+    def encrypt(self, plaintext: bytes, *, uid: str, timeout: float) -> EncryptReply:
+        request = v2_pb2.EncryptRequest(plaintext=plaintext, uid=uid)
+        return encrypt_reply(self._call("Encrypt", self._v2.Encrypt, request, timeout))
+
+    def decrypt(
+        self, ciphertext: bytes, *, key_id: str, annotations: Mapping[str, bytes], uid: str, timeout: float
+    ) -> bytes:
+        request = v2_pb2.DecryptRequest(
+            ciphertext=ciphertext, key_id=key_id, annotations=dict(annotations), uid=uid
+        )
+        plaintext: bytes = self._call("Decrypt", self._v2.Decrypt, request, timeout).plaintext
+        return plaintext
+
+    def v1_encrypt(self, plain: bytes, *, timeout: float) -> bytes:
+        request = v1_pb2.EncryptRequest(version="v1beta1", plain=plain)
+        cipher: bytes = self._call("Encrypt", self._v1.Encrypt, request, timeout).cipher
+        return cipher
+
+    def v1_decrypt(self, cipher: bytes, *, timeout: float) -> bytes:
+        request = v1_pb2.DecryptRequest(version="v1beta1", cipher=cipher)
+        plain: bytes = self._call("Decrypt", self._v1.Decrypt, request, timeout).plain
+        return plain
+
+    def close(self) -> None:
+        self._channel.close()

@@ -345,8 +345,8 @@ def relay(
     from kubeshield.kms.http import HealthServer
     from kubeshield.kms.logging import configure_logging
     from kubeshield.kms.metrics import KMSMetrics
-    from kubeshield.kms.relay import GrpcUpstream, Relay, parse_upstreams
-    from kubeshield.kms.server import KMSServer
+    from kubeshield.kms.relay import AioUpstream, Relay, parse_upstreams
+    from kubeshield.kms.relay_server import RelayServer
     from kubeshield.kms.shutdown import serve_until_signalled
     from kubeshield.kms.tls import client_credentials
 
@@ -356,18 +356,14 @@ def relay(
     targets = parse_upstreams(upstream)
     credentials = client_credentials(ca=ca, cert=tls_cert, key=tls_key)
     metrics = KMSMetrics()
-    upstreams = [GrpcUpstream(t, credentials=credentials, server_name=server_name) for t in targets]
+    upstreams = [AioUpstream(t, credentials=credentials, server_name=server_name) for t in targets]
     pool = Relay(upstreams, check_interval=check_interval, budget=budget, metrics=metrics)
-    server: KMSServer | None = None
+    server = RelayServer(pool, socket=socket, v1_socket=v1_socket, socket_group=socket_group, metrics=metrics)
     http: HealthServer | None = None
     try:
-        server = KMSServer(
-            pool, socket=socket, v1_socket=v1_socket, socket_group=socket_group, metrics=metrics
-        )
-        pool.start()
+        server.start()  # checks every replica once, then binds the sockets
         if pool.agreed_key_id is None:
             click.echo("warning: the replicas do not agree on a key_id yet (or none is reachable)", err=True)
-        server.start()
         if health_addr:
             # the relay has the two calls HealthServer uses (is_healthy, last_health)
             http = HealthServer(health_addr, service=pool, metrics=metrics, serving=lambda: server.serving)
@@ -375,11 +371,10 @@ def relay(
         click.echo(f"relaying KMS v2 on {server.socket_path} to {len(targets)} replicas", err=True)
         return serve_until_signalled(server, signals=signals)
     finally:
-        if server is not None and server.serving:
+        if server.serving:
             server.stop(0).wait(5)
         if http is not None:
             http.stop()
-        pool.close()
 
 
 @group.command("status")

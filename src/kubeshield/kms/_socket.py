@@ -10,15 +10,26 @@ Endpoint forms (kms-contract §2.1, kubernetes/kms ``util.ParseEndpoint``):
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import grp
 import os
 import socket
 import stat
+from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 from kubeshield.errors import ConfigError
 
-__all__ = ["grpc_address", "parse_endpoint", "prepare_socket_path", "socket_endpoint_url"]
+__all__ = [
+    "SocketListener",
+    "grpc_address",
+    "parse_endpoint",
+    "prepare_socket_path",
+    "private_umask",
+    "resolve_group",
+    "socket_endpoint_url",
+]
 
 
 def parse_endpoint(endpoint: str) -> str:
@@ -96,3 +107,49 @@ def prepare_socket_path(path: str) -> None:
     finally:
         probe.close()
     raise ConfigError(f"another process is already listening on {path!r}; refusing to take it over")
+
+
+@contextlib.contextmanager
+def private_umask(mask: int) -> Iterator[None]:
+    """Bind under this umask so a socket is never, even briefly, more open than we chmod it to."""
+    old = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def resolve_group(group: str) -> int:
+    """A group name or number as a gid; ConfigError naming it when it does not exist."""
+    if group.isdigit():
+        return int(group)
+    try:
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise ConfigError(f"socket group {group!r} does not exist") from None
+
+
+class SocketListener:
+    """One socket we bound: remembers its inode so we only ever remove our own file."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.inode: int | None = None
+
+    def secure(self, gid: int | None) -> None:
+        if self.path.startswith("@"):
+            return
+        if gid is not None:
+            os.chown(self.path, -1, gid)
+            os.chmod(self.path, 0o660)
+        else:
+            os.chmod(self.path, 0o600)
+        self.inode = os.lstat(self.path).st_ino
+
+    def remove(self) -> None:
+        if self.inode is None:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            info = os.lstat(self.path)
+            if stat.S_ISSOCK(info.st_mode) and info.st_ino == self.inode:
+                os.unlink(self.path)

@@ -58,8 +58,9 @@ _MAX_DETAILS = 200
 
 def error_from_rpc(exc: grpc.RpcError, *, operation: str) -> Exception:
     """Our error for a failed RPC. Only gRPC-library transport texts are kept (truncated)."""
-    code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
-    details = (exc.details() if isinstance(exc, grpc.Call) else "") or ""
+    has_status = isinstance(exc, (grpc.Call, grpc.aio.AioRpcError))
+    code = exc.code() if has_status else grpc.StatusCode.UNKNOWN
+    details = (exc.details() if has_status else "") or ""
     where = f"KMS {operation}"
     if code is grpc.StatusCode.INVALID_ARGUMENT:
         if details == "invalid ciphertext":

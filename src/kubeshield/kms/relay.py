@@ -1,11 +1,13 @@
-"""The node-local relay: KMS v2/v1 for the apiserver on a unix socket, forwarded to replicas over mTLS.
+"""The node-local relay's policy: the replica pool, the agreed key_id, and where each call goes.
 
-``Relay`` implements the same five calls as :class:`~kubeshield.kms.service.KMSService`, so the
-ordinary servicers and :class:`~kubeshield.kms.server.KMSServer` serve it unchanged.
+:class:`Relay` is served by :class:`~kubeshield.kms.relay_server.RelayServer` (grpc.aio, one event
+loop); its calls are coroutines and its upstreams are :class:`~kubeshield.kms.relay_upstream.AioUpstream`
+(or any :class:`Upstream`). Everything runs in that one loop; the read-only views (``agreed_key_id``,
+``states``, ``is_healthy``, ``last_health``) may be called from other threads (the health HTTP server).
 
 How it decides (kms-contract §2.4/§2.5: the apiserver's Status/Encrypt/Decrypt, each under a 3 s timeout):
 
-* **Health.** A checker thread calls Status on every replica every ``check_interval`` seconds (each call
+* **Health.** A checker task calls Status on every replica every ``check_interval`` seconds (each call
   bounded by ``check_timeout``). A replica is *healthy* when its last Status succeeded. A call that fails
   with UNAVAILABLE or a deadline marks the replica unhealthy at once (passive check), so the next request
   skips it without waiting for the checker.
@@ -21,8 +23,11 @@ How it decides (kms-contract §2.4/§2.5: the apiserver's Status/Encrypt/Decrypt
   3 s). Decrypt tries the next replica after any failure except a request the replicas call malformed;
   if every replica failed and one of them said "invalid ciphertext" the caller gets the opaque
   :class:`InvalidCiphertext`.
-* **Connections** are one long-lived HTTP/2 channel per replica (grpc reconnects with a backoff capped at
-  ``max_reconnect_backoff_ms``); calls do not wait for a connection, so a dead replica fails fast.
+* **Decrypt is forwarded as bytes.** The relay validates the received DecryptRequest once, exactly as the
+  plugin would (it parses; v2: ciphertext 1..1024 bytes, key_id non-empty and within the limits,
+  annotations within the limits; v1: ciphertext 1..65535 bytes) and refuses a bad one with
+  :class:`InvalidRequest` without calling any replica; a good one goes upstream as the very bytes the
+  apiserver sent, and the replica's reply comes back as its bytes (checked to parse).
 
 KMS v1 has no key_id on the wire: v1 Encrypt uses the same agreed-key rule, but a replica that rotates
 between the check and the call cannot be detected from its reply (the window is one check interval).
@@ -30,19 +35,18 @@ between the check and the call cannot be detected from its reply (the window is 
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
-from concurrent import futures
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
-import grpc
 from prometheus_client import Counter, Gauge
 
-from kubeshield.envelope.limits import validate_annotations, validate_encrypted_dek_source, validate_key_id
+from kubeshield.envelope.limits import validate_annotations, validate_key_id
 from kubeshield.errors import (
     BackendError,
     BackendTimeout,
@@ -54,21 +58,28 @@ from kubeshield.errors import (
     KubeshieldError,
 )
 from kubeshield.kms.api.v1beta1 import api_pb2 as v1_pb2
-from kubeshield.kms.api.v1beta1 import api_pb2_grpc as v1_grpc
 from kubeshield.kms.api.v2 import api_pb2 as v2_pb2
-from kubeshield.kms.api.v2 import api_pb2_grpc as v2_grpc
-from kubeshield.kms.client import V2_VERSIONS, error_from_rpc
 from kubeshield.kms.logging import fields, get_logger
 from kubeshield.kms.metrics import KMSMetrics
-from kubeshield.kms.service import API_VERSION, EncryptReply, HealthState, StatusReply
+from kubeshield.kms.relay_upstream import AioUpstream
+from kubeshield.kms.service import (
+    API_VERSION,
+    MAX_V1_CIPHERTEXT,
+    MAX_V2_CIPHERTEXT,
+    EncryptReply,
+    HealthState,
+    StatusReply,
+)
 
 __all__ = [
     "DEFAULT_BUDGET",
-    "GrpcUpstream",
+    "AioUpstream",
     "KeyChange",
     "Relay",
     "Upstream",
     "UpstreamState",
+    "check_v1_decrypt_request",
+    "check_v2_decrypt_request",
     "parse_upstreams",
 ]
 
@@ -78,23 +89,24 @@ _T = TypeVar("_T")
 
 
 class Upstream(Protocol):
-    """One service replica as the relay sees it. Failures raise the kubeshield error tree."""
+    """One service replica as the relay sees it. Failures raise the kubeshield error tree.
+
+    ``decrypt`` and ``v1_decrypt`` take the serialized request and return the serialized reply.
+    """
 
     name: str
 
-    def status(self, *, timeout: float) -> StatusReply: ...
+    async def status(self, *, timeout: float) -> StatusReply: ...
 
-    def encrypt(self, plaintext: bytes, *, uid: str, timeout: float) -> EncryptReply: ...
+    async def encrypt(self, plaintext: bytes, *, uid: str, timeout: float) -> EncryptReply: ...
 
-    def decrypt(
-        self, ciphertext: bytes, *, key_id: str, annotations: Mapping[str, bytes], uid: str, timeout: float
-    ) -> bytes: ...
+    async def decrypt(self, request: bytes, *, timeout: float) -> bytes: ...
 
-    def v1_encrypt(self, plain: bytes, *, timeout: float) -> bytes: ...
+    async def v1_encrypt(self, plain: bytes, *, timeout: float) -> bytes: ...
 
-    def v1_decrypt(self, cipher: bytes, *, timeout: float) -> bytes: ...
+    async def v1_decrypt(self, request: bytes, *, timeout: float) -> bytes: ...
 
-    def close(self) -> None: ...
+    async def close(self) -> None: ...
 
 
 def parse_upstreams(text: str) -> list[str]:
@@ -121,76 +133,36 @@ def parse_upstreams(text: str) -> list[str]:
     return targets
 
 
-class GrpcUpstream:
-    """A replica reached over one reused mTLS gRPC channel; replies validated like the apiserver does."""
+def _parse_request(message_type: Any, request: bytes) -> Any:
+    try:
+        return message_type.FromString(request)
+    except Exception:  # google.protobuf.message.DecodeError and friends
+        raise InvalidRequest("malformed request: not a valid protobuf message") from None
 
-    def __init__(
-        self,
-        target: str,
-        *,
-        credentials: grpc.ChannelCredentials,
-        server_name: str | None = None,
-        max_reconnect_backoff_ms: int = 1000,
-    ) -> None:
-        self.name = target
-        options: list[tuple[str, Any]] = [
-            ("grpc.max_reconnect_backoff_ms", max_reconnect_backoff_ms),
-            ("grpc.min_reconnect_backoff_ms", 100),
-            ("grpc.initial_reconnect_backoff_ms", 100),
-            ("grpc.keepalive_time_ms", 10_000),
-            ("grpc.keepalive_timeout_ms", 2_000),
-        ]
-        if server_name:
-            options.append(("grpc.ssl_target_name_override", server_name))
-        self._channel = grpc.secure_channel(target, credentials, options=options)
-        self._v2 = v2_grpc.KeyManagementServiceStub(self._channel)
-        self._v1 = v1_grpc.KeyManagementServiceStub(self._channel)
 
-    def _call(self, operation: str, method: Callable[..., _T], request: Any, timeout: float) -> _T:
-        try:
-            return method(request, timeout=timeout)
-        except grpc.RpcError as exc:
-            raise error_from_rpc(exc, operation=operation) from None
+def _check_ciphertext(ciphertext: bytes, *, limit: int) -> None:
+    if not ciphertext:
+        raise InvalidRequest("ciphertext is empty")
+    if len(ciphertext) > limit:
+        raise InvalidRequest(f"ciphertext is larger than {limit} bytes")
 
-    def status(self, *, timeout: float) -> StatusReply:
-        reply = self._call("Status", self._v2.Status, v2_pb2.StatusRequest(), timeout)
-        if reply.version not in V2_VERSIONS:
-            raise ContractViolation("replica Status version is not v2")
-        if reply.healthz != "ok":
-            raise BackendUnavailable("replica Status healthz is not ok")
-        validate_key_id(reply.key_id)
-        return StatusReply(version=reply.version, healthz=reply.healthz, key_id=reply.key_id)
 
-    def encrypt(self, plaintext: bytes, *, uid: str, timeout: float) -> EncryptReply:
-        request = v2_pb2.EncryptRequest(plaintext=plaintext, uid=uid)
-        reply = self._call("Encrypt", self._v2.Encrypt, request, timeout)
-        validate_encrypted_dek_source(reply.ciphertext)
-        validate_key_id(reply.key_id)
-        annotations = dict(reply.annotations)
-        validate_annotations(annotations)
-        return EncryptReply(ciphertext=reply.ciphertext, key_id=reply.key_id, annotations=annotations)
+def check_v2_decrypt_request(request: bytes) -> None:
+    """Refuse a serialized v2 DecryptRequest the plugin would refuse (InvalidRequest naming why)."""
+    message = _parse_request(v2_pb2.DecryptRequest, request)
+    _check_ciphertext(message.ciphertext, limit=MAX_V2_CIPHERTEXT)
+    if not message.key_id:
+        raise InvalidRequest("key_id is empty")
+    try:
+        validate_key_id(message.key_id)
+        validate_annotations(dict(message.annotations))
+    except ContractViolation as exc:  # the caller's input, not a reply
+        raise InvalidRequest(str(exc)) from None
 
-    def decrypt(
-        self, ciphertext: bytes, *, key_id: str, annotations: Mapping[str, bytes], uid: str, timeout: float
-    ) -> bytes:
-        request = v2_pb2.DecryptRequest(
-            ciphertext=ciphertext, key_id=key_id, annotations=dict(annotations), uid=uid
-        )
-        plaintext: bytes = self._call("Decrypt", self._v2.Decrypt, request, timeout).plaintext
-        return plaintext
 
-    def v1_encrypt(self, plain: bytes, *, timeout: float) -> bytes:
-        request = v1_pb2.EncryptRequest(version="v1beta1", plain=plain)
-        cipher: bytes = self._call("Encrypt", self._v1.Encrypt, request, timeout).cipher
-        return cipher
-
-    def v1_decrypt(self, cipher: bytes, *, timeout: float) -> bytes:
-        request = v1_pb2.DecryptRequest(version="v1beta1", cipher=cipher)
-        plain: bytes = self._call("Decrypt", self._v1.Decrypt, request, timeout).plain
-        return plain
-
-    def close(self) -> None:
-        self._channel.close()
+def check_v1_decrypt_request(request: bytes) -> None:
+    """Refuse a serialized v1beta1 DecryptRequest the plugin would refuse (InvalidRequest naming why)."""
+    _check_ciphertext(_parse_request(v1_pb2.DecryptRequest, request).cipher, limit=MAX_V1_CIPHERTEXT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,7 +215,11 @@ class _Attempt:
 
 
 class Relay:
-    """Forwards the KMS API to a pool of replicas (see the module docstring). Thread-safe."""
+    """Forwards the KMS API to a pool of replicas (see the module docstring).
+
+    The coroutines (``start``, ``check_now``, the five calls, ``close``) run in one event loop; the
+    read-only views are safe from any thread.
+    """
 
     def __init__(
         self,
@@ -266,17 +242,13 @@ class Relay:
         self.try_timeout = try_timeout
         self.budget = budget
         self._clock = clock
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards the views read by other threads; never held across await
         self._states = {u.name: UpstreamState(u.name) for u in self._upstreams}
         self._agreed: str | None = None
         self._changes: dict[str, KeyChange] = {}
         self._rr = itertools.count()
-        self._pool = futures.ThreadPoolExecutor(
-            max_workers=len(self._upstreams), thread_name_prefix="kubeshield-relay-check"
-        )
-        self._check_lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._check_lock: asyncio.Lock | None = None
+        self._task: asyncio.Task[None] | None = None
         self._last_round: float | None = None
         self._metrics = metrics
         self._relay_metrics = _RelayMetrics(metrics) if metrics is not None else None
@@ -298,9 +270,9 @@ class Relay:
         with self._lock:
             return list(self._changes.values())
 
-    def _check_one(self, upstream: Upstream) -> UpstreamState:
+    async def _check_one(self, upstream: Upstream) -> UpstreamState:
         try:
-            reply = upstream.status(timeout=self.check_timeout)
+            reply = await upstream.status(timeout=self.check_timeout)
         except Exception as exc:
             detail = (
                 f"{type(exc).__name__}: {exc}" if isinstance(exc, KubeshieldError) else type(exc).__name__
@@ -308,10 +280,12 @@ class Relay:
             return UpstreamState(upstream.name, False, None, detail[:300], self._clock())
         return UpstreamState(upstream.name, True, reply.key_id, "ok", self._clock())
 
-    def check_now(self) -> None:
-        """One round: Status on every replica in parallel, then recompute the agreed key_id."""
-        with self._check_lock:
-            results = list(self._pool.map(self._check_one, self._upstreams))
+    async def check_now(self) -> None:
+        """One round: Status on every replica concurrently, then recompute the agreed key_id."""
+        if self._check_lock is None:
+            self._check_lock = asyncio.Lock()
+        async with self._check_lock:
+            results = await asyncio.gather(*(self._check_one(u) for u in self._upstreams))
             with self._lock:
                 for state in results:
                     previous = self._states[state.name]
@@ -351,35 +325,37 @@ class Relay:
         with self._lock:
             self._states[upstream.name] = replace(self._states[upstream.name], **changes)
 
-    def start(self) -> None:
-        """Check every replica once now, then keep checking in a background thread."""
-        if self._thread is not None:
+    async def start(self) -> None:
+        """Check every replica once now, then keep checking in a background task of the running loop."""
+        if self._task is not None:
             return
-        self._stop.clear()
-        self.check_now()
-        self._thread = threading.Thread(target=self._loop, name="kubeshield-relay-health", daemon=True)
-        self._thread.start()
+        await self.check_now()
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name="kubeshield-relay-health")
 
-    def _loop(self) -> None:
-        while not self._stop.wait(self.check_interval):
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.check_interval)
             try:
-                self.check_now()
+                await self.check_now()
             except Exception:  # never let the checker die
                 _log.error("replica check failed", exc_info=True)
 
-    def stop(self) -> None:
-        """Stop the checker thread."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(self.check_timeout + self.check_interval + 1.0)
-            self._thread = None
+    async def stop(self) -> None:
+        """Stop the checker task."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                if not task.cancelled():  # we were cancelled ourselves, not only the checker
+                    raise
 
-    def close(self) -> None:
+    async def close(self) -> None:
         """Stop checking and close every channel."""
-        self.stop()
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        await self.stop()
         for upstream in self._upstreams:
-            upstream.close()
+            await upstream.close()
 
     def is_healthy(self) -> bool:
         """True when a replica is healthy and an agreed key_id exists (relay /healthz and /readyz)."""
@@ -415,15 +391,14 @@ class Relay:
             return healthy
         return healthy + [u for u in rotated if not states[u.name].healthy]
 
-    def _try(
+    async def _try(
         self,
         operation: str,
         candidates: Sequence[Upstream],
-        call: Callable[[Upstream, float], _T],
+        call: Callable[[Upstream, float], Awaitable[_T]],
         *,
         deadline: float,
         attempt: _Attempt,
-        retry: tuple[type[BaseException], ...],
         accept: Callable[[Upstream, _T], bool] = lambda _u, _r: True,
     ) -> list[_T]:
         """Try ``candidates`` in order; ``[result]`` from the first accepted reply, ``[]`` if none."""
@@ -432,11 +407,10 @@ class Relay:
             if remaining <= 0.01:
                 break
             try:
-                result = call(upstream, min(remaining, self.try_timeout))
+                result = await call(upstream, min(remaining, self.try_timeout))
             except InvalidRequest:
                 raise
-            except retry as exc:
-                assert isinstance(exc, KubeshieldError)
+            except _RETRY_ANY as exc:
                 attempt.errors.append(exc)
                 if isinstance(exc, _MARK_DOWN):
                     self._mark(upstream, healthy=False, detail=f"{operation}: {type(exc).__name__}")
@@ -459,36 +433,26 @@ class Relay:
             f"no replica could serve {operation} ({len(attempt.errors)} attempts failed)"
         )
 
-    def status(self) -> StatusReply:
+    async def status(self) -> StatusReply:
         """Status with the agreed key_id, answered live by the first healthy replica that responds."""
         agreed = self._agreed
         if agreed is None:
             raise BackendUnavailable("the replicas do not agree on a key_id yet")
-        deadline = self._clock() + self.budget
-        attempt = _Attempt()
-
-        def call(upstream: Upstream, timeout: float) -> StatusReply:
-            return upstream.status(timeout=timeout)
-
-        answered = self._try(
+        answered = await self._try(
             "Status",
             self._ordered(with_unhealthy=True),
-            call,
-            deadline=deadline,
-            attempt=attempt,
-            retry=_RETRY_ANY,
+            lambda u, t: u.status(timeout=t),
+            deadline=self._clock() + self.budget,
+            attempt=_Attempt(),
         )
         if not answered:
             raise BackendUnavailable("no replica answered Status")
         return StatusReply(version=API_VERSION, healthz="ok", key_id=agreed)
 
-    def encrypt(self, plaintext: bytes, *, uid: str) -> EncryptReply:
+    async def encrypt(self, plaintext: bytes, *, uid: str) -> EncryptReply:
         """Encrypt on a healthy replica that serves the agreed key_id; never returns another key_id."""
         deadline = self._clock() + self.budget
         attempt = _Attempt()
-
-        def call(upstream: Upstream, timeout: float) -> EncryptReply:
-            return upstream.encrypt(plaintext, uid=uid, timeout=timeout)
 
         def accept(upstream: Upstream, reply: EncryptReply) -> bool:
             if reply.key_id == self._agreed:
@@ -501,62 +465,62 @@ class Relay:
             agreed = self._agreed
             if agreed is None:
                 raise BackendUnavailable("the replicas do not agree on a key_id yet")
-            candidates = self._ordered(key_id=agreed)
-            reply = self._try(
+            reply = await self._try(
                 "Encrypt",
-                candidates,
-                call,
+                self._ordered(key_id=agreed),
+                lambda u, t: u.encrypt(plaintext, uid=uid, timeout=t),
                 deadline=deadline,
                 attempt=attempt,
-                retry=_RETRY_ANY,
                 accept=accept,
             )
             if reply:
                 return reply[0]
             if round_ == 0 and deadline - self._clock() > self.check_timeout:
-                self.check_now()  # the agreement may have moved (a rotation finished)
+                await self.check_now()  # the agreement may have moved (a rotation finished)
         raise (
             self._give_up("Encrypt", attempt)
             if attempt.errors
             else BackendUnavailable("no healthy replica serves the agreed key_id")
         )
 
-    def _failover(
-        self, operation: str, candidates: Sequence[Upstream], call: Callable[[Upstream, float], _T]
+    async def _failover(
+        self,
+        operation: str,
+        candidates: Sequence[Upstream],
+        call: Callable[[Upstream, float], Awaitable[_T]],
     ) -> _T:
         """The first answer of ``candidates`` in order within the call budget, or the combined failure."""
         attempt = _Attempt()
-        answer = self._try(
-            operation,
-            candidates,
-            call,
-            deadline=self._clock() + self.budget,
-            attempt=attempt,
-            retry=_RETRY_ANY,
+        answer = await self._try(
+            operation, candidates, call, deadline=self._clock() + self.budget, attempt=attempt
         )
         if answer:
             return answer[0]
         raise self._give_up(operation, attempt)
 
-    def decrypt(self, ciphertext: bytes, *, key_id: str, annotations: Mapping[str, bytes], uid: str) -> bytes:
-        """Decrypt on the first replica that can; fails over on any replica failure."""
-        return self._failover(
-            "Decrypt",
-            self._ordered(with_unhealthy=True),
-            lambda u, t: u.decrypt(ciphertext, key_id=key_id, annotations=annotations, uid=uid, timeout=t),
+    async def decrypt(self, request: bytes) -> bytes:
+        """Serialized v2 DecryptRequest -> serialized DecryptResponse of the first replica that can.
+
+        The request is checked once here (InvalidRequest, no replica called) and forwarded unchanged;
+        fails over on any replica failure.
+        """
+        check_v2_decrypt_request(request)
+        return await self._failover(
+            "Decrypt", self._ordered(with_unhealthy=True), lambda u, t: u.decrypt(request, timeout=t)
         )
 
-    def v1_encrypt(self, plain: bytes) -> bytes:
+    async def v1_encrypt(self, plain: bytes) -> bytes:
         """KMS v1 Encrypt on a healthy replica that serves the agreed key."""
         agreed = self._agreed
         if agreed is None:
             raise BackendUnavailable("the replicas do not agree on a key_id yet")
-        return self._failover(
+        return await self._failover(
             "v1.Encrypt", self._ordered(key_id=agreed), lambda u, t: u.v1_encrypt(plain, timeout=t)
         )
 
-    def v1_decrypt(self, cipher: bytes) -> bytes:
-        """KMS v1 Decrypt with failover."""
-        return self._failover(
-            "v1.Decrypt", self._ordered(with_unhealthy=True), lambda u, t: u.v1_decrypt(cipher, timeout=t)
+    async def v1_decrypt(self, request: bytes) -> bytes:
+        """Serialized v1beta1 DecryptRequest -> serialized DecryptResponse, checked once, with failover."""
+        check_v1_decrypt_request(request)
+        return await self._failover(
+            "v1.Decrypt", self._ordered(with_unhealthy=True), lambda u, t: u.v1_decrypt(request, timeout=t)
         )

@@ -32,13 +32,9 @@ listener.
 
 from __future__ import annotations
 
-import contextlib
-import grp
-import os
-import stat
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from concurrent import futures
 from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
@@ -56,7 +52,14 @@ from kubeshield.errors import (
     KeyNotFound,
     PolicyDenied,
 )
-from kubeshield.kms._socket import grpc_address, parse_endpoint, prepare_socket_path
+from kubeshield.kms._socket import (
+    SocketListener,
+    grpc_address,
+    parse_endpoint,
+    prepare_socket_path,
+    private_umask,
+    resolve_group,
+)
 from kubeshield.kms.api.v1beta1 import api_pb2 as v1_pb2
 from kubeshield.kms.api.v1beta1 import api_pb2_grpc as v1_grpc
 from kubeshield.kms.api.v2 import api_pb2 as v2_pb2
@@ -107,7 +110,7 @@ def map_error(exc: BaseException) -> tuple[grpc.StatusCode, str]:
 
 
 class KMSAPI(Protocol):
-    """What the servicers call: :class:`~kubeshield.kms.service.KMSService` or the relay."""
+    """What the servicers call: :class:`~kubeshield.kms.service.KMSService` (the relay serves itself)."""
 
     def status(self) -> StatusReply: ...
 
@@ -312,50 +315,6 @@ class KMSv1Servicer(_Servicer, v1_grpc.KeyManagementServiceServicer):  # type: i
         )
 
 
-@contextlib.contextmanager
-def _umask(mask: int) -> Iterator[None]:
-    old = os.umask(mask)
-    try:
-        yield
-    finally:
-        os.umask(old)
-
-
-def _resolve_group(group: str) -> int:
-    if group.isdigit():
-        return int(group)
-    try:
-        return grp.getgrnam(group).gr_gid
-    except KeyError:
-        raise ConfigError(f"socket group {group!r} does not exist") from None
-
-
-class _Listener:
-    """One socket we bound: remembers its inode so we only ever remove our own file."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.inode: int | None = None
-
-    def secure(self, gid: int | None) -> None:
-        if self.path.startswith("@"):
-            return
-        if gid is not None:
-            os.chown(self.path, -1, gid)
-            os.chmod(self.path, 0o660)
-        else:
-            os.chmod(self.path, 0o600)
-        self.inode = os.lstat(self.path).st_ino
-
-    def remove(self) -> None:
-        if self.inode is None:
-            return
-        with contextlib.suppress(FileNotFoundError):
-            info = os.lstat(self.path)
-            if stat.S_ISSOCK(info.st_mode) and info.st_ino == self.inode:
-                os.unlink(self.path)
-
-
 class KMSServer:
     """The gRPC server serving KMS v2 on ``socket`` and, optionally, KMS v1 on ``v1_socket``.
 
@@ -392,10 +351,10 @@ class KMSServer:
         self._tls = tls
         self._allow = allow if allow is not None else AllowList()
         self.listen_port: int | None = None
-        self._gid = _resolve_group(socket_group) if socket_group else None
+        self._gid = resolve_group(socket_group) if socket_group else None
         self._max_workers = max_workers
         self._servers: list[grpc.Server] = []
-        self._listeners: list[_Listener] = []
+        self._listeners: list[SocketListener] = []
         self._stopped = threading.Event()
         self.serving = False
 
@@ -435,8 +394,8 @@ class KMSServer:
                 prepare_socket_path(path)
                 server = self._new_server()
                 register(server)
-                listener = _Listener(path)
-                with _umask(0o177):
+                listener = SocketListener(path)
+                with private_umask(0o177):
                     try:
                         server.add_insecure_port(grpc_address(path))
                     except RuntimeError as exc:

@@ -15,11 +15,10 @@ from kubeshield.keys.local import LocalKeyBackend
 from kubeshield.kms.api.v2 import api_pb2 as v2_pb2
 from kubeshield.kms.api.v2 import api_pb2_grpc as v2_grpc
 from kubeshield.kms.metrics import KMSMetrics
-from kubeshield.kms.relay import GrpcUpstream
 from kubeshield.kms.server import KMSServer
 from kubeshield.kms.service import EncryptReply, KMSService, StatusReply
 from kubeshield.kms.tls import AllowList, ReloadingServerCredentials, client_credentials
-from tests.support.service import RELAY_ID, Certs, make_certs, upstream_client
+from tests.support.service import RELAY_ID, Certs, GrpcUpstream, make_certs, upstream_client
 from tests.support.tls import CA
 
 

@@ -13,12 +13,14 @@ from kubeshield.errors import BackendUnavailable
 from kubeshield.keys.local import LocalKeyBackend
 from kubeshield.kms.client import KMSv2Client
 from kubeshield.kms.metrics import KMSMetrics
-from kubeshield.kms.relay import Relay
+from kubeshield.kms.relay import AioUpstream, Relay
+from kubeshield.kms.relay_server import RelayServer
 from kubeshield.kms.server import KMSServer
 from kubeshield.kms.service import KMSService
+from kubeshield.kms.tls import client_credentials
 from tests.support.etcd import short_socket_dir
 from tests.support.kms_conformance import check_v1, check_v2
-from tests.support.service import Certs, Replica, make_certs, start_replica, upstream_client, wait_until
+from tests.support.service import Certs, Replica, make_certs, start_replica, wait_until
 
 
 @dataclass
@@ -26,7 +28,7 @@ class Stack:
     keyring: Path
     replicas: list[Replica]
     relay: Relay
-    server: KMSServer
+    server: RelayServer
     socket: str
     metrics: KMSMetrics
 
@@ -38,16 +40,21 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
     LocalKeyBackend.create(path=keyring).close()
     replicas = [start_replica(keyring, certs) for _ in range(3)]
     metrics = KMSMetrics()
-    relay = Relay([upstream_client(r.target, certs) for r in replicas], check_interval=0.2, metrics=metrics)
+    credentials = client_credentials(ca=certs.ca.path, cert=certs.relay.cert, key=certs.relay.key)
+    relay = Relay(
+        [AioUpstream(r.target, credentials=credentials) for r in replicas],
+        check_interval=0.2,
+        metrics=metrics,
+    )
     sock_dir = short_socket_dir()
-    server = KMSServer(relay, socket=str(sock_dir / "relay.sock"), v1_socket=str(sock_dir / "v1.sock"))
-    relay.start()
+    server = RelayServer(
+        relay, socket=str(sock_dir / "relay.sock"), v1_socket=str(sock_dir / "v1.sock"), metrics=metrics
+    )
     server.start()
     try:
         yield Stack(keyring, replicas, relay, server, str(sock_dir / "relay.sock"), metrics)
     finally:
-        server.stop(None).wait(10)
-        relay.close()
+        assert server.stop(None).wait(10)
         for r in replicas:
             r.stop()
 
