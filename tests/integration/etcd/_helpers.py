@@ -40,6 +40,11 @@ def seed_mix(etcd: EtcdClient, config: Any, prefix: str, n: int = len(MIX) * 3) 
     return seed_etcd(etcd, n, mix=MIX, config=config, prefix=prefix)
 
 
+def live_args(command: str, server: Any, prefix: str) -> tuple[str, ...]:
+    """``etcd <command> --endpoints <server> --prefix <prefix>``: the start of every live-etcd CLI call."""
+    return ("etcd", command, "--endpoints", server.endpoint, "--prefix", prefix)
+
+
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     capsys.readouterr()
     code = main(list(argv))

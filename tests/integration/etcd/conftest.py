@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from kubeshield.config.encryption import EncryptionConfiguration, parse_encryption_config
-from kubeshield.etcd.client import EtcdClient
 from tests.support.etcd import (
     Base64KMSPlugin,
     Base64KMSv1Plugin,
@@ -20,21 +19,6 @@ from tests.support.etcd import (
     encryption_config_yaml,
     short_socket_dir,
 )
-
-
-@pytest.fixture(scope="session")
-def etcd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer]:
-    server = EtcdServer(tmp_path_factory.mktemp("etcd") / "data").start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def etcd(etcd_server: EtcdServer) -> Iterator[EtcdClient]:
-    with EtcdClient([etcd_server.endpoint]) as client:
-        yield client
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ import pytest
 from bench.seed_etcd import secret_key
 from kubeshield.etcd.client import EtcdClient
 from tests.integration.etcd._helpers import EXPECTED_FORMAT, MIX, run_cli, run_json, seed_mix
+from tests.integration.etcd._helpers import live_args as _live
 from tests.support.etcd import Base64KMSPlugin, EtcdServer, save_snapshot
 
 
@@ -50,12 +51,7 @@ def test_audit_with_config_marks_exactly_what_the_apiserver_calls_stale(
     n = seed_mix(etcd, enc_config.config, prefix)
     code, doc = run_json(
         capsys,
-        "etcd",
-        "audit",
-        "--endpoints",
-        etcd_server.endpoint,
-        "--prefix",
-        prefix,
+        *_live("audit", etcd_server, prefix),
         "--encryption-config",
         str(enc_config.path),
         "-o",
@@ -88,12 +84,7 @@ def test_table_output_never_shows_values(
     seed_mix(etcd, enc_config.config, prefix)
     code, out, _ = run_cli(
         capsys,
-        "etcd",
-        "audit",
-        "--endpoints",
-        etcd_server.endpoint,
-        "--prefix",
-        prefix,
+        *_live("audit", etcd_server, prefix),
         "--encryption-config",
         str(enc_config.path),
     )
@@ -112,12 +103,7 @@ def test_bad_values_are_per_key_errors_and_the_run_continues(
     etcd.put(f"{prefix}/secrets/ns/".encode() + b"we\xc3\xafrd\x01key\xff", b"k8s\x00plain")
     code, doc = run_json(
         capsys,
-        "etcd",
-        "audit",
-        "--endpoints",
-        etcd_server.endpoint,
-        "--prefix",
-        prefix,
+        *_live("audit", etcd_server, prefix),
         "--encryption-config",
         str(enc_config.path),
         "-o",
@@ -141,12 +127,7 @@ def test_plugin_down_is_an_error_per_kms_key_not_a_crash(
     kms_plugin.stop()
     code, doc = run_json(
         capsys,
-        "etcd",
-        "audit",
-        "--endpoints",
-        etcd_server.endpoint,
-        "--prefix",
-        prefix,
+        *_live("audit", etcd_server, prefix),
         "--encryption-config",
         str(enc_config.path),
         "-o",

@@ -12,6 +12,7 @@ from bench.seed_etcd import secret_key, secret_plaintext
 from kubeshield.envelope.objects import decode_object, to_manifest
 from kubeshield.etcd.client import EtcdClient
 from tests.integration.etcd._helpers import MIX, run_cli, run_json, seed_mix
+from tests.integration.etcd._helpers import live_args as _live
 from tests.support.etcd import (
     Base64KMSPlugin,
     EtcdServer,
@@ -31,12 +32,7 @@ def test_every_format_decrypts_to_the_stored_secret(
     n = seed_mix(etcd, enc_config.config, prefix)
     code, doc = run_json(
         capsys,
-        "etcd",
-        "decrypt",
-        "--endpoints",
-        etcd_server.endpoint,
-        "--prefix",
-        prefix,
+        *_live("decrypt", etcd_server, prefix),
         "--encryption-config",
         str(enc_config.path),
         "--all",
@@ -120,12 +116,7 @@ def test_selected_keys_only_and_a_missing_key_is_reported(
     key = secret_key(5, prefix=prefix).decode()
     code, out, err = run_cli(
         capsys,
-        "etcd",
-        "decrypt",
-        "--endpoints",
-        etcd_server.endpoint,
-        "--prefix",
-        prefix,
+        *_live("decrypt", etcd_server, prefix),
         "--encryption-config",
         str(enc_config.path),
         "--key",
@@ -160,12 +151,7 @@ def test_wrong_aes_key_fails_only_those_keys(
     bad_config.write_text(text)
     code, doc = run_json(
         capsys,
-        "etcd",
-        "decrypt",
-        "--endpoints",
-        etcd_server.endpoint,
-        "--prefix",
-        prefix,
+        *_live("decrypt", etcd_server, prefix),
         "--encryption-config",
         str(bad_config),
         "--all",
@@ -174,12 +160,7 @@ def test_wrong_aes_key_fails_only_those_keys(
     )
     _, _, err = run_cli(
         capsys,
-        "etcd",
-        "decrypt",
-        "--endpoints",
-        etcd_server.endpoint,
-        "--prefix",
-        prefix,
+        *_live("decrypt", etcd_server, prefix),
         "--encryption-config",
         str(bad_config),
         "--all",
@@ -201,12 +182,7 @@ def test_plugin_down_fails_kms_keys_with_a_clear_error(
     kms_plugin.stop()
     code, out, err = run_cli(
         capsys,
-        "etcd",
-        "decrypt",
-        "--endpoints",
-        etcd_server.endpoint,
-        "--prefix",
-        prefix,
+        *_live("decrypt", etcd_server, prefix),
         "--encryption-config",
         str(enc_config.path),
         "--all",
@@ -227,12 +203,7 @@ def test_garbage_from_the_plugin_is_a_per_key_error(
     etcd.put(key, value)
     code, _, err = run_cli(
         capsys,
-        "etcd",
-        "decrypt",
-        "--endpoints",
-        etcd_server.endpoint,
-        "--prefix",
-        prefix,
+        *_live("decrypt", etcd_server, prefix),
         "--encryption-config",
         str(enc_config.path),
         "--all",

@@ -14,6 +14,7 @@ from kubeshield.etcd.client import EtcdClient
 from kubeshield.etcd.rewrite import rewrite
 from kubeshield.etcd.transformers import ChainSet
 from tests.integration.etcd._helpers import MIX, run_cli, run_json, seed_mix
+from tests.integration.etcd._helpers import live_args as _live
 from tests.support.etcd import Base64KMSPlugin, EtcdServer
 
 KMS_PREFIX = b"k8s:enc:kms:v2:kms-provider:"
@@ -36,12 +37,7 @@ def test_dry_run_is_the_default_and_writes_nothing(
     before = _values(etcd, prefix)
     code, out, err = run_cli(
         capsys,
-        "etcd",
-        "rewrite",
-        "--endpoints",
-        etcd_server.endpoint,
-        "--prefix",
-        prefix,
+        *_live("rewrite", etcd_server, prefix),
         "--encryption-config",
         str(enc_config.path),
         "--to",
@@ -74,12 +70,7 @@ def test_rotation_then_rewrite_then_audit_shows_nothing_stale(
     assert doc["summary"]["stale"] == n - n // len(MIX)  # only key_id 2, type 1 is fresh now
     code, _, err = run_cli(
         capsys,
-        "etcd",
-        "rewrite",
-        "--endpoints",
-        etcd_server.endpoint,
-        "--prefix",
-        prefix,
+        *_live("rewrite", etcd_server, prefix),
         "--encryption-config",
         str(enc_config.path),
         "--to",
@@ -97,12 +88,7 @@ def test_rotation_then_rewrite_then_audit_shows_nothing_stale(
     # and the content survived: decrypt gives back every Secret
     code, listing = run_json(
         capsys,
-        "etcd",
-        "decrypt",
-        "--endpoints",
-        etcd_server.endpoint,
-        "--prefix",
-        prefix,
+        *_live("decrypt", etcd_server, prefix),
         "--encryption-config",
         str(enc_config.path),
         "--all",
@@ -118,12 +104,7 @@ def test_rewritten_kms_v2_value_has_the_apiserver_layout(
     seed_mix(etcd, enc_config.config, prefix, n=9)
     run_cli(
         capsys,
-        "etcd",
-        "rewrite",
-        "--endpoints",
-        etcd_server.endpoint,
-        "--prefix",
-        prefix,
+        *_live("rewrite", etcd_server, prefix),
         "--encryption-config",
         str(enc_config.path),
         "--to",
@@ -148,12 +129,7 @@ def test_rewrite_to_aesgcm_uses_the_first_key_and_the_etcd_key_as_aad(
     seed_mix(etcd, enc_config.config, prefix, n=9)
     code, _, err = run_cli(
         capsys,
-        "etcd",
-        "rewrite",
-        "--endpoints",
-        etcd_server.endpoint,
-        "--prefix",
-        prefix,
+        *_live("rewrite", etcd_server, prefix),
         "--encryption-config",
         str(enc_config.path),
         "--to",
@@ -238,12 +214,7 @@ def test_identity_needs_an_explicit_yes(
         chains.close()
     code, _, _ = run_cli(
         capsys,
-        "etcd",
-        "rewrite",
-        "--endpoints",
-        etcd_server.endpoint,
-        "--prefix",
-        prefix,
+        *_live("rewrite", etcd_server, prefix),
         "--encryption-config",
         str(enc_config.path),
         "--to",

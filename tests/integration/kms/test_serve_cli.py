@@ -125,35 +125,30 @@ def test_startup_errors(tmp_path: Path, setup: str, message: str) -> None:
         assert sock.read_text() == "keep me"
 
 
-def test_a_repeated_stop_signal_is_one_request(tmp_path: Path) -> None:
-    """``timeout`` and process-group kills deliver SIGTERM twice: that must still be a graceful stop."""
+def _serve_then_signal(tmp_path: Path, *signals: signal.Signals) -> str:
+    """Start ``kms serve``, send ``signals`` back to back once it serves; its stderr after a clean exit."""
     keyring, sock = tmp_path / "keyring", tmp_path / "kms.sock"
     proc = _start("--keyring", str(keyring), "--create-keyring", "--socket", str(sock), "--health-addr", "")
     try:
         _wait_for_socket(proc, sock)
-        proc.send_signal(signal.SIGTERM)
-        proc.send_signal(signal.SIGTERM)
+        for sig in signals:
+            proc.send_signal(sig)
         _, err = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
     assert proc.returncode == 0, err
-    assert "forcing shutdown" not in err
     assert '"msg": "stopped"' in err
+    return err
+
+
+def test_a_repeated_stop_signal_is_one_request(tmp_path: Path) -> None:
+    """``timeout`` and process-group kills deliver SIGTERM twice: that must still be a graceful stop."""
+    err = _serve_then_signal(tmp_path, signal.SIGTERM, signal.SIGTERM)
+    assert "forcing shutdown" not in err
 
 
 def test_a_different_second_signal_forces_the_stop(tmp_path: Path) -> None:
-    keyring, sock = tmp_path / "keyring", tmp_path / "kms.sock"
-    proc = _start("--keyring", str(keyring), "--create-keyring", "--socket", str(sock), "--health-addr", "")
-    try:
-        _wait_for_socket(proc, sock)
-        proc.send_signal(signal.SIGTERM)
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 0, err
+    err = _serve_then_signal(tmp_path, signal.SIGTERM, signal.SIGINT)
     assert "forcing shutdown" in err

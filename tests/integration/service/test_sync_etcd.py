@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,25 +13,15 @@ from kubeshield.keys.keyring import Argon2Params, KeyringFile
 from kubeshield.keys.local import LocalKeyBackend
 from kubeshield.kms.service import KMSService
 from kubeshield.kms.sync import KeyringSync, SyncedBackend, SyncOutcome
-from tests.support.etcd import EtcdServer
 
 PASS = b"correct horse battery staple"
 CHEAP = Argon2Params(iterations=1, lanes=1, memory_cost=8)
 
 
-@pytest.fixture(scope="module")
-def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer]:
-    server = EtcdServer(tmp_path_factory.mktemp("etcd") / "data").start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 @pytest.fixture
-def store(etcd: EtcdServer) -> Iterator[EtcdClient]:
-    with EtcdClient([etcd.endpoint]) as client:
-        yield client
+def store(etcd: EtcdClient) -> EtcdClient:
+    """The session's etcd (tests/integration/conftest.py), as the KVStore sync writes to."""
+    return etcd
 
 
 def _replicas(tmp_path: Path, n: int) -> list[Path]:
