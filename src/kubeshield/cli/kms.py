@@ -145,7 +145,20 @@ def serve(
     log_level: str,
     signals: StopSignals,
 ) -> int:
-    """Serve KMS v2 (and optionally v1) on a unix socket and/or, with --listen, over mTLS, until SIGTERM."""
+    """Serve KMS v2 (and optionally v1) on a unix socket and/or, with --listen, over mTLS, until SIGTERM.
+
+    The key backend is --keyring (a local keyring file) or the keys: section of --config. A rotated
+    keyring is picked up within 5 s; Status returns UNAVAILABLE while the last deep health round trip
+    (every 10 s) failed. /livez never depends on the key backend.
+
+    \b
+    Examples:
+      kubeshield kms serve --keyring /var/lib/kubeshield/keyring \\
+          --passphrase-file /etc/kubeshield/passphrase --socket /var/run/kubeshield/kms.sock
+      kubeshield kms serve --config /etc/kubeshield/kubeshield.yaml
+      kubeshield kms serve --config kubeshield.yaml --listen tcp://0.0.0.0:9443 \\
+          --tls-cert tls.crt --tls-key tls.key --client-ca ca.crt --allow relay.example.com
+    """
     from kubeshield.kms.encryption_config import render_encryption_config
     from kubeshield.kms.http import HealthServer
     from kubeshield.kms.logging import configure_logging
