@@ -64,6 +64,12 @@ def _open_primary(
     if create_keyring and not Path(path).exists():
         backend = LocalKeyBackend.create(path=path, passphrase=passphrase)
         click.echo(f"created keyring {path}", err=True)
+        if passphrase is None:
+            click.echo(
+                "WARNING: the keyring has no passphrase: only its permissions (0600) and disk encryption "
+                "protect the keys (give --passphrase-file or $KUBESHIELD_KEYRING_PASSPHRASE for production)",
+                err=True,
+            )
         return backend, keys
     return LocalKeyBackend(path=path, passphrase=passphrase), keys
 
