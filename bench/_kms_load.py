@@ -103,6 +103,46 @@ def h2load_path() -> str | None:
     return shutil.which("h2load")
 
 
+def h2load_command(
+    binary: str,
+    socket: str,
+    op: str,
+    data: Path,
+    log: Path,
+    *,
+    concurrency: int,
+    duration: float,
+    warmup: float,
+    rps: int | None = None,
+) -> list[str]:
+    """h2load over one h2c connection on the unix socket; ``rps`` makes it an open loop (``--rps``)."""
+    rate = [f"--rps={rps}"] if rps is not None else []
+    return [
+        binary,
+        "-B", f"unix:{socket}",
+        "-c", "1", "-t", "1", "-m", str(concurrency), *rate,
+        "-D", f"{int(duration * 1000)}ms", f"--warm-up-time={int(warmup * 1000)}ms",
+        "-d", str(data),
+        "-H", "content-type: application/grpc",
+        "-H", "te: trailers",
+        f"--log-file={log}",
+        f"http://localhost/{SERVICE}/{op}",
+    ]  # fmt: skip
+
+
+def read_h2load_log(log: Path) -> tuple[list[float], int]:
+    """(latencies in microseconds of the HTTP-200 answers, count of the others) from an h2load log."""
+    latencies: list[float] = []
+    errors = 0
+    for line in log.read_text().splitlines():
+        _, status, micros = line.split("\t")[:3]
+        if status == "200":
+            latencies.append(float(micros))
+        else:
+            errors += 1
+    return latencies, errors
+
+
 def run_h2load(
     socket: str,
     op: str,
@@ -121,30 +161,15 @@ def run_h2load(
         data = Path(tmp) / "body"
         data.write_bytes(frame(body))
         log = Path(tmp) / "log.tsv"
-        cmd = [
-            binary,
-            "-B", f"unix:{socket}",
-            "-c", "1", "-t", "1", "-m", str(concurrency),
-            "-D", f"{int(duration * 1000)}ms", f"--warm-up-time={int(warmup * 1000)}ms",
-            "-d", str(data),
-            "-H", "content-type: application/grpc",
-            "-H", "te: trailers",
-            f"--log-file={log}",
-            f"http://localhost/{SERVICE}/{op}",
-        ]  # fmt: skip
+        cmd = h2load_command(
+            binary, socket, op, data, log, concurrency=concurrency, duration=duration, warmup=warmup
+        )
         load = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         cpu = _window_cpu(server_pid, warmup, duration)
         _, err = load.communicate(timeout=duration + warmup + 30)
         if load.returncode != 0:
             raise RuntimeError(f"h2load failed ({load.returncode}): {err.strip()[-300:]}")
-        latencies: list[float] = []
-        errors = 0
-        for line in log.read_text().splitlines():
-            _, status, micros = line.split("\t")[:3]
-            if status == "200":
-                latencies.append(float(micros))
-            else:
-                errors += 1
+        latencies, errors = read_h2load_log(log)
     cell = _cell(latencies, duration, cpu)
     return Cell(cell.rps, cell.p50, cell.p99, cell.n, cell.cpu_us, errors)
 

@@ -33,7 +33,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "src"))
 
-from bench._kms_load import SERVICE, Cell, frame, h2load_path, run_h2load  # noqa: E402
+from bench._kms_load import (  # noqa: E402
+    SERVICE,
+    Cell,
+    frame,
+    h2load_command,
+    h2load_path,
+    read_h2load_log,
+    run_h2load,
+)
 from bench._service_fleet import cpu_seconds, machine_busy  # noqa: E402
 
 __all__ = ["Sampled", "TLSFiles", "run_aio_sampled", "run_h2load_rate_sampled", "run_h2load_sampled"]
@@ -123,7 +131,7 @@ def run_h2load_rate_sampled(
     pids: Mapping[str, int],
 ) -> Sampled:
     """Open loop: h2load sends ``rate`` requests per second (``--rps``), at most ``concurrency`` in flight
-    (the command ``_kms_load.run_h2load`` builds, plus ``--rps``). Latency of a hop when it is not
+    (``_kms_load.h2load_command`` with ``rps``). Latency of a hop when it is not
     saturated, which a closed loop at N in flight cannot show."""
     binary = h2load_path()
     if binary is None:
@@ -132,17 +140,9 @@ def run_h2load_rate_sampled(
         data = Path(tmp) / "body"
         data.write_bytes(frame(body))
         log = Path(tmp) / "log.tsv"
-        cmd = [
-            binary,
-            "-B", f"unix:{socket}",
-            "-c", "1", "-t", "1", "-m", str(concurrency), f"--rps={rate}",
-            "-D", f"{int(duration * 1000)}ms", f"--warm-up-time={int(warmup * 1000)}ms",
-            "-d", str(data),
-            "-H", "content-type: application/grpc",
-            "-H", "te: trailers",
-            f"--log-file={log}",
-            f"http://localhost/{SERVICE}/{op}",
-        ]  # fmt: skip
+        cmd = h2load_command(
+            binary, socket, op, data, log, concurrency=concurrency, duration=duration, warmup=warmup, rps=rate
+        )
         load = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         time.sleep(warmup)
         before = _Snapshot(pids)
@@ -151,14 +151,8 @@ def run_h2load_rate_sampled(
         _, err = load.communicate(timeout=duration + warmup + 30)
         if load.returncode != 0:
             raise RuntimeError(f"h2load failed ({load.returncode}): {err.strip()[-300:]}")
-        ok: list[float] = []
-        errors = 0
-        for line in log.read_text().splitlines():
-            _, status, micros = line.split("\t")[:3]
-            if status == "200":
-                ok.append(float(micros) / 1e3)
-            else:
-                errors += 1
+        micros, errors = read_h2load_log(log)
+        ok = [us / 1e3 for us in micros]
     ok.sort()
     n = len(ok)
     cell = (
