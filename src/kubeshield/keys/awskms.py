@@ -50,10 +50,10 @@ from kubeshield.errors import (
 )
 from kubeshield.keys import _aws_format as fmt
 from kubeshield.keys.base import Health, Wrapped
+from kubeshield.keys.health import HEALTH_AAD, round_trip
 
 __all__ = ["AwsKmsKeyBackend", "map_exceptions"]
 
-_HEALTH_AAD = b"kubeshield/health"
 _MAX_PLAINTEXT = 4096  # AWS KMS Encrypt limit
 
 _UNAVAILABLE_CODES = frozenset(
@@ -280,28 +280,16 @@ class AwsKmsKeyBackend:
         ok = False
         with contextlib.suppress(BackendError, InvalidCiphertext, InvalidRequest):
             probe = self._rng(32)
-            wrapped = self.wrap(probe, aad=_HEALTH_AAD)
+            wrapped = self.wrap(probe, aad=HEALTH_AAD)
             _generation, blob = fmt.decode_ciphertext(wrapped.ciphertext)
-            context = fmt.encryption_context(key_id=wrapped.key_id, aad=_HEALTH_AAD)
+            context = fmt.encryption_context(key_id=wrapped.key_id, aad=HEALTH_AAD)
             ok = hmac.compare_digest(self._decrypt(blob, context), probe)
         self._probe_at, self._probe_ok = now, ok
         return ok
 
     def check_health(self) -> Health:
-        start = self._clock()
-        try:
-            probe = self._rng(32)
-            wrapped = self.wrap(probe, aad=_HEALTH_AAD)
-            if not hmac.compare_digest(self.unwrap(wrapped, aad=_HEALTH_AAD), probe):
-                raise BackendError("the round trip returned different bytes")
-        except Exception as exc:
-            detail = (
-                "InvalidCiphertext" if isinstance(exc, InvalidCiphertext) else f"{type(exc).__name__}: {exc}"
-            )
-            if not isinstance(exc, (BackendError, ConfigError, InvalidCiphertext, InvalidRequest)):
-                detail = type(exc).__name__
-            return Health(False, None, detail, start, self._clock() - start)
-        return Health(True, wrapped.key_id, "ok", start, self._clock() - start)
+        """Encrypt and decrypt a random value through AWS KMS (:func:`kubeshield.keys.health.round_trip`)."""
+        return round_trip(self, clock=self._clock, rng=self._rng)
 
     def close(self) -> None:
         with self._lock:

@@ -42,6 +42,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from kubeshield.config.settings import LocalSettings
 from kubeshield.errors import BackendUnavailable, InvalidCiphertext, KeyNotFound
 from kubeshield.keys.base import Health, KeyVersionInfo, Wrapped
+from kubeshield.keys.health import round_trip
 from kubeshield.keys.keyring import Argon2Params, FileStamp, Keyring, KeyringFile, KeySealer, fingerprint
 from kubeshield.keys.passphrase import read_passphrase
 
@@ -53,7 +54,6 @@ _FP = 8
 _NONCE = 12
 _TAG = 16
 _HEADER = 1 + _FP + _NONCE
-_HEALTH_AAD = b"kubeshield/health"
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,18 +188,8 @@ class LocalKeyBackend:
             raise InvalidCiphertext() from None
 
     def check_health(self) -> Health:
-        """Wrap and unwrap a random value. Never raises; ``detail`` names only an error type."""
-        start = self._clock()
-        try:
-            probe = self._rng(32)
-            wrapped = self.wrap(probe, aad=_HEALTH_AAD)
-            if self.unwrap(wrapped, aad=_HEALTH_AAD) != probe:
-                return Health(
-                    False, None, "round trip returned different bytes", start, self._clock() - start
-                )
-        except Exception as exc:
-            return Health(False, None, type(exc).__name__, start, self._clock() - start)
-        return Health(True, wrapped.key_id, "ok", start, self._clock() - start)
+        """Wrap and unwrap a random value (:func:`kubeshield.keys.health.round_trip`). Never raises."""
+        return round_trip(self, clock=self._clock, rng=self._rng)
 
     def close(self) -> None:
         """Drop every reference to key material (see the module docstring for what this can't do)."""

@@ -66,12 +66,12 @@ from kubeshield.errors import (
 )
 from kubeshield.keys import _pkcs11_format as fmt
 from kubeshield.keys.base import Health, KeyVersionInfo, Wrapped
+from kubeshield.keys.health import round_trip
 
 __all__ = ["PIN_ENV", "Pkcs11KeyBackend", "map_exceptions", "read_pin"]
 
 PIN_ENV = "KUBESHIELD_PKCS11_PIN"
 _RELIST_INTERVAL = 1.0
-_HEALTH_AAD = b"kubeshield/health"
 
 _AUTH_ERRORS: tuple[type[Exception], ...] = (
     p11e.PinIncorrect,
@@ -512,15 +512,8 @@ class Pkcs11KeyBackend:
             return bytes(plain)
 
     def check_health(self) -> Health:
-        start = self._clock()
-        try:
-            probe = self._rng(32)
-            wrapped = self.wrap(probe, aad=_HEALTH_AAD)
-            if not hmac.compare_digest(self.unwrap(wrapped, aad=_HEALTH_AAD), probe):
-                raise BackendError("the round trip returned different bytes")
-        except Exception as exc:
-            return Health(False, None, _safe_detail(exc), start, self._clock() - start)
-        return Health(True, wrapped.key_id, "ok", start, self._clock() - start)
+        """Wrap and unwrap a random value in the token (:func:`kubeshield.keys.health.round_trip`)."""
+        return round_trip(self, clock=self._clock, rng=self._rng)
 
     def close(self) -> None:
         with self._lock:
@@ -567,11 +560,3 @@ class Pkcs11KeyBackend:
 def _primary_order(ident: tuple[int, bytes]) -> tuple[int, int]:
     """Sort key: higher version first wins; within a version, the smaller tag wins."""
     return ident[0], -int.from_bytes(ident[1], "big")
-
-
-def _safe_detail(exc: Exception) -> str:
-    if isinstance(exc, InvalidCiphertext):
-        return "InvalidCiphertext"
-    if isinstance(exc, (BackendError, ConfigError)):
-        return f"{type(exc).__name__}: {exc}"
-    return type(exc).__name__

@@ -17,8 +17,9 @@ from collections.abc import Callable
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from kubeshield.errors import BackendError, BackendUnavailable, InvalidCiphertext, KeyNotFound
+from kubeshield.errors import BackendError, InvalidCiphertext, KeyNotFound
 from kubeshield.keys.base import Health, KeyVersionInfo, Wrapped
+from kubeshield.keys.health import round_trip
 
 __all__ = ["InMemoryBackend"]
 
@@ -105,13 +106,7 @@ class InMemoryBackend:
         start = self._clock()
         if self.fail_health is not None:
             return Health(False, None, f"{type(self.fail_health).__name__}", start, 0.0)
-        try:
-            probe = self._rng(32)
-            if self.unwrap(self.wrap(probe, aad=b"health"), aad=b"health") != probe:
-                raise BackendUnavailable("round trip returned different bytes")
-        except Exception as exc:
-            return Health(False, None, type(exc).__name__, start, self._clock() - start)
-        return Health(True, self.key_id(), "ok", start, self._clock() - start)
+        return round_trip(self, clock=self._clock, rng=self._rng)
 
     def close(self) -> None:
         self._keys.clear()

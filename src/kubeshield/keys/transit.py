@@ -59,7 +59,6 @@ from kubeshield.errors import (
     InvalidCiphertext,
     InvalidRequest,
     KeyNotFound,
-    KubeshieldError,
 )
 from kubeshield.keys._transit_auth import (
     AppRoleAuth,
@@ -71,6 +70,7 @@ from kubeshield.keys._transit_auth import (
 )
 from kubeshield.keys._transit_http import TransitHTTP
 from kubeshield.keys.base import Health, Wrapped
+from kubeshield.keys.health import round_trip
 
 __all__ = [
     "AppRoleAuth",
@@ -83,7 +83,6 @@ __all__ = [
 ]
 
 _AAD_DOMAIN: Final = b"kubeshield-transit-v1\x00"
-_HEALTH_AAD: Final = b"kubeshield-health"
 _NAME_RE: Final = re.compile(r"[A-Za-z0-9_.-]+")
 _MOUNT_RE: Final = re.compile(r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*")
 _CIPHERTEXT_RE: Final = re.compile(rb"vault:v([1-9][0-9]{0,9}):([A-Za-z0-9+/]+={0,2})")
@@ -220,18 +219,8 @@ class TransitKeyBackend:
             raise BackendError("transit decrypt: the key service sent an unexpected reply") from exc
 
     def check_health(self) -> Health:
-        start = self._clock()
-        try:
-            self.refresh()
-            probe = self._rng(32)
-            if self.unwrap(self.wrap(probe, aad=_HEALTH_AAD), aad=_HEALTH_AAD) != probe:
-                raise BackendError("round trip returned different bytes")
-        except KubeshieldError as exc:
-            detail = f"{type(exc).__name__}: {exc}"
-            return Health(False, None, detail, start, self._clock() - start)
-        except Exception as exc:  # never raise from a health check
-            return Health(False, None, type(exc).__name__, start, self._clock() - start)
-        return Health(True, self.key_id(), "ok", start, self._clock() - start)
+        """Re-read the key, then a wrap/unwrap round trip (:func:`kubeshield.keys.health.round_trip`)."""
+        return round_trip(self, clock=self._clock, rng=self._rng, before=self.refresh)
 
     def close(self) -> None:
         self._closed = True

@@ -138,7 +138,7 @@ def test_close_forgets_keys_and_fails_closed(path: Path) -> None:
     with pytest.raises(BackendUnavailable):
         backend.wrap(b"s")
     health = backend.check_health()
-    assert (health.ok, health.detail) == (False, "BackendUnavailable")
+    assert (health.ok, health.detail) == (False, "BackendUnavailable: the local key backend is closed")
 
 
 def test_health_fails_when_rng_is_broken(path: Path) -> None:
