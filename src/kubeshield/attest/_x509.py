@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -96,12 +97,16 @@ def parse_pem_blocks(data: bytes, *, what: str) -> list[bytes]:
 def load_certificate(der: bytes) -> x509.Certificate:
     """Parse a DER certificate *completely* (cryptography parses fields lazily); ValueError if any fails."""
     try:
-        cert = x509.load_der_x509_certificate(der)
-        _ = (cert.subject, cert.issuer, cert.serial_number, cert.not_valid_before_utc, cert.not_valid_after_utc)
-        _ = (cert.extensions, cert.public_key(), cert.signature, cert.tbs_certificate_bytes)
-        _ = cert.signature_algorithm_oid
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            cert = x509.load_der_x509_certificate(der)
+            _ = (cert.subject, cert.issuer, cert.serial_number, cert.not_valid_before_utc)
+            _ = (cert.not_valid_after_utc, cert.extensions, cert.public_key(), cert.signature)
+            _ = (cert.tbs_certificate_bytes, cert.signature_algorithm_oid)
     except Exception as exc:  # cryptography raises ValueError, InvalidVersion, DuplicateExtension, ...
         raise ValueError(f"certificate does not parse: {type(exc).__name__}") from None
+    if caught:  # e.g. a country name that is not 2 letters: refused rather than warned about on every use
+        raise ValueError("certificate is malformed (cryptography warns about it)")
     return cert
 
 
@@ -142,12 +147,16 @@ def _is_ca(cert: x509.Certificate) -> bool:
 def load_crl(der: bytes, *, what: str) -> x509.CertificateRevocationList:
     """Parse a DER CRL completely; ``EvidenceFormatError`` naming ``what`` when it does not parse."""
     try:
-        crl = x509.load_der_x509_crl(der)
-        _ = (crl.issuer, crl.last_update_utc, crl.next_update_utc, crl.signature, crl.tbs_certlist_bytes)
-        _ = [r.serial_number for r in crl]
-        return crl
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            crl = x509.load_der_x509_crl(der)
+            _ = (crl.issuer, crl.last_update_utc, crl.next_update_utc, crl.signature, crl.tbs_certlist_bytes)
+            _ = [r.serial_number for r in crl]
     except Exception:  # ValueError, DuplicateExtension, UnsupportedAlgorithm, ...
         raise EvidenceFormatError(f"{what}: not a DER CRL") from None
+    if caught:
+        raise EvidenceFormatError(f"{what}: malformed CRL")
+    return crl
 
 
 def _crl_signed_by(crl: x509.CertificateRevocationList, issuer: x509.Certificate) -> bool:

@@ -267,8 +267,8 @@ def _check_attributes(report: object) -> None:
 
 def _chain(pem: bytes, what: str, at: datetime, crls: list[x509.CertificateRevocationList]) -> x509.Certificate:
     certs = parse_pem_blocks(pem, what=what)
-    if len(certs) < 2:
-        raise ChainError(f"{what}: certificate chain is too short ({len(certs)} certificate(s))")
+    if not certs:
+        raise ChainError(f"{what}: certificate chain is too short (no certificate)")
     return verify_chain(certs, anchors=[INTEL_SGX_ROOT_CA], at=at, crls=crls, what=what)[0]
 
 
