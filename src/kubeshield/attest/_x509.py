@@ -94,8 +94,12 @@ def parse_pem_blocks(data: bytes, *, what: str) -> list[bytes]:
         pos = close + 5
 
 
-def load_certificate(der: bytes) -> x509.Certificate:
-    """Parse a DER certificate *completely* (cryptography parses fields lazily); ValueError if any fails."""
+def load_certificate(der: bytes, *, allow_zero_serial: bool = False) -> x509.Certificate:
+    """Parse a DER certificate *completely* (cryptography parses fields lazily); ValueError if any fails.
+
+    ``allow_zero_serial`` accepts a serial number of 0 (AMD issues every VCEK with serial 0), which
+    cryptography warns about; any other warning still refuses the certificate.
+    """
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -105,6 +109,8 @@ def load_certificate(der: bytes) -> x509.Certificate:
             _ = (cert.tbs_certificate_bytes, cert.signature_algorithm_oid)
     except Exception as exc:  # cryptography raises ValueError, InvalidVersion, DuplicateExtension, ...
         raise ValueError(f"certificate does not parse: {type(exc).__name__}") from None
+    if allow_zero_serial:
+        caught = [w for w in caught if "serial number" not in str(w.message)]
     if caught:  # e.g. a country name that is not 2 letters: refused rather than warned about on every use
         raise ValueError("certificate is malformed (cryptography warns about it)")
     return cert
