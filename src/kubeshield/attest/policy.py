@@ -11,7 +11,8 @@
       pcr7: {equals: 0000...}
       ak_sha256: {in: [a517f03f...]}                 # TPM: pin the attestation key
 
-Operators: ``equals``, ``in``, ``min``, ``max``. A rule on a claim the evidence does not have fails
+Operators: ``equals``, ``in``, ``min``, ``max``. Quote hex values (``'00ff...'``): YAML reads an unquoted
+``0000...`` as the integer 0, which never equals a hex claim. A rule on a claim the evidence does not have fails
 (fail closed). The evidence must also have verified (``ok``); a policy never turns a failed
 verification into an allow. Why no general-purpose language: the decisions needed here are set
 membership and thresholds over a flat claim set, which this covers with errors that name the rule;

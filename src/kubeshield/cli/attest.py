@@ -146,3 +146,109 @@ def _render(doc: dict[str, object], output: str) -> None:
     for key in sorted(claims):
         click.echo(f"  {key}: {claims[key]}")
     sys.stdout.flush()
+
+
+@group.command("release-server")
+@option("--config", "config_path", required=True, type=click.Path(dir_okay=False, exists=True, path_type=Path),
+        help="Release server config (YAML): listen, tls, resources and their policies.")
+@option("--listen", help="HOST:PORT to listen on (overrides the config's listen).")
+@option("--allow-sample", is_flag=True,
+        help="Also accept the 'sample' TEE, which gives NO protection (tests and demos only).")
+def release_server_cmd(config_path: Path, listen: str | None, allow_sample: bool) -> int:
+    """Release keys (keyring KEK versions, key files) only to software whose evidence verifies.
+
+    \b
+    RCAR exchange (docs/attestation.md): challenge with a fresh single-use nonce, evidence whose report
+    data binds SHA-384(nonce, ephemeral public key), the resource's policy, the resource as a JWE
+    (ECDH-ES, A256GCM) to that key. Example:
+      kubeshield attest release-server --config release.yaml
+    """
+    import dataclasses
+    import logging
+    import signal
+    import threading
+
+    from kubeshield.attest_release.server import ReleaseServer, load_release_config
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        config = load_release_config(config_path)
+        if listen is not None:
+            config = dataclasses.replace(config, listen=listen)
+        if allow_sample:
+            config = dataclasses.replace(config, allow_sample=True)
+        server = ReleaseServer(config)
+    except (KubeshieldError, OSError) as exc:
+        if isinstance(exc, KubeshieldError):
+            raise_cli_error(exc)
+        raise click.ClickException(f"cannot listen on {config.listen}: {exc.strerror}") from None
+    if config.allow_sample:
+        click.echo("WARNING: the sample TEE is enabled: it gives no protection", err=True)
+
+    def stop(signum: int, frame: object) -> None:
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+    click.echo(f"ready url={server.url}")
+    sys.stdout.flush()
+    server.serve_forever()
+    return 0
+
+
+@group.command("request")
+@option("--url", required=True, help="The release server, http(s)://HOST:PORT.")
+@option("--resource", required=True, help="The resource name in the server's config.")
+@option("--tee", type=click.Choice(["tpm", "sample"]), required=True,
+        help="How to attest: a TPM quote, or the no-protection sample TEE.")
+@option("--tcti", help="tpm: the TPM, e.g. device:/dev/tpmrm0 or swtpm:host=127.0.0.1,port=2321.")
+@option("--pcrs", default="0-23", show_default=True, help="tpm: PCRs to quote, e.g. 0-23 or 0,7,16.")
+@option("--cafile", type=click.Path(dir_okay=False, exists=True), help="CA bundle for an https:// server.")
+@option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+        help="Write the released resource to this file (mode 0600, atomically); never to stdout.")
+def request_cmd(url: str, resource: str, tee: str, tcti: str | None, pcrs: str, cafile: str | None, out: Path) -> None:
+    """Attest to a release server and store the resource it releases.
+
+    \b
+    Example:
+      kubeshield attest request --url http://10.0.0.5:8443 --resource sealing-key \\
+          --tee tpm --tcti device:/dev/tpmrm0 --out /run/kubeshield/sealing.key
+    """
+    from kubeshield.attest_release.attesters import Attester, SampleAttester, TpmAttester
+    from kubeshield.attest_release.client import request_resource
+    from kubeshield.keys.files import write_private_atomic
+
+    attester: Attester
+    if tee == "tpm":
+        if not tcti:
+            raise click.UsageError("--tee tpm needs --tcti")
+        attester = TpmAttester(tcti=tcti, pcrs=parse_pcrs(pcrs))
+    else:
+        attester = SampleAttester()
+    try:
+        material = request_resource(url, resource, attester=attester, cafile=cafile)
+        write_private_atomic(out, material)
+    except (KubeshieldError, ValueError) as exc:
+        if isinstance(exc, KubeshieldError):
+            raise_cli_error(exc)
+        raise click.BadParameter(str(exc)) from None
+    click.echo(f"released {resource} ({len(material)} bytes) to {out}")
+
+
+def parse_pcrs(value: str) -> tuple[int, ...]:
+    """``0-23`` / ``0,7,16`` -> PCR indexes."""
+    out: set[int] = set()
+    try:
+        for part in value.split(","):
+            part = part.strip()
+            if "-" in part:
+                lo, hi = part.split("-", 1)
+                out.update(range(int(lo), int(hi) + 1))
+            elif part:
+                out.add(int(part))
+    except ValueError:
+        raise click.BadParameter("PCRs are indexes such as 0-23 or 0,7,16", param_hint="--pcrs") from None
+    if not out or any(not 0 <= p <= 23 for p in out):
+        raise click.BadParameter("PCR indexes are 0..23", param_hint="--pcrs")
+    return tuple(sorted(out))
