@@ -24,6 +24,7 @@ class AmdRoots:
     ask: x509.Certificate
     asvk: x509.Certificate
 
+
 _MILAN_PEM = b"""\
 -----BEGIN CERTIFICATE-----
 MIIGiTCCBDigAwIBAgIDAQABMEYGCSqGSIb3DQEBCjA5oA8wDQYJYIZIAWUDBAIC

@@ -28,7 +28,6 @@ from datetime import datetime
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from cryptography.x509.oid import ExtensionOID
 
 from kubeshield.attest.errors import AttestationError, EvidenceFormatError
 
@@ -135,14 +134,15 @@ def _check_time(cert: x509.Certificate, at: datetime) -> None:
         )
     if at > cert.not_valid_after_utc:
         raise ChainError(
-            f"certificate {cert.subject.rfc4514_string()!r} expired at {cert.not_valid_after_utc.isoformat()} "
+            f"certificate {cert.subject.rfc4514_string()!r} expired at "
+            f"{cert.not_valid_after_utc.isoformat()} "
             f"(verification time {at.isoformat()})"
         )
 
 
 def _is_ca(cert: x509.Certificate) -> bool:
     try:
-        bc = cert.extensions.get_extension_for_oid(ExtensionOID.BASIC_CONSTRAINTS).value
+        bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
     except x509.ExtensionNotFound:
         return False
     except ValueError:
@@ -190,7 +190,8 @@ def _check_revocation(
     for crl in covering:
         if not _crl_signed_by(crl, issuer):
             raise RevocationError(
-                f"the CRL of {issuer.subject.rfc4514_string()!r} has an invalid signature for its issuer's key"
+                f"the CRL of {issuer.subject.rfc4514_string()!r} has an invalid signature "
+                "for its issuer's key"
             )
         if at < crl.last_update_utc:
             raise RevocationError(

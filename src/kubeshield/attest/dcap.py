@@ -114,9 +114,9 @@ def parse_pck_extension(cert: x509.Certificate) -> PckExtension:
         if oid == _TCB:
             if t1 != _der.SEQUENCE:
                 raise EvidenceFormatError(f"{what}: TCB is not a SEQUENCE")
-            for tt, sub in _der.sequence_items(bytes([t1]) + _len(val) + val, what=what):
-                s0, soid, spos = _der.read_tlv(sub, 0, what=what)
-                s1, sval, _ = _der.read_tlv(sub, spos, what=what)
+            for _, sub in _der.sequence_items(bytes([t1]) + _len(val) + val, what=what):
+                _, soid, spos = _der.read_tlv(sub, 0, what=what)
+                _, sval, _ = _der.read_tlv(sub, spos, what=what)
                 found[_der.decode_oid(soid, what=what)] = sval
         else:
             found[oid] = val
@@ -160,7 +160,8 @@ def _window(name: str, issue: datetime, next_update: datetime, at: datetime) -> 
         )
     if at < issue:
         raise AttestationError(
-            f"{name} issue date {issue.isoformat()} is in the future of the verification time {at.isoformat()}"
+            f"{name} issue date {issue.isoformat()} is in the future of the verification time "
+            f"{at.isoformat()}"
         )
 
 
@@ -232,8 +233,7 @@ def _platform_level(quote: Quote, pck: PckExtension, info: TcbInfo) -> TcbLevel:
             if not level.tdx_components:
                 raise AttestationError("TCB info level has no TDX components for a TDX quote")
             if any(
-                c < s
-                for c, s in zip(report.tee_tcb_svn[start:], level.tdx_components[start:], strict=True)
+                c < s for c, s in zip(report.tee_tcb_svn[start:], level.tdx_components[start:], strict=True)
             ):
                 continue
         return level
@@ -265,7 +265,9 @@ def _check_attributes(report: object) -> None:
         raise AttestationError("debug mode is enabled (SGX ATTRIBUTES.DEBUG is set)")
 
 
-def _chain(pem: bytes, what: str, at: datetime, crls: list[x509.CertificateRevocationList]) -> x509.Certificate:
+def _chain(
+    pem: bytes, what: str, at: datetime, crls: list[x509.CertificateRevocationList]
+) -> x509.Certificate:
     certs = parse_pem_blocks(pem, what=what)
     if not certs:
         raise ChainError(f"{what}: certificate chain is too short (no certificate)")
@@ -289,7 +291,10 @@ def _verify(quote: Quote, col: Collateral, at: datetime) -> tuple[str, tuple[str
             f"collateral: QE identity {ident_preview.id} version {ident_preview.version} is not for an SGX "
             "quote (expected QE version 2)"
         )
-    crls = [load_crl(col.root_ca_crl, what="collateral: root_ca_crl"), load_crl(col.pck_crl, what="collateral: pck_crl")]
+    crls = [
+        load_crl(col.root_ca_crl, what="collateral: root_ca_crl"),
+        load_crl(col.pck_crl, what="collateral: pck_crl"),
+    ]
     root = INTEL_SGX_ROOT_CA
     if not root.not_valid_before_utc <= at <= root.not_valid_after_utc:
         raise ChainError("the pinned Intel SGX Root CA is not valid at the verification time")
@@ -299,7 +304,9 @@ def _verify(quote: Quote, col: Collateral, at: datetime) -> tuple[str, tuple[str
     tcb_signer = _chain(col.tcb_info_issuer_chain, "collateral: tcb_info_issuer_chain", at, crls)
     _verify_ecdsa(tcb_signer.public_key(), col.tcb_info_signature, col.tcb_info, "collateral: tcb_info")
     qe_signer = _chain(col.qe_identity_issuer_chain, "collateral: qe_identity_issuer_chain", at, crls)
-    _verify_ecdsa(qe_signer.public_key(), col.qe_identity_signature, col.qe_identity, "collateral: qe_identity")
+    _verify_ecdsa(
+        qe_signer.public_key(), col.qe_identity_signature, col.qe_identity, "collateral: qe_identity"
+    )
     info = parse_tcb_info(col.tcb_info)
     ident = ident_preview
     if quote.attestation_key_type != ATTESTATION_KEY_ECDSA_P256:
@@ -314,7 +321,10 @@ def _verify(quote: Quote, col: Collateral, at: datetime) -> tuple[str, tuple[str
     pck_cert = _chain(quote.cert_data, "quote: PCK certificate chain", at, crls)
     _verify_ecdsa(pck_cert.public_key(), quote.qe_report_signature, quote.qe_report.raw, "quote: QE report")
     qe_level = _check_qe_identity(quote, ident)
-    if hashlib.sha256(quote.attestation_key + quote.qe_auth_data).digest() != quote.qe_report.report_data[:32]:
+    if (
+        hashlib.sha256(quote.attestation_key + quote.qe_auth_data).digest()
+        != quote.qe_report.report_data[:32]
+    ):
         raise AttestationError(
             "quote: QE report hash mismatch (report data does not bind the attestation key)"
         )
@@ -323,7 +333,9 @@ def _verify(quote: Quote, col: Collateral, at: datetime) -> tuple[str, tuple[str
             ec.SECP256R1(), b"\x04" + quote.attestation_key
         )
     except ValueError:
-        raise AttestationError("quote: the attestation key is not a P-256 point, so the ISV signature is invalid") from None
+        raise AttestationError(
+            "quote: the attestation key is not a P-256 point, so the ISV signature is invalid"
+        ) from None
     _verify_ecdsa(att_key, quote.isv_signature, quote.signed, "quote: ISV enclave report")
     pck = parse_pck_extension(pck_cert)
     if pck.fmspc != info.fmspc:

@@ -267,7 +267,9 @@ def parse_tcb_info(text: bytes) -> TcbInfo:
         if module is not None
         else None,
         tdx_module_identities=tuple(
-            _module(_obj(m, what=f"{w}.tdxModuleIdentities[{i}]"), f"{w}.tdxModuleIdentities[{i}]", with_id=True)
+            _module(
+                _obj(m, what=f"{w}.tdxModuleIdentities[{i}]"), f"{w}.tdxModuleIdentities[{i}]", with_id=True
+            )
             for i, m in enumerate(_list(identities, what=f"{w}.tdxModuleIdentities"))
         ),
     )

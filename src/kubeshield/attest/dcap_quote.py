@@ -194,31 +194,50 @@ def parse_enclave_report(data: bytes, *, what: str) -> EnclaveReport:
     report_data = r.take(64, "report_data")
     r.end()
     return EnclaveReport(
-        bytes(data), cpu_svn, misc, attributes, mr_enclave, mr_signer, config_id, prod, svn, config_svn,
-        family, report_data,
+        bytes(data),
+        cpu_svn,
+        misc,
+        attributes,
+        mr_enclave,
+        mr_signer,
+        config_id,
+        prod,
+        svn,
+        config_svn,
+        family,
+        report_data,
     )
 
 
 def _td_report(data: bytes, *, what: str, v15: bool) -> TdReport:
     r = Reader(data, what=what)
-    fields = [
-        r.take(16, "tee_tcb_svn"),
-        r.take(48, "mr_seam"),
-        r.take(48, "mr_signer_seam"),
-        r.take(8, "seam_attributes"),
-        r.take(8, "td_attributes"),
-        r.take(8, "xfam"),
-        r.take(48, "mr_td"),
-        r.take(48, "mr_config_id"),
-        r.take(48, "mr_owner"),
-        r.take(48, "mr_owner_config"),
-    ]
+    tee_tcb_svn = r.take(16, "tee_tcb_svn")
+    mr_seam, mr_signer_seam = r.take(48, "mr_seam"), r.take(48, "mr_signer_seam")
+    seam_attributes, td_attributes = r.take(8, "seam_attributes"), r.take(8, "td_attributes")
+    xfam, mr_td, mr_config_id = r.take(8, "xfam"), r.take(48, "mr_td"), r.take(48, "mr_config_id")
+    mr_owner, mr_owner_config = r.take(48, "mr_owner"), r.take(48, "mr_owner_config")
     rtmrs = (r.take(48, "rtmr0"), r.take(48, "rtmr1"), r.take(48, "rtmr2"), r.take(48, "rtmr3"))
     report_data = r.take(64, "report_data")
     svn2 = r.take(16, "tee_tcb_svn2") if v15 else None
     service = r.take(48, "mr_service_td") if v15 else None
     r.end()
-    return TdReport(bytes(data), *fields, rtmrs, report_data, svn2, service)
+    return TdReport(
+        bytes(data),
+        tee_tcb_svn,
+        mr_seam,
+        mr_signer_seam,
+        seam_attributes,
+        td_attributes,
+        xfam,
+        mr_td,
+        mr_config_id,
+        mr_owner,
+        mr_owner_config,
+        rtmrs,
+        report_data,
+        svn2,
+        service,
+    )
 
 
 def looks_like_dcap_quote(data: bytes) -> bool:
@@ -277,7 +296,9 @@ def parse_quote(data: bytes) -> Quote:
         else:
             report = _td_report(body, what="dcap quote: td report body", v15=body_type == 3)
     elif tee == TEE_SGX:
-        report = parse_enclave_report(r.take(ENCLAVE_REPORT_BYTES, "body"), what="dcap quote: sgx report body")
+        report = parse_enclave_report(
+            r.take(ENCLAVE_REPORT_BYTES, "body"), what="dcap quote: sgx report body"
+        )
     else:
         report = _td_report(r.take(TD10_BYTES, "body"), what="dcap quote: td report body", v15=False)
     signed = data[: r.pos]

@@ -87,7 +87,9 @@ def verify_evidence(
     if at.tzinfo is None:
         raise ValueError("at must be a timezone-aware datetime")
     if len(evidence) > MAX_EVIDENCE_BYTES:
-        raise EvidenceFormatError(f"evidence: oversized ({len(evidence)} bytes, at most {MAX_EVIDENCE_BYTES})")
+        raise EvidenceFormatError(
+            f"evidence: oversized ({len(evidence)} bytes, at most {MAX_EVIDENCE_BYTES})"
+        )
     quote_bytes: bytes | None = None
     if evidence.lstrip()[:1] == b"{":
         doc = _json(evidence)
@@ -105,7 +107,9 @@ def verify_evidence(
                 event_log = _b64(doc["cc_eventlog"], "cc_eventlog")
             result = dcap.verify_dcap(quote_bytes, collateral, at=at)
         else:
-            raise EvidenceFormatError("evidence: unknown TEE type (JSON that is not TPM, TDX/SGX or sample evidence)")
+            raise EvidenceFormatError(
+                "evidence: unknown TEE type (JSON that is not TPM, TDX/SGX or sample evidence)"
+            )
     elif looks_like_dcap_quote(evidence):
         quote_bytes = evidence
         result = dcap.verify_dcap(evidence, collateral, at=at)

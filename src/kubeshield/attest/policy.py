@@ -12,7 +12,8 @@
       ak_sha256: {in: [a517f03f...]}                 # TPM: pin the attestation key
 
 Operators: ``equals``, ``in``, ``min``, ``max``. Quote hex values (``'00ff...'``): YAML reads an unquoted
-``0000...`` as the integer 0, which never equals a hex claim. A rule on a claim the evidence does not have fails
+``0000...`` as the integer 0, which never equals a hex claim. A rule on a claim the evidence does not
+have fails
 (fail closed). The evidence must also have verified (``ok``); a policy never turns a failed
 verification into an allow. Why no general-purpose language: the decisions needed here are set
 membership and thresholds over a flat claim set, which this covers with errors that name the rule;
@@ -56,12 +57,17 @@ class ClaimRule:
             if isinstance(have, bool) or not isinstance(have, int):
                 return f"{self.describe()}: claim {self.claim} is not an integer"
             ok = have >= self.value if self.op == "min" else have <= self.value
-            return None if ok else f"{self.describe()}: {have} is {'below' if self.op == 'min' else 'above'} {self.value}"
+            return (
+                None
+                if ok
+                else f"{self.describe()}: {have} is {'below' if self.op == 'min' else 'above'} {self.value}"
+            )
         wanted = [self.value] if self.op == "equals" else list(self.value)
         if any(_same(have, w) for w in wanted):
             return None
         shown = have if not isinstance(have, str) or len(have) <= 24 else have[:24] + "..."
-        return f"{self.describe()}: {shown!r} is not {'equal to the pinned value' if self.op == 'equals' else 'in the allowed set'}"
+        what = "equal to the pinned value" if self.op == "equals" else "in the allowed set"
+        return f"{self.describe()}: {shown!r} is not {what}"
 
 
 def _same(have: ClaimValue, want: Any) -> bool:
@@ -95,8 +101,14 @@ class Policy:
             failures.append(f"evidence: not verified ({result.reason})")
         if self.tee is not None and result.tee not in self.tee:
             failures.append(f"tee: {result.tee} is not one of {', '.join(sorted(self.tee))}")
-        if self.tcb_status is not None and result.tee in ("sgx", "tdx") and result.status not in self.tcb_status:
-            failures.append(f"tcbStatus: {result.status or 'none'} is not one of {', '.join(sorted(self.tcb_status))}")
+        if (
+            self.tcb_status is not None
+            and result.tee in ("sgx", "tdx")
+            and result.status not in self.tcb_status
+        ):
+            failures.append(
+                f"tcbStatus: {result.status or 'none'} is not one of {', '.join(sorted(self.tcb_status))}"
+            )
         bad = sorted(self.reject_advisories & set(result.advisory_ids))
         if bad:
             failures.append(f"rejectAdvisories: {', '.join(bad)} listed")
@@ -140,7 +152,10 @@ def parse_policy(text: str, *, source: str = "<policy>") -> Policy:
         raise ConfigError(f"{source}: the policy must be a mapping")
     unknown = set(doc) - _TOP
     if unknown:
-        raise ConfigError(f"{source}: unknown field(s) {', '.join(sorted(map(str, unknown)))} (known: {', '.join(sorted(_TOP))})")
+        raise ConfigError(
+            f"{source}: unknown field(s) {', '.join(sorted(map(str, unknown)))} "
+            f"(known: {', '.join(sorted(_TOP))})"
+        )
     if doc.get("version") != 1:
         raise ConfigError(f"{source}: version: must be 1")
     tee = None
@@ -149,7 +164,11 @@ def parse_policy(text: str, *, source: str = "<policy>") -> Policy:
         if tee - _TEES:
             raise ConfigError(f"{source}: tee: unknown TEE kind(s) {', '.join(sorted(tee - _TEES))}")
     status = frozenset(_strings(doc["tcbStatus"], f"{source}: tcbStatus")) if "tcbStatus" in doc else None
-    reject = frozenset(_strings(doc["rejectAdvisories"], f"{source}: rejectAdvisories")) if "rejectAdvisories" in doc else frozenset()
+    reject = (
+        frozenset(_strings(doc["rejectAdvisories"], f"{source}: rejectAdvisories"))
+        if "rejectAdvisories" in doc
+        else frozenset()
+    )
     rules: list[ClaimRule] = []
     claims = doc.get("claims", {})
     if not isinstance(claims, dict):

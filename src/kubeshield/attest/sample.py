@@ -44,7 +44,7 @@ def encode_sample(*, report_data: bytes, svn: int = 1, measurement: bytes = b"")
 
 def verify_sample(doc: Any, *, allow_sample: bool) -> Verification:
     if not looks_like_sample(doc) or not isinstance(doc["sample"], dict):
-        raise EvidenceFormatError("sample evidence: expected {\"sample\": {...}}")
+        raise EvidenceFormatError('sample evidence: expected {"sample": {...}}')
     body = doc["sample"]
     unknown = set(body) - {"svn", "report_data", "measurement"}
     if unknown:

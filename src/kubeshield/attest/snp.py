@@ -45,8 +45,16 @@ __all__ = ["REPORT_BYTES", "SnpReport", "TcbVersion", "looks_like_snp_report", "
 REPORT_BYTES = 1184
 SIGNED_BYTES = 0x2A0
 _OID = "1.3.6.1.4.1.3704.1."
-_CPUID = {(0x19, 0x00): "Milan", (0x19, 0x01): "Milan", (0x19, 0x10): "Genoa", (0x19, 0x11): "Genoa",
-          (0x19, 0xA0): "Genoa", (0x1A, 0x00): "Turin", (0x1A, 0x01): "Turin", (0x1A, 0x02): "Turin"}
+_CPUID = {
+    (0x19, 0x00): "Milan",
+    (0x19, 0x01): "Milan",
+    (0x19, 0x10): "Genoa",
+    (0x19, 0x11): "Genoa",
+    (0x19, 0xA0): "Genoa",
+    (0x1A, 0x00): "Turin",
+    (0x1A, 0x01): "Turin",
+    (0x1A, 0x02): "Turin",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,8 +73,12 @@ class TcbVersion:
         return cls(bootloader=b[0], tee=b[1], snp=b[6], microcode=b[7])
 
     def as_dict(self) -> dict[str, str]:
-        out = {"bootloader": str(self.bootloader), "tee": str(self.tee), "snp": str(self.snp),
-               "microcode": str(self.microcode)}
+        out = {
+            "bootloader": str(self.bootloader),
+            "tee": str(self.tee),
+            "snp": str(self.snp),
+            "microcode": str(self.microcode),
+        }
         if self.fmc:
             out["fmc"] = str(self.fmc)
         return out
@@ -139,7 +151,9 @@ def parse_report(data: bytes) -> SnpReport:
     if not isinstance(data, bytes | bytearray):
         raise EvidenceFormatError("snp report: expected bytes")
     if len(data) != REPORT_BYTES:
-        raise EvidenceFormatError(f"snp report: size {len(data)}, an attestation report is {REPORT_BYTES} bytes")
+        raise EvidenceFormatError(
+            f"snp report: size {len(data)}, an attestation report is {REPORT_BYTES} bytes"
+        )
     r = Reader(bytes(data), what="snp report")
     version = r.u32le("version")
     if not 2 <= version <= 5:
@@ -169,9 +183,30 @@ def parse_report(data: bytes) -> SnpReport:
     sig_s = int.from_bytes(r.take(72, "signature.s"), "little")
     r.take(REPORT_BYTES - r.pos, "signature.reserved")
     return SnpReport(
-        bytes(data), version, guest_svn, policy, family, image, vmpl, algo, current_tcb, platform_info,
-        flags, report_data, measurement, host_data, id_key, author_key, report_id, reported_tcb, cpuid,
-        chip_id, committed_tcb, launch_tcb, sig_r, sig_s,
+        bytes(data),
+        version,
+        guest_svn,
+        policy,
+        family,
+        image,
+        vmpl,
+        algo,
+        current_tcb,
+        platform_info,
+        flags,
+        report_data,
+        measurement,
+        host_data,
+        id_key,
+        author_key,
+        report_id,
+        reported_tcb,
+        cpuid,
+        chip_id,
+        committed_tcb,
+        launch_tcb,
+        sig_r,
+        sig_s,
     )
 
 
@@ -209,7 +244,9 @@ def _generation(report: SnpReport, vek: x509.Certificate) -> AmdRoots:
     if report.version >= 3 and report.cpuid != (0, 0, 0):
         name = _CPUID.get(report.cpuid[:2])
         if name is None:
-            raise AttestationError(f"snp report: unknown CPU family/model {report.cpuid[0]:#x}/{report.cpuid[1]:#x}")
+            raise AttestationError(
+                f"snp report: unknown CPU family/model {report.cpuid[0]:#x}/{report.cpuid[1]:#x}"
+            )
         return AMD_GENERATIONS[name]
     product = _ext_raw(vek, "2")
     if product is not None:
@@ -223,8 +260,10 @@ def _generation(report: SnpReport, vek: x509.Certificate) -> AmdRoots:
             return AMD_GENERATIONS[name]
     issuer_cn = vek.issuer.rfc4514_string().split(",")[0]
     for roots in AMD_GENERATIONS.values():
-        if issuer_cn in (roots.ask.subject.rfc4514_string().split(",")[0],
-                         roots.asvk.subject.rfc4514_string().split(",")[0]):
+        if issuer_cn in (
+            roots.ask.subject.rfc4514_string().split(",")[0],
+            roots.asvk.subject.rfc4514_string().split(",")[0],
+        ):
             return roots
     raise AttestationError("vek certificate: cannot tell the AMD generation (productName, issuer)")
 
@@ -242,7 +281,9 @@ def _check(report: SnpReport, vek_der: bytes, at: datetime) -> bool:
     try:
         vek = load_certificate(vek_der, allow_zero_serial=True)
     except ValueError:
-        raise EvidenceFormatError("collateral: the VCEK/VLEK certificate does not parse (DER expected)") from None
+        raise EvidenceFormatError(
+            "collateral: the VCEK/VLEK certificate does not parse (DER expected)"
+        ) from None
     roots = _generation(report, vek)
     is_vlek = "VLEK" in vek.subject.rfc4514_string()
     signer = roots.asvk if is_vlek else roots.ask
@@ -255,22 +296,30 @@ def _check(report: SnpReport, vek_der: bytes, at: datetime) -> bool:
     for cert, name in ((roots.ark, "ARK"), (signer, "ASVK" if is_vlek else "ASK"), (vek, kind)):
         _valid(cert, at, name)
     if report.signature_algo != 1:
-        raise AttestationError(f"snp report: signature_algo {report.signature_algo} is unsupported (1 = ECDSA P-384)")
+        raise AttestationError(
+            f"snp report: signature_algo {report.signature_algo} is unsupported (1 = ECDSA P-384)"
+        )
     if report.signing_key != (1 if is_vlek else 0):
         raise AttestationError(f"snp report: signing_key {report.signing_key} does not name a {kind}")
     key = vek.public_key()
     if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp384r1":
         raise AttestationError(f"{kind} key is not ECDSA P-384")
     try:
-        key.verify(encode_dss_signature(report.sig_r, report.sig_s), report.raw[:SIGNED_BYTES],
-                   ec.ECDSA(hashes.SHA384()))
+        key.verify(
+            encode_dss_signature(report.sig_r, report.sig_s),
+            report.raw[:SIGNED_BYTES],
+            ec.ECDSA(hashes.SHA384()),
+        )
     except InvalidSignature:
         raise AttestationError(f"snp report signature does not verify under the {kind} key") from None
     turin = roots.generation == "Turin"
     tcb = TcbVersion.decode(report.reported_tcb, turin=turin)
-    for name, suffix, value in (("bootloader", "3.1", tcb.bootloader), ("tee", "3.2", tcb.tee),
-                                ("snp", "3.3", tcb.snp), ("microcode", "3.8", tcb.microcode)) + (
-                                (("fmc", "3.9", tcb.fmc),) if turin else ()):
+    for name, suffix, value in (
+        ("bootloader", "3.1", tcb.bootloader),
+        ("tee", "3.2", tcb.tee),
+        ("snp", "3.3", tcb.snp),
+        ("microcode", "3.8", tcb.microcode),
+    ) + ((("fmc", "3.9", tcb.fmc),) if turin else ()):
         expected = _ext_int(vek, suffix)
         if expected is None:
             raise AttestationError(f"{kind} certificate has no {name} TCB extension ({_OID}{suffix})")

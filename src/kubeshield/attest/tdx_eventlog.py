@@ -69,7 +69,7 @@ def parse_ccel(data: bytes) -> EventLog:
         raise r.error("header.event_type", "the first event must be EV_NO_ACTION (Spec ID)")
     r.take(20, "header.digest")
     sizes = _spec_id(r.take(r.u32le("header.event_size"), "header.event"))
-    events = []
+    events: list[Event] = []
     while r.remaining >= 8:
         rest = data[r.pos :]
         if rest.count(0xFF) == len(rest) or rest.count(0) == len(rest):
@@ -81,12 +81,16 @@ def parse_ccel(data: bytes) -> EventLog:
         etype = r.u32le(f"event[{n}].event_type")
         count = r.u32le(f"event[{n}].digest_count")
         if count > len(sizes):
-            raise r.error(f"event[{n}].digest_count", f"{count} digests, the log declares {len(sizes)} algorithms")
+            raise r.error(
+                f"event[{n}].digest_count", f"{count} digests, the log declares {len(sizes)} algorithms"
+            )
         digests = {}
         for i in range(count):
             alg = r.u16le(f"event[{n}].digests[{i}].alg")
             if alg not in sizes:
-                raise r.error(f"event[{n}].digests[{i}].alg", f"algorithm 0x{alg:04x} not in the Spec ID event")
+                raise r.error(
+                    f"event[{n}].digests[{i}].alg", f"algorithm 0x{alg:04x} not in the Spec ID event"
+                )
             digests[alg] = r.take(sizes[alg], f"event[{n}].digests[{i}]")
         size = r.u32le(f"event[{n}].event_size")
         if size > _MAX_EVENT_DATA:

@@ -58,7 +58,11 @@ __all__ = [
 TPM_GENERATED = 0xFF544347
 TPM_ST_ATTEST_QUOTE = 0x8018
 ALG_RSASSA, ALG_RSAPSS, ALG_ECDSA = 0x0014, 0x0016, 0x0018
-_HASHES: dict[int, type[hashes.HashAlgorithm]] = {0x000B: hashes.SHA256, 0x000C: hashes.SHA384, 0x000D: hashes.SHA512}
+_HASHES: dict[int, type[hashes.HashAlgorithm]] = {
+    0x000B: hashes.SHA256,
+    0x000C: hashes.SHA384,
+    0x000D: hashes.SHA512,
+}
 _HASH_NAMES = {0x000B: "sha256", 0x000C: "sha384", 0x000D: "sha512", 0x0004: "sha1"}
 _DIGEST_SIZES = {0x0004: 20, 0x000B: 32, 0x000C: 48, 0x000D: 64}
 _MAX_EVIDENCE = 64 << 10
@@ -118,7 +122,12 @@ def parse_attest(data: bytes) -> TpmQuote:
     extra = r.sized_be16("extraData")
     if len(extra) > 64:
         raise r.error("extraData", f"{len(extra)} bytes (at most 64)")
-    clock, reset, restart, safe = r.u64be("clock"), r.u32be("resetCount"), r.u32be("restartCount"), r.u8("safe")
+    clock, reset, restart, safe = (
+        r.u64be("clock"),
+        r.u32be("resetCount"),
+        r.u32be("restartCount"),
+        r.u8("safe"),
+    )
     firmware = r.u64be("firmwareVersion")
     count = r.u32be("pcrSelect.count")
     if count > 16:
@@ -134,7 +143,9 @@ def parse_attest(data: bytes) -> TpmQuote:
         selections.append(PcrSelection(alg, pcrs))
     digest = r.sized_be16("pcrDigest")
     r.end()
-    return TpmQuote(magic, typ, signer, extra, clock, reset, restart, bool(safe), firmware, tuple(selections), digest)
+    return TpmQuote(
+        magic, typ, signer, extra, clock, reset, restart, bool(safe), firmware, tuple(selections), digest
+    )
 
 
 def parse_signature(data: bytes) -> TpmSignature:
@@ -269,7 +280,9 @@ def parse_evidence(doc: Any) -> TpmEvidence:
     )
 
 
-def encode_evidence(*, ak_public: object, message: bytes, signature: TpmSignature, pcr_values: Sequence[bytes]) -> bytes:
+def encode_evidence(
+    *, ak_public: object, message: bytes, signature: TpmSignature, pcr_values: Sequence[bytes]
+) -> bytes:
     """The evidence JSON (UTF-8) for a quote made here (the inverse of :func:`parse_evidence`)."""
     if not isinstance(ak_public, ec.EllipticCurvePublicKey | rsa.RSAPublicKey):
         raise TypeError("ak_public must be an RSA or EC public key")

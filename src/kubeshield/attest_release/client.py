@@ -45,7 +45,9 @@ def _post(url: str, path: str, doc: dict[str, Any], *, timeout: float, cafile: s
         resp = conn.getresponse()
         data = resp.read(8 << 20)
     except (OSError, http.client.HTTPException) as exc:
-        raise BackendUnavailable(f"release server {parts.hostname}:{parts.port}: {type(exc).__name__}") from None
+        raise BackendUnavailable(
+            f"release server {parts.hostname}:{parts.port}: {type(exc).__name__}"
+        ) from None
     finally:
         conn.close()
     try:
@@ -71,8 +73,13 @@ def request_resource(
     cafile: str | None = None,
 ) -> bytes:
     """Attest with ``attester`` and return the released ``resource`` (decrypted here, never stored)."""
-    challenge = _post(url, "/kbs/v0/auth", {"version": PROTOCOL_VERSION, "tee": attester.tee, "resource": resource},
-                      timeout=timeout, cafile=cafile)
+    challenge = _post(
+        url,
+        "/kbs/v0/auth",
+        {"version": PROTOCOL_VERSION, "tee": attester.tee, "resource": resource},
+        timeout=timeout,
+        cafile=cafile,
+    )
     nonce, session = challenge.get("nonce"), challenge.get("session")
     if not isinstance(nonce, str) or not isinstance(session, str):
         raise BackendUnavailable("release server sent a malformed challenge")

@@ -67,7 +67,7 @@ class ReleasedKeyBackend:
                 by_fp[fingerprint(key)] = e["keyId"]
                 infos.append(KeyVersionInfo(version, e["keyId"], 0.0, str(e["state"])))
                 if e["state"] == "primary":
-                    primary = e["keyId"]
+                    primary = str(e["keyId"])
         except (ValueError, KeyError, TypeError, AttributeError, binascii.Error):
             raise KeyringError("the released key material is not a kubeshield keyring release") from None
         if primary is None:
@@ -99,7 +99,8 @@ class ReleasedKeyBackend:
             raise InvalidCiphertext()
         try:
             return self._keys[key_id].decrypt(
-                blob[1 + _FP : 1 + _FP + _NONCE], blob[1 + _FP + _NONCE :],
+                blob[1 + _FP : 1 + _FP + _NONCE],
+                blob[1 + _FP + _NONCE :],
                 _AAD_LABEL + key_id.encode() + b"\x00" + aad,
             )
         except InvalidTag:

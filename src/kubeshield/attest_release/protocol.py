@@ -76,7 +76,7 @@ def binding(nonce: str, jwk: Mapping[str, Any]) -> bytes:
 def encrypt_resource(plaintext: bytes, jwk: Mapping[str, Any]) -> str:
     """JWE compact (ECDH-ES, A256GCM) of ``plaintext`` to the requester's tee-pubkey."""
     try:
-        key = ECKey.import_key(_checked_jwk(jwk))
+        key = ECKey.import_key(dict[str, str | list[str]](_checked_jwk(jwk)))
         return jwe.encrypt_compact(dict(_HEADER), plaintext, key)
     except (JoseError, ValueError) as exc:
         raise InvalidRequest(f"tee-pubkey is not a usable P-256 key ({type(exc).__name__})") from None
@@ -88,6 +88,10 @@ def decrypt_resource(token: str, key: ECKey) -> bytes:
         obj = jwe.decrypt_compact(token, key)
     except (JoseError, ValueError, TypeError):
         raise InvalidCiphertext() from None
-    if obj.headers().get("alg") != "ECDH-ES" or obj.headers().get("enc") != "A256GCM" or obj.plaintext is None:
+    if (
+        obj.headers().get("alg") != "ECDH-ES"
+        or obj.headers().get("enc") != "A256GCM"
+        or obj.plaintext is None
+    ):
         raise InvalidCiphertext()
     return bytes(obj.plaintext)

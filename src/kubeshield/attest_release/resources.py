@@ -36,7 +36,11 @@ class KeyringResource:
     passphrase_file: Path | None = None
 
     def material(self) -> bytes:
-        passphrase = read_passphrase(passphrase_file=self.passphrase_file, environ={}) if self.passphrase_file else None
+        passphrase = (
+            read_passphrase(passphrase_file=self.passphrase_file, environ={})
+            if self.passphrase_file
+            else None
+        )
         keyring = KeyringFile(self.path).load(passphrase)
         versions = [
             {

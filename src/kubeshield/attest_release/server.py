@@ -200,7 +200,9 @@ class ReleaseService:
         try:
             expected = binding(session.nonce, jwk if isinstance(jwk, dict) else {})
             evidence = _b64(body.get("evidence"), "evidence")
-            collateral = _b64(body["collateral"], "collateral") if body.get("collateral") is not None else None
+            collateral = (
+                _b64(body["collateral"], "collateral") if body.get("collateral") is not None else None
+            )
         except InvalidRequest as exc:
             raise HttpError(400, str(exc)) from None
         entry = self._config.resources[session.resource]

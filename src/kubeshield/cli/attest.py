@@ -37,7 +37,9 @@ def _read(path: Path | None, flag: str) -> bytes | None:
         with path.open("rb") as fh:
             data = fh.read(_MAX_INPUT + 1)
     except OSError as exc:
-        raise click.BadParameter(f"cannot read {path}: {exc.strerror or type(exc).__name__}", param_hint=flag) from None
+        raise click.BadParameter(
+            f"cannot read {path}: {exc.strerror or type(exc).__name__}", param_hint=flag
+        ) from None
     if len(data) > _MAX_INPUT:
         raise click.BadParameter(f"{path} is larger than {_MAX_INPUT} bytes", param_hint=flag)
     return data
@@ -50,7 +52,9 @@ def parse_time(value: str | None) -> datetime:
     try:
         at = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
-        raise click.BadParameter(f"{value!r} is not an RFC 3339 time such as 2025-07-19T10:01:17Z", param_hint="--at") from None
+        raise click.BadParameter(
+            f"{value!r} is not an RFC 3339 time such as 2025-07-19T10:01:17Z", param_hint="--at"
+        ) from None
     if at.tzinfo is None:
         raise click.BadParameter("give a time zone (e.g. a trailing Z)", param_hint="--at")
     return at.astimezone(UTC)
@@ -69,13 +73,25 @@ def _hex(value: str | None, flag: str) -> bytes | None:
 
 
 @group.command("verify")
-@option("--evidence", required=True, type=click.Path(dir_okay=False, path_type=Path),
-        help="The evidence: an SGX/TDX quote, an SNP report, TPM or sample evidence JSON.")
-@option("--collateral", type=click.Path(dir_okay=False, path_type=Path),
-        help="SGX/TDX: the dcap-qvl/PCCS collateral JSON; SNP: the VCEK or VLEK certificate (DER).")
-@option("--event-log", type=click.Path(dir_okay=False, path_type=Path),
-        help="TDX: the CC event log (ACPI CCEL area) to replay against the quote's RTMRs.")
-@option("--policy", type=click.Path(dir_okay=False, path_type=Path), help="A policy (YAML) the claims must meet.")
+@option(
+    "--evidence",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The evidence: an SGX/TDX quote, an SNP report, TPM or sample evidence JSON.",
+)
+@option(
+    "--collateral",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="SGX/TDX: the dcap-qvl/PCCS collateral JSON; SNP: the VCEK or VLEK certificate (DER).",
+)
+@option(
+    "--event-log",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="TDX: the CC event log (ACPI CCEL area) to replay against the quote's RTMRs.",
+)
+@option(
+    "--policy", type=click.Path(dir_okay=False, path_type=Path), help="A policy (YAML) the claims must meet."
+)
 @option("--at", "at_text", help="Verification time, RFC 3339 [default: now].")
 @option("--report-data", help="Expected report data / nonce binding (hex, zero-padded).")
 @option("--allow-sample", is_flag=True, help="Accept the no-protection 'sample' TEE (tests and demos only).")
@@ -94,7 +110,7 @@ def verify_cmd(
 
     \b
     The TEE type comes from the evidence. Examples:
-      kubeshield attest verify --evidence sgx_quote --collateral collateral.json --at 2025-07-19T10:01:17Z -o json
+      kubeshield attest verify --evidence sgx_quote --collateral col.json --at 2025-07-19T10:01:17Z
       kubeshield attest verify --evidence report.bin --collateral vcek.der --policy snp-policy.yaml
       kubeshield attest verify --evidence tdx_quote --event-log CCEL_data -o json
     Without --collateral an SGX/TDX quote or SNP report is parsed, not verified (exit 1).
@@ -149,11 +165,19 @@ def _render(doc: dict[str, object], output: str) -> None:
 
 
 @group.command("release-server")
-@option("--config", "config_path", required=True, type=click.Path(dir_okay=False, exists=True, path_type=Path),
-        help="Release server config (YAML): listen, tls, resources and their policies.")
+@option(
+    "--config",
+    "config_path",
+    required=True,
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="Release server config (YAML): listen, tls, resources and their policies.",
+)
 @option("--listen", help="HOST:PORT to listen on (overrides the config's listen).")
-@option("--allow-sample", is_flag=True,
-        help="Also accept the 'sample' TEE, which gives NO protection (tests and demos only).")
+@option(
+    "--allow-sample",
+    is_flag=True,
+    help="Also accept the 'sample' TEE, which gives NO protection (tests and demos only).",
+)
 def release_server_cmd(config_path: Path, listen: str | None, allow_sample: bool) -> int:
     """Release keys (keyring KEK versions, key files) only to software whose evidence verifies.
 
@@ -178,10 +202,11 @@ def release_server_cmd(config_path: Path, listen: str | None, allow_sample: bool
         if allow_sample:
             config = dataclasses.replace(config, allow_sample=True)
         server = ReleaseServer(config)
-    except (KubeshieldError, OSError) as exc:
-        if isinstance(exc, KubeshieldError):
-            raise_cli_error(exc)
-        raise click.ClickException(f"cannot listen on {config.listen}: {exc.strerror}") from None
+    except KubeshieldError as exc:
+        raise_cli_error(exc)
+        raise  # unreachable
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen: {exc.strerror or type(exc).__name__}") from None
     if config.allow_sample:
         click.echo("WARNING: the sample TEE is enabled: it gives no protection", err=True)
 
@@ -200,14 +225,24 @@ def release_server_cmd(config_path: Path, listen: str | None, allow_sample: bool
 @group.command("request")
 @option("--url", required=True, help="The release server, http(s)://HOST:PORT.")
 @option("--resource", required=True, help="The resource name in the server's config.")
-@option("--tee", type=click.Choice(["tpm", "sample"]), required=True,
-        help="How to attest: a TPM quote, or the no-protection sample TEE.")
+@option(
+    "--tee",
+    type=click.Choice(["tpm", "sample"]),
+    required=True,
+    help="How to attest: a TPM quote, or the no-protection sample TEE.",
+)
 @option("--tcti", help="tpm: the TPM, e.g. device:/dev/tpmrm0 or swtpm:host=127.0.0.1,port=2321.")
 @option("--pcrs", default="0-23", show_default=True, help="tpm: PCRs to quote, e.g. 0-23 or 0,7,16.")
 @option("--cafile", type=click.Path(dir_okay=False, exists=True), help="CA bundle for an https:// server.")
-@option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
-        help="Write the released resource to this file (mode 0600, atomically); never to stdout.")
-def request_cmd(url: str, resource: str, tee: str, tcti: str | None, pcrs: str, cafile: str | None, out: Path) -> None:
+@option(
+    "--out",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the released resource to this file (mode 0600, atomically); never to stdout.",
+)
+def request_cmd(
+    url: str, resource: str, tee: str, tcti: str | None, pcrs: str, cafile: str | None, out: Path
+) -> None:
     """Attest to a release server and store the resource it releases.
 
     \b

@@ -29,7 +29,6 @@ import base64
 import hashlib
 import json
 import socket
-import struct
 from dataclasses import asdict, dataclass
 from typing import Any
 

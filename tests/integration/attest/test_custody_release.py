@@ -59,9 +59,24 @@ def start_custody(tmp_path: Path, url: str, tcti: str) -> subprocess.Popen[str]:
     policy = tmp_path / "custody-policy.yaml"
     policy.write_text(f"version: 1\nrules:\n  - name: tests\n    uid: {os.getuid()}\n")
     return subprocess.Popen(
-        [KUBESHIELD, "custody", "serve-attested", "--release-url", url, "--resource", "custody-keyring",
-         "--tcti", tcti, "--socket", str(tmp_path / "custody.sock"), "--policy", str(policy)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            KUBESHIELD,
+            "custody",
+            "serve-attested",
+            "--release-url",
+            url,
+            "--resource",
+            "custody-keyring",
+            "--tcti",
+            tcti,
+            "--socket",
+            str(tmp_path / "custody.sock"),
+            "--policy",
+            str(policy),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 

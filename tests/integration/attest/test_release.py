@@ -43,7 +43,9 @@ def server(tmp_path):
     servers = []
 
     def start(*, allow_sample=True, policy=SAMPLE_POLICY, clock=None, ttl=60):
-        config = load_release_config(write_config(tmp_path, allow_sample=allow_sample, policy=policy, ttl=ttl))
+        config = load_release_config(
+            write_config(tmp_path, allow_sample=allow_sample, policy=policy, ttl=ttl)
+        )
         service = ReleaseService(config, **({"clock": clock} if clock else {}))
         srv = ReleaseServer(config, service=service)
         threading.Thread(target=srv.serve_forever, daemon=True).start()
@@ -83,13 +85,17 @@ def test_policy_failure_is_named(server):
 
 
 def _attempt(url, *, nonce_for_binding=None, session=None, reuse_key=None):
-    challenge = _post(url, "/kbs/v0/auth", {"version": "0.1.0", "tee": "sample", "resource": "kek"},
-                      timeout=10, cafile=None)
+    challenge = _post(
+        url, "/kbs/v0/auth", {"version": "0.1.0", "tee": "sample", "resource": "kek"}, timeout=10, cafile=None
+    )
     key = reuse_key or generate_tee_key()
     jwk = public_jwk(key)
     evidence = SampleAttester().evidence(binding(nonce_for_binding or challenge["nonce"], jwk))
-    body = {"session": session or challenge["session"], "tee-pubkey": jwk,
-            "evidence": base64.b64encode(evidence).decode()}
+    body = {
+        "session": session or challenge["session"],
+        "tee-pubkey": jwk,
+        "evidence": base64.b64encode(evidence).decode(),
+    }
     return challenge, key, body
 
 
@@ -106,8 +112,13 @@ def test_wrong_nonce_replay_and_reuse_are_refused(server):
     with pytest.raises(PolicyDenied, match="already used"):
         _post(srv.url, "/kbs/v0/attest", body, timeout=10, cafile=None)
     # old evidence replayed into a fresh session: bound to the old nonce, refused
-    challenge2 = _post(srv.url, "/kbs/v0/auth", {"version": "0.1.0", "tee": "sample", "resource": "kek"},
-                       timeout=10, cafile=None)
+    challenge2 = _post(
+        srv.url,
+        "/kbs/v0/auth",
+        {"version": "0.1.0", "tee": "sample", "resource": "kek"},
+        timeout=10,
+        cafile=None,
+    )
     with pytest.raises(PolicyDenied, match="nonce"):
         _post(srv.url, "/kbs/v0/attest", {**body, "session": challenge2["session"]}, timeout=10, cafile=None)
 
@@ -125,15 +136,20 @@ def test_nonces_expire(server):
     srv = server(clock=lambda: now[0], ttl=5)
     _, _, body = _attempt(srv.url)
     now[0] += 6
-    with pytest.raises(PolicyDenied, match="expired|unknown"):
+    with pytest.raises(PolicyDenied, match=r"expired|unknown"):
         _post(srv.url, "/kbs/v0/attest", body, timeout=10, cafile=None)
 
 
 def test_unknown_resource_and_bad_config(server, tmp_path):
     srv = server()
     with pytest.raises(PolicyDenied, match="no such resource"):
-        _post(srv.url, "/kbs/v0/auth", {"version": "0.1.0", "tee": "sample", "resource": "nope"},
-              timeout=10, cafile=None)
+        _post(
+            srv.url,
+            "/kbs/v0/auth",
+            {"version": "0.1.0", "tee": "sample", "resource": "nope"},
+            timeout=10,
+            cafile=None,
+        )
     bad = tmp_path / "bad.yaml"
     bad.write_text(json.dumps({"resources": {"x": {"file": "/k"}}}))
     from kubeshield.errors import ConfigError

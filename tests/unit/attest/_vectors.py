@@ -20,7 +20,8 @@ def vector(name: str) -> bytes:
     path = VECTORS / name
     if not path.is_file():
         raise FileNotFoundError(
-            f"attestation vector {path} is missing; put shared/ beside the repo or set KUBESHIELD_ATTEST_VECTORS"
+            f"attestation vector {path} is missing; put shared/ beside the repo "
+            "or set KUBESHIELD_ATTEST_VECTORS"
         )
     return path.read_bytes()
 
@@ -33,7 +34,9 @@ def collateral_json() -> dict[str, str]:
     return json.loads(vector("sgx_quote_collateral.json"))
 
 
-def mutate(data: bytes, offset: int, *, xor: int | None = None, value: int | None = None, add: int | None = None) -> bytes:
+def mutate(
+    data: bytes, offset: int, *, xor: int | None = None, value: int | None = None, add: int | None = None
+) -> bytes:
     b = bytearray(data)
     if xor is not None:
         b[offset] ^= xor

@@ -103,11 +103,16 @@ def test_mutated_tdx_quotes_agree_with_dcap_qvl(quote):
     except ValueError:
         return
     report = theirs.report
-    for field, value in [("report_data", mine.report.report_data), ("mr_td", getattr(mine.report, "mr_td", None)),
-                         ("rt_mr0", mine.report.rtmrs[0] if hasattr(mine.report, "rtmrs") else None)]:
+    for field, value in [
+        ("report_data", mine.report.report_data),
+        ("mr_td", getattr(mine.report, "mr_td", None)),
+        ("rt_mr0", mine.report.rtmrs[0] if hasattr(mine.report, "rtmrs") else None),
+    ]:
         if value is not None and hasattr(report, field):
             theirs_value = getattr(report, field)
-            assert (bytes.fromhex(theirs_value) if isinstance(theirs_value, str) else bytes(theirs_value)) == value
+            assert (
+                bytes.fromhex(theirs_value) if isinstance(theirs_value, str) else bytes(theirs_value)
+            ) == value
 
 
 @st.composite
@@ -121,7 +126,7 @@ def mutated_collateral(draw) -> dict:
         col[field] = raw.hex()
     else:
         text = bytearray(value.encode())
-        text[draw(st.integers(0, len(text) - 1))] = draw(st.sampled_from(b"AZaz09+/=-{}\":, \n7"))
+        text[draw(st.integers(0, len(text) - 1))] = draw(st.sampled_from(b'AZaz09+/=-{}":, \n7'))
         col[field] = text.decode()
     return col
 

@@ -79,9 +79,13 @@ def test_tpm_structures(data):
 
 
 @SETTINGS
-@given(st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=20),
-                    lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=10), c, max_size=4),
-                    max_leaves=10))
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+        lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=10), c, max_size=4),
+        max_leaves=10,
+    )
+)
 def test_tpm_evidence_json_of_any_shape(doc):
     parses_or_format_error(parse_evidence, doc)
     parses_or_format_error(parse_evidence, {"ak_public": doc, "tpm_quote": doc})
@@ -100,8 +104,14 @@ def test_collateral_parser(data):
 
 
 @SETTINGS
-@given(st.one_of(around(vector("sgx_quote")), around(vector("test-report.bin")),
-                 around(vector("tpm_evidence.json")), st.binary(max_size=128)))
+@given(
+    st.one_of(
+        around(vector("sgx_quote")),
+        around(vector("test-report.bin")),
+        around(vector("tpm_evidence.json")),
+        st.binary(max_size=128),
+    )
+)
 def test_verify_evidence_never_raises_anything_else(data):
     try:
         result = verify_evidence(data, at=NOW)

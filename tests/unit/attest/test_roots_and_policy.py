@@ -35,8 +35,13 @@ def test_amd_roots_equal_trustees_files_and_chain_to_their_ark(gen):
 
 
 def result(**claims) -> Verification:
-    return Verification(tee="sgx", ok=True, status="SWHardeningNeeded", advisory_ids=("INTEL-SA-00615",),
-                        claims={"mr_signer": "AB" * 32, "isv_svn": 3, "debug": False, **claims})
+    return Verification(
+        tee="sgx",
+        ok=True,
+        status="SWHardeningNeeded",
+        advisory_ids=("INTEL-SA-00615",),
+        claims={"mr_signer": "AB" * 32, "isv_svn": 3, "debug": False, **claims},
+    )
 
 
 POLICY = """
@@ -57,12 +62,23 @@ def test_policy_allows_matching_claims():
 
 def test_policy_names_every_failed_rule():
     decision = parse_policy(POLICY + "rejectAdvisories: [INTEL-SA-00615]\n").evaluate(
-        Verification(tee="sgx", ok=True, status="OutOfDate", advisory_ids=("INTEL-SA-00615",),
-                     claims={"mr_signer": "00" * 32, "isv_svn": 1, "debug": True})
+        Verification(
+            tee="sgx",
+            ok=True,
+            status="OutOfDate",
+            advisory_ids=("INTEL-SA-00615",),
+            claims={"mr_signer": "00" * 32, "isv_svn": 1, "debug": True},
+        )
     )
     assert not decision.allowed
     text = decision.reason
-    for name in ("tcbStatus", "rejectAdvisories", "claims.mr_signer.in", "claims.isv_svn.min", "claims.debug.equals"):
+    for name in (
+        "tcbStatus",
+        "rejectAdvisories",
+        "claims.mr_signer.in",
+        "claims.isv_svn.min",
+        "claims.debug.equals",
+    ):
         assert name in text
 
 
@@ -75,9 +91,14 @@ def test_policy_never_allows_unverified_evidence_or_missing_claims():
 
 @pytest.mark.parametrize(
     ("text", "needle"),
-    [("version: 2\n", "version"), ("version: 1\nfoo: 1\n", "foo"), ("version: 1\ntee: [x]\n", "tee"),
-     ("version: 1\nclaims: {a: {gt: 1}}\n", "claims.a.gt"), ("version: 1\nclaims: {a: {min: x}}\n", "claims.a.min"),
-     ("[", "YAML")],
+    [
+        ("version: 2\n", "version"),
+        ("version: 1\nfoo: 1\n", "foo"),
+        ("version: 1\ntee: [x]\n", "tee"),
+        ("version: 1\nclaims: {a: {gt: 1}}\n", "claims.a.gt"),
+        ("version: 1\nclaims: {a: {min: x}}\n", "claims.a.min"),
+        ("[", "YAML"),
+    ],
 )
 def test_bad_policies_name_the_field(text, needle):
     with pytest.raises(ConfigError, match=needle):

@@ -20,21 +20,57 @@ CLASSES = {
     "qe": ["qe", "quoting", "attestation key", "hash", "report data", "signature"],
     "certificate": ["cert", "chain", "pck", "issuer"],
     "crl": ["crl", "revocation", "revoked", "cert", "chain"],
-    "time": ["expired", "future", "not yet", "validity", "not before", "not after", "window", "time", "date",
-             "next update", "stale"],
+    "time": [
+        "expired",
+        "future",
+        "not yet",
+        "validity",
+        "not before",
+        "not after",
+        "window",
+        "time",
+        "date",
+        "next update",
+        "stale",
+    ],
     "collateral-sig": ["signature", "tcb info", "qe identity", "collateral"],
-    "parse": ["parse", "decode", "truncated", "short", "length", "size", "version", "malformed", "format",
-              "unsupported", "unknown"],
+    "parse": [
+        "parse",
+        "decode",
+        "truncated",
+        "short",
+        "length",
+        "size",
+        "version",
+        "malformed",
+        "format",
+        "unsupported",
+        "unknown",
+    ],
     "collateral": ["collateral"],
     "snp-tcb": ["signature", "tcb", "microcode", "bootloader", "version"],
     "snp-key": ["signature", "vcek", "vlek", "key", "chip"],
-    "snp-cert": ["cert", "chain", "vcek", "vlek", "ask", "ark", "asvk", "signature", "algorithm", "oid", "hash"],
+    "snp-cert": [
+        "cert",
+        "chain",
+        "vcek",
+        "vlek",
+        "ask",
+        "ark",
+        "asvk",
+        "signature",
+        "algorithm",
+        "oid",
+        "hash",
+    ],
     "replay": ["rtmr0", "replay"],
     "nonce": ["nonce", "report data"],
 }
 
 
-def run(tmp_path: Path, capsys, evidence: bytes, collateral: bytes | None = None, *args: str) -> tuple[int, dict]:
+def run(
+    tmp_path: Path, capsys, evidence: bytes, collateral: bytes | None = None, *args: str
+) -> tuple[int, dict]:
     ev = tmp_path / "evidence"
     ev.write_bytes(evidence)
     argv = ["attest", "verify", "--evidence", str(ev), "-o", "json", *args]
@@ -71,7 +107,9 @@ SGX_CLAIMS = {
 
 
 def test_sgx_quote_verifies_with_its_collateral(tmp_path, capsys):
-    code, doc = run(tmp_path, capsys, vector("sgx_quote"), vector("sgx_quote_collateral.json"), "--at", SGX_AT)
+    code, doc = run(
+        tmp_path, capsys, vector("sgx_quote"), vector("sgx_quote_collateral.json"), "--at", SGX_AT
+    )
     assert code == 0, doc
     assert doc["tee"] == "sgx" and doc["ok"] is True and doc["reason"] == ""
     assert doc["status"] == "ConfigurationAndSWHardeningNeeded"
@@ -82,12 +120,25 @@ def test_sgx_quote_verifies_with_its_collateral(tmp_path, capsys):
 
 @pytest.mark.parametrize(
     ("offset", "cls"),
-    [(112, "signature"), (368, "signature"), (40, "signature"), (446, "signature"), (510, "qe"), (884, "qe"),
-     (958, "qe")],
+    [
+        (112, "signature"),
+        (368, "signature"),
+        (40, "signature"),
+        (446, "signature"),
+        (510, "qe"),
+        (884, "qe"),
+        (958, "qe"),
+    ],
 )
 def test_sgx_quote_bit_flips_are_rejected(tmp_path, capsys, offset, cls):
-    code, doc = run(tmp_path, capsys, mutate(vector("sgx_quote"), offset, xor=1),
-                    vector("sgx_quote_collateral.json"), "--at", SGX_AT)
+    code, doc = run(
+        tmp_path,
+        capsys,
+        mutate(vector("sgx_quote"), offset, xor=1),
+        vector("sgx_quote_collateral.json"),
+        "--at",
+        SGX_AT,
+    )
     assert_rejected(code, doc, cls)
     assert doc["tee"] == "sgx" and doc["claims"]["mr_signer"]  # claims parsed, unverified
 
@@ -95,8 +146,14 @@ def test_sgx_quote_bit_flips_are_rejected(tmp_path, capsys, offset, cls):
 def test_sgx_pck_leaf_signature_edit_breaks_the_chain(tmp_path, capsys):
     quote = vector("sgx_quote")
     assert quote[2625:2626] == b"H"
-    code, doc = run(tmp_path, capsys, mutate(quote, 2625, value=ord("A")), vector("sgx_quote_collateral.json"),
-                    "--at", SGX_AT)
+    code, doc = run(
+        tmp_path,
+        capsys,
+        mutate(quote, 2625, value=ord("A")),
+        vector("sgx_quote_collateral.json"),
+        "--at",
+        SGX_AT,
+    )
     assert_rejected(code, doc, "certificate")
 
 
@@ -137,6 +194,7 @@ def test_sgx_collateral_window_edges_verify(tmp_path, capsys, when):
 
 # ---- occlum_quote.dat (no collateral exists) -------------------------------------------------------------
 
+
 def test_occlum_quote_parses_but_is_not_verified_without_collateral(tmp_path, capsys):
     code, doc = run(tmp_path, capsys, vector("occlum_quote.dat"))
     assert_rejected(code, doc, "collateral")
@@ -151,12 +209,14 @@ def test_occlum_quote_parses_but_is_not_verified_without_collateral(tmp_path, ca
 
 
 def test_occlum_quote_with_another_platforms_collateral_is_rejected(tmp_path, capsys):
-    code, doc = run(tmp_path, capsys, vector("occlum_quote.dat"), vector("sgx_quote_collateral.json"),
-                    "--at", SGX_AT)
+    code, doc = run(
+        tmp_path, capsys, vector("occlum_quote.dat"), vector("sgx_quote_collateral.json"), "--at", SGX_AT
+    )
     assert_rejected(code, doc, "crl")
 
 
 # ---- TDX: tdx_quote_4.dat, CCEL_data ---------------------------------------------------------------------
+
 
 def test_tdx_quote_claims_equal_trustees_golden_file(tmp_path, capsys):
     code, doc = run(tmp_path, capsys, vector("tdx_quote_4.dat"))
@@ -164,11 +224,23 @@ def test_tdx_quote_claims_equal_trustees_golden_file(tmp_path, capsys):
     assert doc["tee"] == "tdx"
     golden = json.loads(vector("parse_tdx_claims_expected.json"))["quote"]["body"]
     c = doc["claims"]
-    for ours, theirs in [("mr_td", "mr_td"), ("rtmr0", "rtmr_0"), ("rtmr1", "rtmr_1"), ("rtmr2", "rtmr_2"),
-                         ("rtmr3", "rtmr_3"), ("report_data", "report_data"), ("mr_config_id", "mr_config_id"),
-                         ("mr_seam", "mr_seam"), ("mr_owner", "mr_owner"), ("mr_owner_config", "mr_owner_config"),
-                         ("tee_tcb_svn", "tcb_svn"), ("xfam", "xfam"), ("td_attributes", "td_attributes"),
-                         ("seam_attributes", "seam_attributes"), ("mr_signer_seam", "mrsigner_seam")]:
+    for ours, theirs in [
+        ("mr_td", "mr_td"),
+        ("rtmr0", "rtmr_0"),
+        ("rtmr1", "rtmr_1"),
+        ("rtmr2", "rtmr_2"),
+        ("rtmr3", "rtmr_3"),
+        ("report_data", "report_data"),
+        ("mr_config_id", "mr_config_id"),
+        ("mr_seam", "mr_seam"),
+        ("mr_owner", "mr_owner"),
+        ("mr_owner_config", "mr_owner_config"),
+        ("tee_tcb_svn", "tcb_svn"),
+        ("xfam", "xfam"),
+        ("td_attributes", "td_attributes"),
+        ("seam_attributes", "seam_attributes"),
+        ("mr_signer_seam", "mrsigner_seam"),
+    ]:
         assert c[ours] == golden[theirs].lower(), ours
     assert c["td_attributes"] == "0100001000000000" and c["debug"] is True
     assert c["mr_td"].startswith("705ee9381b8633a9")
@@ -186,21 +258,25 @@ def test_tdx_quote_with_the_ccel_log_fails_the_replay_naming_rtmr0(tmp_path, cap
 
 
 def test_trustee_style_tdx_json_evidence_carries_the_log(tmp_path, capsys):
-    doc_in = {"quote": base64.b64encode(vector("tdx_quote_4.dat")).decode(),
-              "cc_eventlog": base64.b64encode(vector("CCEL_data")).decode()}
+    doc_in = {
+        "quote": base64.b64encode(vector("tdx_quote_4.dat")).decode(),
+        "cc_eventlog": base64.b64encode(vector("CCEL_data")).decode(),
+    }
     code, doc = run(tmp_path, capsys, json.dumps(doc_in).encode())
     assert_rejected(code, doc, "replay")
 
 
 # ---- SEV-SNP ---------------------------------------------------------------------------------------------
 
+
 def test_snp_report_verifies_with_its_vcek(tmp_path, capsys):
     code, doc = run(tmp_path, capsys, vector("test-report.bin"), vector("test-vcek.der"), "--at", SNP_AT)
     assert code == 0, doc
     c = doc["claims"]
     assert doc["tee"] == "snp" and doc["ok"] is True
-    assert c["measurement"] == ("a1f3930413247bb38cfc171579ea3c12d5fe4901f0c792f63fd75d98f1ef827c"
-                                "23500644e0e692e6be917f9050d3d38c")
+    assert c["measurement"] == (
+        "a1f3930413247bb38cfc171579ea3c12d5fe4901f0c792f63fd75d98f1ef827c23500644e0e692e6be917f9050d3d38c"
+    )
     assert c["report_data"] == "ec6c52d7533cc2c4f45be7849cf112ab82b2009fe7bd43e71ed08c14400ad7e2" + "00" * 32
     assert c["host_data"] == "00" * 32
     assert c["chip_id"].startswith("c38427a30d4c7af9") and c["chip_id"].endswith("e477524e")
@@ -209,8 +285,10 @@ def test_snp_report_verifies_with_its_vcek(tmp_path, capsys):
     assert c["family_id"] == "01" + "00" * 15 and c["image_id"] == "02" + "00" * 15
 
 
-@pytest.mark.parametrize(("target", "offset", "cls"), [("report", 42, "signature"), ("report", 384, "snp-tcb"),
-                                                       ("vcek", 42, "snp-cert")])
+@pytest.mark.parametrize(
+    ("target", "offset", "cls"),
+    [("report", 42, "signature"), ("report", 384, "snp-tcb"), ("vcek", 42, "snp-cert")],
+)
 def test_snp_edits_are_rejected(tmp_path, capsys, target, offset, cls):
     report, vcek = vector("test-report.bin"), vector("test-vcek.der")
     if target == "report":
@@ -228,8 +306,9 @@ def test_snp_invalid_vceks_are_rejected(tmp_path, capsys, name):
 
 
 def test_snp_vcek_expired(tmp_path, capsys):
-    code, doc = run(tmp_path, capsys, vector("test-report.bin"), vector("test-vcek.der"), "--at",
-                    "2030-01-25T17:58:26Z")
+    code, doc = run(
+        tmp_path, capsys, vector("test-report.bin"), vector("test-vcek.der"), "--at", "2030-01-25T17:58:26Z"
+    )
     assert_rejected(code, doc, "time")
 
 
@@ -241,6 +320,7 @@ def test_snp_report_without_vek_is_parsed_not_verified(tmp_path, capsys):
 
 # ---- TPM -------------------------------------------------------------------------------------------------
 
+
 def tpm_doc() -> dict:
     return json.loads(vector("tpm_evidence.json"))
 
@@ -249,8 +329,13 @@ def test_tpm_evidence_verifies(tmp_path, capsys):
     code, doc = run(tmp_path, capsys, vector("tpm_evidence.json"))
     assert code == 0, doc
     c = doc["claims"]
-    assert c["report_data"] == ("a04182b506878d4f29b91ee606a71a0d3361ccf1b22db20c98adcaa537bea393"
-                                "ef0e41a18b3569ab678f1497fbc5c120") + "00" * 16
+    assert (
+        c["report_data"]
+        == (
+            "a04182b506878d4f29b91ee606a71a0d3361ccf1b22db20c98adcaa537bea393ef0e41a18b3569ab678f1497fbc5c120"
+        )
+        + "00" * 16
+    )
     assert c["pcr_digest"] == "019de64c9318655e422c3d03831169896e31f02a1d74e4d8fef575bf4e0d75fa"
     assert all(c[f"pcr{i}"] == "00" * 32 for i in [*range(17), 23])
     assert all(c[f"pcr{i}"] == "ff" * 32 for i in range(17, 23))
