@@ -16,7 +16,7 @@ from typing import Any
 from kubeshield.attest.errors import EvidenceFormatError
 from kubeshield.attest.result import ClaimValue, Verification
 
-__all__ = ["NO_PROTECTION", "encode_sample", "looks_like_sample", "verify_sample"]
+__all__ = ["NO_PROTECTION", "SampleAttester", "encode_sample", "looks_like_sample", "verify_sample"]
 
 NO_PROTECTION = "sample evidence gives no protection: anyone can produce it"
 
@@ -62,3 +62,15 @@ def verify_sample(doc: Any, *, allow_sample: bool) -> Verification:
     if not allow_sample:
         return result.failed(f"{NO_PROTECTION}; refused unless explicitly enabled (--allow-sample)")
     return Verification(tee="sample", ok=True, status="NoProtection", claims=claims)
+
+
+class SampleAttester:
+    """NO PROTECTION: evidence anyone can make. Verifiers refuse it unless the sample TEE is enabled."""
+
+    tee = "sample"
+
+    def __init__(self, *, svn: int = 1) -> None:
+        self._svn = svn
+
+    def evidence(self, report_data: bytes) -> bytes:
+        return encode_sample(report_data=report_data, svn=self._svn)

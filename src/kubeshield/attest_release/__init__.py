@@ -6,9 +6,10 @@ and the CLI use its client. Like other layer-2 packages it imports only layers 0
 wires it into ``custody`` (layer 2 packages do not import each other).
 
 Modules: ``protocol`` (messages, the report-data binding, JWE), ``server`` (``attest release-server``),
-``client`` (``attest request`` and the library call), ``attesters`` (TPM, sample), ``resources``
+``client`` (``attest request`` and the library call), ``resources``
 (what can be released: keyring KEK versions, a key file), ``keysource`` (an in-memory key backend
-built from released KEKs, for the custody process).
+built from released KEKs, for the custody process). Attesters live below: ``kubeshield.keys.tpm_attest``
+(TPM) and ``kubeshield.attest.sample`` (no protection), so the KMS relay can use them too.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ import ssl
 from typing import Any
 from urllib.parse import urlsplit
 
-from kubeshield.attest_release.attesters import Attester
+from kubeshield.attest.attester import Attester
 from kubeshield.attest_release.protocol import (
     PROTOCOL_VERSION,
     binding,

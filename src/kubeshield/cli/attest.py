@@ -250,9 +250,11 @@ def request_cmd(
       kubeshield attest request --url http://10.0.0.5:8443 --resource sealing-key \\
           --tee tpm --tcti device:/dev/tpmrm0 --out /run/kubeshield/sealing.key
     """
-    from kubeshield.attest_release.attesters import Attester, SampleAttester, TpmAttester
+    from kubeshield.attest.attester import Attester
+    from kubeshield.attest.sample import SampleAttester
     from kubeshield.attest_release.client import request_resource
     from kubeshield.keys.files import write_private_atomic
+    from kubeshield.keys.tpm_attest import TpmAttester
 
     attester: Attester
     if tee == "tpm":

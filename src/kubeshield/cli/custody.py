@@ -252,10 +252,10 @@ def serve_attested_cmd(
       kubeshield custody serve-attested --release-url http://10.0.0.5:8443 --resource custody-keyring \\
           --tcti device:/dev/tpmrm0 --socket /run/kubeshield/custody.sock --policy custody-policy.yaml
     """
-    from kubeshield.attest_release.attesters import TpmAttester
     from kubeshield.attest_release.client import request_resource
     from kubeshield.attest_release.keysource import ReleasedKeyBackend
     from kubeshield.cli.attest import parse_pcrs
+    from kubeshield.keys.tpm_attest import TpmAttester
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
     attester = TpmAttester(tcti=tcti, pcrs=parse_pcrs(pcrs))

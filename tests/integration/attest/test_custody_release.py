@@ -18,7 +18,7 @@ from kubeshield.attest_release.server import ReleaseServer, load_release_config
 from kubeshield.keys.enclave import EnclaveKeyBackend
 from kubeshield.keys.local import LocalKeyBackend
 from kubeshield.keys.tpm import TpmSealer
-from kubeshield.keys.tpm_pcrs import read_pcrs
+from kubeshield.keys.tpm_attest import read_pcrs
 from tests.support.swtpm import start_swtpm
 
 KUBESHIELD = str(Path(sys.executable).parent / "kubeshield")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from kubeshield.attest_release.attesters import SampleAttester
+from kubeshield.attest.sample import SampleAttester
 from kubeshield.attest_release.client import _post, request_resource
 from kubeshield.attest_release.keysource import ReleasedKeyBackend
 from kubeshield.attest_release.protocol import binding, decrypt_resource, generate_tee_key, public_jwk
