@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import re
 import warnings
 from collections.abc import Sequence
@@ -27,8 +28,10 @@ from datetime import datetime
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
+from kubeshield.attest import _cache
 from kubeshield.attest.errors import AttestationError, EvidenceFormatError
 
 __all__ = [
@@ -93,7 +96,23 @@ def parse_pem_blocks(data: bytes, *, what: str) -> list[bytes]:
         pos = close + 5
 
 
+@functools.lru_cache(maxsize=256)
+def _load_certificate_cached(der: bytes, allow_zero_serial: bool) -> x509.Certificate | str:
+    try:
+        return _load_certificate(der, allow_zero_serial=allow_zero_serial)
+    except ValueError as exc:
+        return str(exc)
+
+
 def load_certificate(der: bytes, *, allow_zero_serial: bool = False) -> x509.Certificate:
+    """:func:`_load_certificate`, memoized by the DER bytes (certificates are immutable)."""
+    result = _load_certificate_cached(bytes(der), allow_zero_serial)
+    if isinstance(result, str):
+        raise ValueError(result)
+    return result
+
+
+def _load_certificate(der: bytes, *, allow_zero_serial: bool = False) -> x509.Certificate:
     """Parse a DER certificate *completely* (cryptography parses fields lazily); ValueError if any fails.
 
     ``allow_zero_serial`` accepts a serial number of 0 (AMD issues every VCEK with serial 0), which
@@ -117,8 +136,17 @@ def load_certificate(der: bytes, *, allow_zero_serial: bool = False) -> x509.Cer
 
 def verify_signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> None:
     """Raise ChainError unless ``issuer`` is ``cert``'s issuer by name and signature (EC, RSA, RSA-PSS)."""
+    parts = (
+        cert.tbs_certificate_bytes,
+        cert.signature,
+        cert.signature_algorithm_oid.dotted_string.encode(),
+        issuer.subject.public_bytes(),  # verify_directly_issued_by also compares the names
+        issuer.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        ),
+    )
     try:
-        cert.verify_directly_issued_by(issuer)
+        _cache.checked("cert", parts, lambda: cert.verify_directly_issued_by(issuer))
     except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm) as exc:
         raise ChainError(
             f"certificate {cert.subject.rfc4514_string()!r} is not signed by "
@@ -151,7 +179,25 @@ def _is_ca(cert: x509.Certificate) -> bool:
 
 
 def load_crl(der: bytes, *, what: str) -> x509.CertificateRevocationList:
-    """Parse a DER CRL completely; ``EvidenceFormatError`` naming ``what`` when it does not parse."""
+    """Parse a DER CRL completely; ``EvidenceFormatError`` naming ``what`` when it does not parse.
+
+    Memoized by the DER bytes (a CRL object is immutable; a collateral's CRLs repeat across quotes).
+    """
+    result = _load_crl_cached(bytes(der))
+    if result is None:
+        raise EvidenceFormatError(f"{what}: not a DER CRL (or a malformed one)")
+    return result
+
+
+@functools.lru_cache(maxsize=64)
+def _load_crl_cached(der: bytes) -> x509.CertificateRevocationList | None:
+    try:
+        return _load_crl(der, what="crl")
+    except EvidenceFormatError:
+        return None
+
+
+def _load_crl(der: bytes, *, what: str) -> x509.CertificateRevocationList:
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -169,10 +215,18 @@ def _crl_signed_by(crl: x509.CertificateRevocationList, issuer: x509.Certificate
     key = issuer.public_key()
     if not isinstance(key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey):
         return False
+
+    def verify() -> None:
+        if not crl.is_signature_valid(key):
+            raise InvalidSignature
+
+    spki = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    parts = (crl.tbs_certlist_bytes, crl.signature, spki)
     try:
-        return bool(crl.is_signature_valid(key))
-    except (ValueError, TypeError, UnsupportedAlgorithm):
+        _cache.checked("crl", parts, verify)
+    except (ValueError, TypeError, UnsupportedAlgorithm, InvalidSignature):
         return False
+    return True
 
 
 def _check_revocation(

@@ -34,17 +34,18 @@ The steps, in order (each failure is the ``reason`` of a not-ok :class:`Verifica
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 from datetime import datetime
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from kubeshield.attest import _der
+from kubeshield.attest import _cache, _der
 from kubeshield.attest._intel_root import INTEL_SGX_ROOT_CA
 from kubeshield.attest._x509 import ChainError, load_crl, parse_pem_blocks, verify_chain
 from kubeshield.attest.dcap_collateral import (
@@ -93,7 +94,13 @@ def _der_int(value: bytes, what: str) -> int:
 
 
 def parse_pck_extension(cert: x509.Certificate) -> PckExtension:
-    """FMSPC, PCE ID, CPUSVN and PCESVN from the SGX extension of a PCK certificate."""
+    """FMSPC, PCE ID, CPUSVN and PCESVN from the SGX extension of a PCK certificate (memoized by DER)."""
+    return _pck_extension(cert.public_bytes(serialization.Encoding.DER))
+
+
+@functools.lru_cache(maxsize=256)
+def _pck_extension(der: bytes) -> PckExtension:
+    cert = x509.load_der_x509_certificate(der)
     what = "pck certificate: sgx extension"
     matches = [e for e in cert.extensions if e.oid.dotted_string == SGX_EXTENSION_OID]
     if len(matches) != 1:
@@ -146,8 +153,12 @@ def _raw_sig(sig: bytes, what: str) -> bytes:
 def _verify_ecdsa(key: object, sig: bytes, data: bytes, what: str) -> None:
     if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
         raise AttestationError(f"{what}: signing key is not ECDSA P-256")
+    der = _raw_sig(sig, what)
+    point = key.public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
     try:
-        key.verify(_raw_sig(sig, what), data, ec.ECDSA(hashes.SHA256()))
+        _cache.checked(
+            "ecdsa-p256-sha256", (data, der, point), lambda: key.verify(der, data, ec.ECDSA(hashes.SHA256()))
+        )
     except InvalidSignature:
         raise AttestationError(f"{what}: signature is invalid") from None
 

@@ -14,6 +14,7 @@ root) names, which is the same key.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -174,6 +175,7 @@ def _load_json(text: bytes, what: str) -> Mapping[str, Any]:
     return _obj(value, what=what)
 
 
+@functools.lru_cache(maxsize=64)
 def tcb_info_dates(text: bytes) -> tuple[datetime, datetime]:
     """(issueDate, nextUpdate) of a TCB info or QE identity text."""
     doc = _load_json(text, "collateral")
@@ -218,6 +220,7 @@ def _module(raw: Mapping[str, Any], what: str, *, with_id: bool) -> TdxModuleIde
     )
 
 
+@functools.lru_cache(maxsize=64)
 def parse_tcb_info(text: bytes) -> TcbInfo:
     """Parse a TCB info (version 2: sgxtcbcompNNsvn fields; version 3: component lists, TDX)."""
     w = "collateral: tcb_info"
@@ -275,6 +278,7 @@ def parse_tcb_info(text: bytes) -> TcbInfo:
     )
 
 
+@functools.lru_cache(maxsize=64)
 def parse_qe_identity(text: bytes) -> QeIdentity:
     w = "collateral: qe_identity"
     doc = _load_json(text, w)
