@@ -10,11 +10,13 @@ import pytest
 
 from kubeshield.attest.dcap import PckExtension, _check_attributes, _converge, _platform_level
 from kubeshield.attest.dcap_collateral import parse_tcb_info
-from kubeshield.attest.dcap_quote import parse_quote
+from kubeshield.attest.dcap_quote import TdReport, parse_quote
 from kubeshield.attest.errors import AttestationError
 from tests.unit.attest._vectors import vector
 
 TDX = parse_quote(vector("tdx_quote_4.dat"))  # tee_tcb_svn 03 00 05 00 ...
+assert isinstance(TDX.report, TdReport)
+TD: TdReport = TDX.report
 SGX = parse_quote(vector("sgx_quote"))
 
 
@@ -67,7 +69,7 @@ def test_components_compare_one_by_one_not_lexicographically():
 
 
 def test_tdx_module_svn_bytes_are_skipped_when_tee_tcb_svn_1_is_set():
-    report = dataclasses.replace(TDX.report, tee_tcb_svn=bytes([0, 1, 5] + [0] * 13))
+    report = dataclasses.replace(TD, tee_tcb_svn=bytes([0, 1, 5] + [0] * 13))
     quote = dataclasses.replace(TDX, report=report)
     tcb = info([level([5] * 16, 13, [9, 9, 5] + [0] * 13, "UpToDate")])
     assert _platform_level(quote, PCK, tcb).status == "UpToDate"  # indexes 0-1 belong to the module identity
@@ -99,12 +101,12 @@ def test_qe_status_converges_as_intels_qvl(platform, qe, result):
 
 def test_debug_and_reserved_td_attributes_are_refused():
     with pytest.raises(AttestationError, match="debug"):
-        _check_attributes(TDX.report)  # the Trustee sample is a debug TD
-    ok = dataclasses.replace(TDX.report, td_attributes=bytes([0, 0, 0, 0x10, 0, 0, 0, 0]))
+        _check_attributes(TD)  # the Trustee sample is a debug TD
+    ok = dataclasses.replace(TD, td_attributes=bytes([0, 0, 0, 0x10, 0, 0, 0, 0]))
     _check_attributes(ok)
     for attrs, needle in [(bytes([0, 1, 0, 0x10, 0, 0, 0, 0]), "reserved"), (bytes(8), "SEPT_VE_DISABLE")]:
         with pytest.raises(AttestationError, match=needle):
-            _check_attributes(dataclasses.replace(TDX.report, td_attributes=attrs))
+            _check_attributes(dataclasses.replace(TD, td_attributes=attrs))
     _check_attributes(SGX.report)
     with pytest.raises(AttestationError, match="debug"):
         _check_attributes(parse_quote(vector("occlum_quote.dat")).report)
