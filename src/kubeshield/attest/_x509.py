@@ -29,7 +29,7 @@ from datetime import datetime
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from kubeshield.attest import _cache
 from kubeshield.attest.errors import AttestationError, EvidenceFormatError
@@ -338,8 +338,3 @@ def verify_chain(
     except ChainError as exc:
         raise type(exc)(f"{what}: {exc}") from None
     return list(path.certs)
-
-
-def rsa_pss_params_ok(cert: x509.Certificate) -> bool:
-    """Whether ``cert`` is signed with RSA-PSS (AMD's VCEK/ASK/ARK use RSASSA-PSS SHA-384)."""
-    return isinstance(cert.signature_algorithm_parameters, padding.PSS)

@@ -22,7 +22,7 @@ OPA/Rego would add an engine (and, in Python, no well-kept embedded one) without
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -189,6 +189,3 @@ def load_policy(path: str | Path) -> Policy:
 def policy_from_mapping(doc: Mapping[str, Any], *, source: str) -> Policy:
     """A policy given inline (e.g. per resource in the release server's config)."""
     return parse_policy(yaml.safe_dump(dict(doc)), source=source)
-
-
-_ = Sequence  # re-exported type for callers' annotations

@@ -26,7 +26,6 @@ import base64
 import binascii
 import json
 import logging
-import os
 import secrets
 import ssl
 import threading
@@ -276,7 +275,10 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             if handler is None:
                 raise HttpError(404, "no such endpoint")
-            length = int(self.headers.get("Content-Length", "0"))
+            try:
+                length = int(self.headers.get("Content-Length", "0"))
+            except ValueError:
+                raise HttpError(400, "Content-Length: not a number") from None
             if not 0 < length <= _MAX_BODY:
                 raise HttpError(413 if length > _MAX_BODY else 400, "body: 1..4 MiB of JSON expected")
             try:
@@ -330,6 +332,3 @@ class ReleaseServer:
     def shutdown(self) -> None:
         self._httpd.shutdown()
         self._httpd.server_close()
-
-
-_ = os  # os is kept for callers that pass file descriptors in tests

@@ -150,3 +150,39 @@ def test_sample_evidence_is_refused_unless_enabled():
     allowed = verify_evidence(ev, at=NOW, allow_sample=True)
     assert allowed.ok and allowed.tee == "sample" and allowed.claims["protection"] == "none"
     assert allowed.claims["report_data"] == (b"nonce" + bytes(59)).hex()
+
+
+def _as_v5(v4: bytes, *, td15: bool) -> bytes:
+    """The TDX v4 sample re-laid as a v5 quote (body type 2 = TD 1.0, or 3 = TD 1.5 with 64 more bytes)."""
+    header, body, rest = v4[:48], v4[48 : 48 + 584], v4[48 + 584 :]
+    extra = bytes(64) if td15 else b""
+    body_type = 3 if td15 else 2
+    return (
+        (5).to_bytes(2, "little")
+        + header[2:]
+        + body_type.to_bytes(2, "little")
+        + (584 + len(extra)).to_bytes(4, "little")
+        + body
+        + extra
+        + rest
+    )
+
+
+@pytest.mark.parametrize("td15", [False, True])
+def test_tdx_v5_layouts_parse(td15):
+    v4 = vector("tdx_quote_4.dat")
+    q = parse_quote(_as_v5(v4, td15=td15))
+    base = parse_quote(v4)
+    assert q.version == 5 and q.is_tdx
+    assert q.report.report_data == base.report.report_data
+    assert q.claims()["mr_td"] == base.claims()["mr_td"]
+    assert ("mr_service_td" in q.claims()) is td15
+    assert len(q.signed) == 48 + 6 + 584 + (64 if td15 else 0)
+    bad = bytearray(_as_v5(v4, td15=td15))
+    bad[48] = 9  # unknown body type
+    with pytest.raises(EvidenceFormatError, match=r"body\.type"):
+        parse_quote(bytes(bad))
+    bad = bytearray(_as_v5(v4, td15=td15))
+    bad[50] ^= 1  # body size that does not match the type
+    with pytest.raises(EvidenceFormatError, match=r"body\.size"):
+        parse_quote(bytes(bad))
