@@ -109,8 +109,8 @@ def test_revoked_stale_and_missing_crls(pki):
 
 
 def test_expired_intermediate_and_impostor_anchor(pki):
-    root, root_key, inter, inter_key, leaf = pki
-    with pytest.raises(ChainError, match="expired|unknown issuer|not signed"):
+    root, _root_key, inter, _inter_key, leaf = pki
+    with pytest.raises(ChainError, match=r"expired|unknown issuer|not signed"):
         verify_chain([der(leaf), der(inter)], anchors=[root], at=NOW + dt.timedelta(days=3), what="t")
     other_key = ec.generate_private_key(ec.SECP256R1())
     impostor, _ = make("root", "root", other_key, other_key)  # same name, other key
