@@ -132,7 +132,8 @@ def test_a_loop_ends_in_chain_error():
 def test_over_long_chain_is_refused():
     root_key = ec.generate_private_key(ec.SECP256R1())
     root, _ = make("c0", "c0", root_key, root_key)
-    chain, key = [], root_key
+    chain: list[bytes] = []
+    key = root_key
     for i in range(1, MAX_DEPTH + 3):
         cert, key = make(f"c{i}", f"c{i - 1}", key)
         chain.insert(0, der(cert))
