@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from kubeshield.cli._common import EXIT_FAILURE, CLIError, option
+from kubeshield.cli._peer_attest import attested_upstreams, peer_attestation_option, peer_gate
 from kubeshield.errors import ConfigError, KubeshieldError
 from kubeshield.kms.shutdown import StopSignals
 
@@ -126,8 +127,10 @@ def _with_stop_signals(command: Callable[..., int]) -> Callable[..., int]:
     show_default=True,
     help="Log level (JSON lines on stderr).",
 )
+@peer_attestation_option
 @_with_stop_signals
 def serve(
+    peer_attestation: Path | None,
     config: Path | None,
     keyring: Path | None,
     socket: str | None,
@@ -251,6 +254,7 @@ def serve(
             tls=credentials,
             allow=allow_list,
             metrics=metrics,
+            peer_attestation=peer_gate(peer_attestation),
         )
         if sync is not None:
             sync.start()
@@ -344,8 +348,10 @@ def _with_sync(
     show_default=True,
     help="Log level (JSON lines on stderr).",
 )
+@peer_attestation_option
 @_with_stop_signals
 def relay(
+    peer_attestation: Path | None,
     socket: str,
     v1_socket: str | None,
     socket_group: str | None,
@@ -376,6 +382,9 @@ def relay(
     credentials = client_credentials(ca=ca, cert=tls_cert, key=tls_key)
     metrics = KMSMetrics()
     upstreams = [AioUpstream(t, credentials=credentials, server_name=server_name) for t in targets]
+    upstreams = attested_upstreams(
+        upstreams, peer_attestation, credentials=credentials, tls_cert=tls_cert, server_name=server_name
+    )
     pool = Relay(upstreams, check_interval=check_interval, budget=budget, metrics=metrics)
     server = RelayServer(pool, socket=socket, v1_socket=v1_socket, socket_group=socket_group, metrics=metrics)
     http: HealthServer | None = None

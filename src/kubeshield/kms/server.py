@@ -34,9 +34,9 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent import futures
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import grpc
@@ -69,6 +69,9 @@ from kubeshield.kms.metrics import KMSMetrics
 from kubeshield.kms.service import EncryptReply, StatusReply
 from kubeshield.kms.shutdown import DEFAULT_GRACE
 from kubeshield.kms.tls import AllowList, ReloadingServerCredentials, peer_identities
+
+if TYPE_CHECKING:
+    from kubeshield.kms.peer_attest import PeerAttestationGate
 
 __all__ = [
     "DEFAULT_GRACE",
@@ -334,8 +337,10 @@ class KMSServer:
         allow: AllowList | None = None,
         max_workers: int = 32,
         metrics: KMSMetrics | None = None,
+        peer_attestation: PeerAttestationGate | None = None,
     ) -> None:
         self.service = service
+        self._peer_attestation = peer_attestation  # kubeshield.kms.peer_attest: guards TCP Decrypt
         self.metrics = metrics
         self.socket_path = parse_endpoint(socket) if socket else None
         self.v1_socket_path = parse_endpoint(v1_socket) if v1_socket else None
@@ -358,9 +363,10 @@ class KMSServer:
         self._stopped = threading.Event()
         self.serving = False
 
-    def _new_server(self) -> grpc.Server:
+    def _new_server(self, interceptors: Sequence[grpc.ServerInterceptor[Any, Any]] = ()) -> grpc.Server:
         return grpc.server(
             futures.ThreadPoolExecutor(max_workers=self._max_workers, thread_name_prefix="kubeshield-grpc"),
+            interceptors=list(interceptors),
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -416,7 +422,10 @@ class KMSServer:
         """Serve v2 and v1 on TCP with mTLS (and the allow-list checked on every RPC)."""
         assert self._tls is not None  # checked in __init__
         host, port = listen
-        server = self._new_server()
+        gate = self._peer_attestation
+        server = self._new_server(() if gate is None else (gate.interceptor(),))
+        if gate is not None:  # peer attestation (kubeshield.kms.peer_attest): the exchange service
+            server.add_generic_rpc_handlers((gate.handler(),))
         server.add_generic_rpc_handlers(
             (
                 v2_handler(KMSv2Servicer(self.service, metrics=self.metrics, allow=self._allow)),
