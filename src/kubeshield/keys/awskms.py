@@ -61,7 +61,7 @@ from kubeshield.errors import (
     KeyNotFound,
 )
 from kubeshield.keys import _aws_format as fmt
-from kubeshield.keys.base import Health, Wrapped
+from kubeshield.keys.base import Health, InitCheck, InitReport, Wrapped
 from kubeshield.keys.health import HEALTH_AAD, round_trip
 
 __all__ = ["AwsKmsKeyBackend", "map_exceptions"]
@@ -171,16 +171,13 @@ class AwsKmsKeyBackend:
         self._lock = threading.Lock()
         self._configured = key_id
         self._follows_alias = _is_alias(key_id)
-        config = botocore.config.Config(
+        self._client: Any = _make_client(
+            region=region,
+            endpoint_url=endpoint_url,
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
-            retries={"total_max_attempts": max_attempts, "mode": "standard"},
-            tcp_keepalive=True,
+            max_attempts=max_attempts,
         )
-        with map_exceptions():
-            self._client: Any = boto3.session.Session().client(
-                "kms", region_name=region, endpoint_url=endpoint_url, config=config
-            )
         self._closed = False
         self._probe_at = float("-inf")
         self._probe_ok = False
@@ -195,6 +192,83 @@ class AwsKmsKeyBackend:
     def from_settings(cls, settings: AwsKmsSettings) -> AwsKmsKeyBackend:
         """Build from ``keys.awskms``; credentials come from the usual AWS chain (env, profile, IRSA)."""
         return cls(key_id=settings.key_id, region=settings.region, endpoint_url=settings.endpoint_url)
+
+    @classmethod
+    def initialize(cls, settings: AwsKmsSettings, *, exist_ok: bool = False) -> InitReport:
+        """``kubeshield keys init``: create the key behind an alias that points nowhere, then check it.
+
+        Only an alias (``alias/NAME``) can be created for: a key id or ARN names a key AWS made, so a
+        missing one is an error that says how to create a key and point the config at it. An existing
+        key is checked, never changed. When the credentials may not create the key or the alias, the
+        error holds the ``aws kms`` commands to run instead.
+        """
+        del exist_ok
+        region = f" --region {settings.region}" if settings.region else ""
+        create = (
+            f"aws kms create-key{region} --key-spec SYMMETRIC_DEFAULT --key-usage ENCRYPT_DECRYPT "
+            "--description kubeshield-kek"
+        )
+        client = _make_client(
+            region=settings.region, endpoint_url=settings.endpoint_url, connect_timeout=2.0, read_timeout=5.0
+        )
+        created = False
+        try:
+            try:
+                with map_exceptions():
+                    client.describe_key(KeyId=settings.key_id)
+            except KeyNotFound:
+                if not settings.key_id.startswith("alias/"):
+                    raise KeyNotFound(
+                        f"keyId: there is no AWS KMS key {settings.key_id!r}; create one with `{create}` "
+                        "and set keys.awskms.keyId to its ARN, or to an alias kubeshield may create "
+                        "(alias/NAME)"
+                    ) from None
+                _create_aliased_key(client, alias=settings.key_id, create_command=create, region=region)
+                created = True
+            except BackendAuthError:
+                raise BackendAuthError(
+                    f"these AWS credentials may not DescribeKey {settings.key_id!r}: the plugin needs "
+                    "kms:DescribeKey, kms:Encrypt, kms:Decrypt and kms:ListKeyRotations on the key "
+                    "(docs/backends.md)"
+                ) from None
+        finally:
+            client.close()
+        backend = cls.from_settings(settings)
+        try:
+            health = backend.check_health()
+            return InitReport(
+                backend="awskms",
+                created=created,
+                key_id=backend.key_id(),
+                location=f"AWS KMS key {backend._arn}"
+                + (f" (alias {settings.key_id})" if _is_alias(settings.key_id) else ""),
+                checks=(
+                    InitCheck(
+                        "encrypt and decrypt with these credentials", health.ok, health.detail, required=True
+                    ),
+                    backend._rotation_check(),
+                    InitCheck(
+                        "rotate (`kubeshield keys rotate`)",
+                        None,
+                        "not checked: needs kms:RotateKeyOnDemand, which cannot be tried without rotating",
+                    ),
+                ),
+            )
+        finally:
+            backend.close()
+
+    def _rotation_check(self) -> InitCheck:
+        what = "automatic yearly rotation of the key material"
+        try:
+            with map_exceptions():
+                enabled = bool(
+                    self._client.get_key_rotation_status(KeyId=self._arn).get("KeyRotationEnabled")
+                )
+        except BackendError as exc:
+            return InitCheck(what, None, f"not checked ({exc})")
+        if enabled:
+            return InitCheck(what, True, "enabled (each rotation gives a new key_id)")
+        return InitCheck(what, None, f"off; to turn it on: aws kms enable-key-rotation --key-id {self._arn}")
 
     # -- remote reads -----------------------------------------------------------------------------------
 
@@ -361,6 +435,57 @@ class AwsKmsKeyBackend:
 
     def __repr__(self) -> str:
         return f"AwsKmsKeyBackend(key={self._arn!r})"
+
+
+def _make_client(
+    *,
+    region: str | None,
+    endpoint_url: str | None,
+    connect_timeout: float,
+    read_timeout: float,
+    max_attempts: int = 2,
+) -> Any:
+    """A KMS client with bounded connect/read timeouts and a bounded number of attempts."""
+    config = botocore.config.Config(
+        connect_timeout=connect_timeout,
+        read_timeout=read_timeout,
+        retries={"total_max_attempts": max_attempts, "mode": "standard"},
+        tcp_keepalive=True,
+    )
+    with map_exceptions():
+        return boto3.session.Session().client(
+            "kms", region_name=region, endpoint_url=endpoint_url, config=config
+        )
+
+
+def _create_aliased_key(client: Any, *, alias: str, create_command: str, region: str) -> str:
+    """Create a symmetric key and point ``alias`` at it; return the key's ARN (see ``initialize``)."""
+    alias_command = (
+        f"aws kms create-alias{region} --alias-name {alias} --target-key-id <KeyId from create-key>"
+    )
+    try:
+        with map_exceptions():
+            meta = client.create_key(
+                Description="kubeshield KEK (kube-apiserver KMS v2)",
+                KeyUsage="ENCRYPT_DECRYPT",
+                KeySpec="SYMMETRIC_DEFAULT",
+            )["KeyMetadata"]
+    except BackendAuthError:
+        raise BackendAuthError(
+            f"there is no key behind {alias} and these AWS credentials may not create one; as an "
+            f"administrator, run `{create_command}` and then `{alias_command}`"
+        ) from None
+    try:
+        with map_exceptions():
+            client.create_alias(AliasName=alias, TargetKeyId=meta["KeyId"])
+    except BackendError as exc:
+        with contextlib.suppress(Exception):  # an unused new key: do not leave it behind
+            client.schedule_key_deletion(KeyId=meta["KeyId"], PendingWindowInDays=7)
+        raise BackendError(
+            f"created key {meta['Arn']} but could not point {alias} at it ({exc}); it is scheduled for "
+            f"deletion; as an administrator, run `{create_command}` and then `{alias_command}`"
+        ) from None
+    return str(meta["Arn"])
 
 
 def _is_alias(key_id: str) -> bool:

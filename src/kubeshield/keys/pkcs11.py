@@ -74,11 +74,12 @@ from kubeshield.errors import (
     BackendUnavailable,
     ConfigError,
     InvalidCiphertext,
+    InvalidRequest,
     KeyNotFound,
 )
 from kubeshield.keys import _pkcs11_format as fmt
 from kubeshield.keys._pkcs11_gate import TokenGate
-from kubeshield.keys.base import Health, KeyVersionInfo, Wrapped
+from kubeshield.keys.base import Health, InitCheck, InitReport, KeyVersionInfo, Wrapped
 from kubeshield.keys.health import round_trip
 
 __all__ = ["PIN_ENV", "Pkcs11KeyBackend", "map_exceptions", "read_pin"]
@@ -356,6 +357,57 @@ class Pkcs11KeyBackend:
             key_label=settings.key_label,
             create_if_missing=create_if_missing,
         )
+
+    @classmethod
+    def initialize(
+        cls,
+        settings: Pkcs11Settings,
+        *,
+        exist_ok: bool = False,
+        environ: Mapping[str, str] | None = None,
+    ) -> InitReport:
+        """``kubeshield keys init``: generate KEK version 1 in the token (see :mod:`..provisioning`).
+
+        A key object with ``keyLabel`` already in the token is refused (``InvalidRequest``) unless
+        ``exist_ok``, and then only checked: nothing in the token is ever replaced or deleted.
+        """
+        try:
+            backend = cls.from_settings(settings, environ=environ)
+        except KeyNotFound:
+            backend = cls.from_settings(settings, environ=environ, create_if_missing=True)
+            created = True
+        else:
+            created = False
+            if not exist_ok:
+                key_id = backend.key_id()
+                backend.close()
+                raise InvalidRequest(
+                    f"token {settings.token!r} already holds a key labelled {settings.key_label!r} "
+                    f"(primary key_id {key_id}); `kubeshield keys rotate` adds a version, --exist-ok "
+                    "accepts the existing key (kubeshield never deletes key objects)"
+                )
+        try:
+            health = backend.check_health()
+            versions = len(backend.key_versions())
+            return InitReport(
+                backend="pkcs11",
+                created=created,
+                key_id=backend.key_id(),
+                location=(
+                    f"PKCS#11 token {settings.token!r} (serial {backend._serial}), "
+                    f"key label {settings.key_label!r}, {versions} version(s)"
+                ),
+                checks=(
+                    InitCheck(
+                        "key object",
+                        True,
+                        "AES-256, sensitive, not extractable, encrypt/decrypt only (read from the token)",
+                    ),
+                    InitCheck("encrypt and decrypt in the token", health.ok, health.detail, required=True),
+                ),
+            )
+        finally:
+            backend.close()
 
     # -- session and key listing (call with the gate held) ---------------------------------------------
 

@@ -79,7 +79,7 @@ from kubeshield.keys._transit_auth import (
     TransitAuth,
 )
 from kubeshield.keys._transit_http import TransitHTTP
-from kubeshield.keys.base import Health, Wrapped
+from kubeshield.keys.base import Health, InitCheck, InitReport, Wrapped
 from kubeshield.keys.health import round_trip
 
 __all__ = [
@@ -176,6 +176,76 @@ class TransitKeyBackend:
             auth=auth_from_settings(settings.auth),
             ca_file=str(settings.ca_file) if settings.ca_file is not None else None,
         )
+
+    @classmethod
+    def initialize(cls, settings: TransitSettings, *, exist_ok: bool = False) -> InitReport:
+        """``kubeshield keys init``: create the Transit key if missing (and allowed), then check it.
+
+        An existing key is checked, not refused (``exist_ok`` changes nothing here: the key service, not
+        kubeshield, owns the key). When the token may not create the key, or the mount is missing, the
+        error says which ``bao`` command to run (``vault`` takes the same arguments).
+        """
+        del exist_ok
+        mount, key = settings.mount, settings.key
+        check_address(settings.address)
+        http = TransitHTTP(
+            address=settings.address,
+            ca_file=str(settings.ca_file) if settings.ca_file is not None else None,
+            timeout=5.0,
+        )
+        session = TokenSession(http=http, auth=auth_from_settings(settings.auth), clock=time.time)
+        create = f"bao write {mount}/keys/{key} type=aes256-gcm96"
+        try:
+            token = session.token()
+            created = False
+            try:
+                http.request("GET", f"{mount}/keys/{key}", op="read key", token=token)
+            except KeyNotFound:
+                created = True
+            except BackendAuthError:
+                raise BackendAuthError(
+                    f"this token may not read transit key {mount}/{key} (or the mount does not exist): "
+                    f'give it the plugin policy of docs/backends.md (path "{mount}/keys/{key}" '
+                    'capabilities ["read"]), or create the key as an operator: '
+                    f"bao secrets enable -path={mount} transit; {create}"
+                ) from None
+            if created:
+                try:
+                    http.request(
+                        "POST",
+                        f"{mount}/keys/{key}",
+                        op="create key",
+                        token=token,
+                        body={"type": "aes256-gcm96"},
+                    )
+                except BackendAuthError:
+                    raise BackendAuthError(
+                        f"transit key {mount}/{key} does not exist and this token may not create it; "
+                        f"as an operator, run: {create}"
+                    ) from None
+                except KeyNotFound:
+                    raise KeyNotFound(
+                        f"there is no transit mount at {mount!r}; as an operator, run: "
+                        f"bao secrets enable -path={mount} transit; {create}"
+                    ) from None
+            capabilities = _capabilities(http, token, mount=mount, key=key)
+        finally:
+            http.close()
+        backend = cls.from_settings(settings)
+        try:
+            health = backend.check_health()
+            return InitReport(
+                backend="transit",
+                created=created,
+                key_id=backend.key_id(),
+                location=f"transit key {mount}/{key} at {settings.address}",
+                checks=(
+                    InitCheck("encrypt and decrypt with this token", health.ok, health.detail, required=True),
+                    *capabilities,
+                ),
+            )
+        finally:
+            backend.close()
 
     # -- KeyBackend ---------------------------------------------------------------------------------
 
@@ -402,6 +472,33 @@ def auth_from_settings(settings: TransitAuthSettings) -> TransitAuth:
             return KubernetesAuth(role=settings.role)
         return KubernetesAuth(role=settings.role, jwt_file=str(settings.jwt_file))
     raise ConfigError(f"keys.transit.auth.method: unknown method {settings.method!r}")
+
+
+def _capabilities(http: TransitHTTP, token: str, *, mount: str, key: str) -> tuple[InitCheck, ...]:
+    """What the token may do on the paths the plugin uses (``sys/capabilities-self``)."""
+    paths = {
+        "read the key (rotation is seen)": f"{mount}/keys/{key}",
+        "rotate (`kubeshield keys rotate`)": f"{mount}/keys/{key}/rotate",
+    }
+    try:
+        reply = http.request(
+            "POST",
+            "sys/capabilities-self",
+            op="capabilities",
+            token=token,
+            body={"paths": list(paths.values())},
+        )
+    except BackendError as exc:
+        return tuple(InitCheck(what, None, f"not checked ({type(exc).__name__})") for what in paths)
+    data = reply.get("data") if isinstance(reply.get("data"), dict) else reply
+    checks = []
+    for what, path in paths.items():
+        caps = data.get(path) if isinstance(data, dict) else None
+        names = [str(c) for c in caps] if isinstance(caps, list) else []
+        wanted = "read" if path.endswith(f"/keys/{key}") else "update"
+        allowed = "root" in names or wanted in names
+        checks.append(InitCheck(what, allowed, ", ".join(names) or "none"))
+    return tuple(checks)
 
 
 def _recreated(old: _KeyState, new: _KeyState) -> bool:
