@@ -23,6 +23,7 @@ from kubeshield.kms.service import KMSService
 from tests.support.softhsm import SoftHsm, unique_label
 
 GENEROUS = 30.0  # deadlock detectors, not timing assertions
+HANG = 4 * GENEROUS  # a hung call outlasts every wait of the test, so a caller that waits on it is seen
 
 
 class HangingRng:
@@ -40,7 +41,7 @@ class HangingRng:
         if self.armed:
             self.armed = False
             self.entered.set()
-            self.release.wait(GENEROUS)
+            self.release.wait(HANG)
         return os.urandom(n)
 
 
