@@ -313,7 +313,7 @@ class Pkcs11KeyBackend:
                 self.close()
                 raise KeyNotFound(
                     f"no usable key labelled {label!r} in token {tok!r}; "
-                    "create one with `kubeshield keys init`"
+                    "create one with `kubeshield keys init --config` (docs/backends.md)"
                 )
 
     @classmethod
