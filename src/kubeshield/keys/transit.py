@@ -136,10 +136,7 @@ class TransitKeyBackend:
         rng: Callable[[int], bytes] = os.urandom,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        if not _MOUNT_RE.fullmatch(mount) or ".." in mount:
-            raise ConfigError("transit mount must be a path of letters, digits, '_', '.', '-'")
-        if not _NAME_RE.fullmatch(key) or key in {".", ".."}:
-            raise ConfigError("transit key must be a name of letters, digits, '_', '.', '-'")
+        _check_names(mount=mount, key=key)
         if refresh_interval < 0:
             raise ConfigError("transit refresh interval must not be negative")
         if call_budget <= 0:
@@ -187,6 +184,7 @@ class TransitKeyBackend:
         """
         del exist_ok
         mount, key = settings.mount, settings.key
+        _check_names(mount=mount, key=key)
         check_address(settings.address)
         http = TransitHTTP(
             address=settings.address,
@@ -506,6 +504,14 @@ def _recreated(old: _KeyState, new: _KeyState) -> bool:
     return new.latest < old.latest or any(
         version in new.created and new.created[version] != created for version, created in old.created.items()
     )
+
+
+def _check_names(*, mount: str, key: str) -> None:
+    """Mount and key names go into URL paths: letters, digits, ``_ . -`` (and ``/`` in a mount)."""
+    if not _MOUNT_RE.fullmatch(mount) or ".." in mount:
+        raise ConfigError("transit mount must be a path of letters, digits, '_', '.', '-'")
+    if not _NAME_RE.fullmatch(key) or key in {".", ".."}:
+        raise ConfigError("transit key must be a name of letters, digits, '_', '.', '-'")
 
 
 def check_address(address: str) -> None:
