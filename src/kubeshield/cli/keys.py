@@ -119,17 +119,36 @@ def group() -> None:
 @option(
     "--force", is_flag=True, help="Replace an existing keyring. Secrets encrypted under it become unreadable."
 )
+@option(
+    "--exist-ok",
+    is_flag=True,
+    help="Accept a key that already exists (checked, never replaced): for init containers and re-runs.",
+)
 def init_command(
-    config_file: Path | None, keyring: Path | None, passphrase_file: Path | None, force: bool
+    config_file: Path | None, keyring: Path | None, passphrase_file: Path | None, force: bool, exist_ok: bool
 ) -> None:
-    """Create a new local keyring with one primary KEK.
+    """Create the KEK: a local keyring, a TPM-sealed keyring, or the key in a token or key service.
 
-    With a passphrase (--passphrase-file or $KUBESHIELD_KEYRING_PASSPHRASE) the keys are sealed with
-    AES-256-GCM under an Argon2id-derived key. Without one the keyring is created unprotected and a
-    warning is printed: then only file permissions (0600) and disk encryption protect it.
-    With --config and keys.backend: tpm it creates a TPM-sealed keyring instead (keys.tpm: tcti,
-    keyring, pcrs): the keys are sealed by that TPM and useless on any other machine.
-    Refuses to overwrite an existing keyring unless --force is given.
+    \b
+    local (--keyring, or keys.backend: local): a new keyring with one primary KEK. With a passphrase
+      (--passphrase-file or $KUBESHIELD_KEYRING_PASSPHRASE) the keys are sealed with AES-256-GCM under
+      an Argon2id-derived key; without one only file permissions (0600) and disk encryption protect it.
+    tpm: a keyring sealed by the TPM of keys.tpm (tcti, keyring, pcrs), useless on any other machine.
+    pkcs11: KEK version 1 generated inside the token (AES-256, sensitive, never extractable), labelled
+      keyLabel; refused when a key with that label exists, unless --exist-ok.
+    transit: the Transit key (aes256-gcm96), created when missing if the token may; else the error
+      names the bao command to run. An existing key is checked.
+    awskms: for keyId alias/NAME that points nowhere, a new symmetric key and the alias, if the
+      credentials may create them; else the error names the aws kms commands. An existing key is checked.
+    Every backend ends with a real encrypt/decrypt round trip with the plugin's own credential, and
+    lists what else that credential may do. A local or TPM keyring is never replaced without --force;
+    keys in a token or key service are never replaced or deleted.
+
+    \b
+    Examples:
+      kubeshield keys init --keyring /var/lib/kubeshield/keyring --passphrase-file /etc/kubeshield/passphrase
+      kubeshield keys init --config /etc/kubeshield/kubeshield.yaml            # any keys.backend
+      kubeshield keys init --config /etc/kubeshield/kubeshield.yaml --exist-ok # in an init container
     """
     with _errors():
         target = _resolve(config_file, keyring, passphrase_file)
@@ -137,12 +156,17 @@ def init_command(
             _init_tpm(target.keys, force=force, passphrase_file=passphrase_file)
             return
         if not target.is_local:
-            raise CLIError(
-                f"keys init creates local keyrings only; the {target.keys.backend!r} backend's keys are "
-                "created in that key service"
-            )
+            _init_key_service(target.keys, force=force, exist_ok=exist_ok, passphrase_file=passphrase_file)
+            return
         passphrase = read_passphrase(passphrase_file=target.local.passphrase_file)
-        created = KeyringFile(target.local.keyring).create(passphrase=passphrase, force=force)
+        keyring_file = KeyringFile(target.local.keyring)
+        if exist_ok and not force and Path(target.local.keyring).exists():
+            info = keyring_file.load(passphrase).info
+            click.echo(f"Checked existing keyring {info.path} (it opens with the given passphrase)")
+            click.echo(f"  keyring id:     {info.keyring_id}")
+            click.echo(f"  primary key_id: {info.primary.key_id}")
+            return
+        created = keyring_file.create(passphrase=passphrase, force=force)
     info = created.info
     if passphrase is None:
         click.echo(
@@ -154,6 +178,30 @@ def init_command(
     click.echo(f"  keyring id:     {info.keyring_id}")
     click.echo(f"  primary key_id: {info.primary.key_id}")
     click.echo(f"  protection:     {'argon2id passphrase' if info.protected else 'none'}")
+
+
+def _init_key_service(
+    keys: KeysSettings, *, force: bool, exist_ok: bool, passphrase_file: Path | None
+) -> None:
+    """``keys init`` for a backend whose KEK lives in a token or a key service (keys.provisioning)."""
+    from kubeshield.keys.provisioning import init_backend
+
+    if force:
+        raise click.UsageError(
+            f"--force: kubeshield never replaces or deletes keys in the {keys.backend} backend; "
+            "use --exist-ok to accept an existing key, or `kubeshield keys rotate` for a new version"
+        )
+    if passphrase_file is not None:
+        raise click.UsageError(f"--passphrase-file: the {keys.backend} backend has no keyring passphrase")
+    report = init_backend(keys, exist_ok=exist_ok)
+    click.echo(f"{'Created' if report.created else 'Checked existing'} KEK: {report.location}")
+    click.echo(f"  primary key_id: {report.key_id}")
+    marks = {True: "ok  ", False: "NO  ", None: "--  "}
+    for check in report.checks:
+        click.echo(f"  {marks[check.ok]}{check.what}: {check.detail}")
+    failed = [c.what for c in report.checks if c.required and c.ok is not True]
+    if failed:
+        raise CLIError(f"the plugin could not work with this set-up: {', '.join(failed)} failed")
 
 
 def _init_tpm(keys: KeysSettings, *, force: bool, passphrase_file: Path | None) -> None:

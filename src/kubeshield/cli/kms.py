@@ -56,7 +56,8 @@ def _open_primary(
     if keys.backend != "local":
         if create_keyring:
             raise ConfigError("--create-keyring only applies to the local backend")
-        return open_primary(keys), keys
+        # a key service that is down now gives a backend that connects when it returns (keys.lazy)
+        return open_primary(keys, during_outage=True), keys
     from kubeshield.keys.local import LocalKeyBackend
 
     path = keyring if keyring is not None else keys.local.keyring
@@ -158,7 +159,10 @@ def serve(
 
     The key backend is --keyring (a local keyring file) or the keys: section of --config. A rotated
     keyring is picked up within 5 s; Status returns UNAVAILABLE while the last deep health round trip
-    (every 10 s) failed. /livez never depends on the key backend.
+    (every 10 s, every 1 s while failing) failed. /livez never depends on the key backend. A key
+    service that cannot be reached at start (Transit, AWS KMS, a PKCS#11 token) does not stop the
+    plugin: it serves, unhealthy, decrypts what the emergency keyring can, and connects when the
+    service comes back (retries with backoff). A wrong setting or credential still stops it at start.
 
     \b
     Examples:
