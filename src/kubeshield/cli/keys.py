@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 import click
 
 from kubeshield.cli._common import CLIError, option, raise_cli_error
+from kubeshield.cli._keys_etcd import etcd_rotation, sync_command
 from kubeshield.config import KeysSettings, LocalSettings, load_config
 from kubeshield.errors import KubeshieldError
 from kubeshield.keys import backup as backups
@@ -225,6 +226,7 @@ def _init_tpm(keys: KeysSettings, *, force: bool, passphrase_file: Path | None) 
 
 
 @group.command("rotate")
+@etcd_rotation
 @_target_options
 def rotate_command(config_file: Path | None, keyring: Path | None, passphrase_file: Path | None) -> None:
     """Add a new primary KEK; older versions stay for decryption.
@@ -417,3 +419,6 @@ def restore_command(
     click.echo(f"Restored keyring {info.path} (verified: {len(info.versions)} version(s) round-tripped)")
     click.echo(f"  keyring id:     {info.keyring_id}")
     click.echo(f"  primary key_id: {info.primary.key_id}")
+
+
+group.add_command(sync_command)  # keys sync: the cluster keyring in etcd (cli/_keys_etcd.py)

@@ -7,6 +7,7 @@ Only flag parsing and rendering live here; the plugin is ``kubeshield.kms``.
 from __future__ import annotations
 
 import functools
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -109,7 +110,19 @@ def _with_stop_signals(command: Callable[..., int]) -> Callable[..., int]:
 @option("--tls-key", type=click.Path(path_type=Path, dir_okay=False), help="Server private key (PEM).")
 @option("--client-ca", type=click.Path(path_type=Path, dir_okay=False), help="CA that signs client certs.")
 @option(
-    "--allow", help="Comma-separated client identities (SAN, or cn:NAME) allowed; default: any the CA signed."
+    "--allow",
+    help="Allowed client identities, comma-separated, typed: dns:NAME, uri:URI, email:ADDR, ip:IP, cn:NAME.",
+)
+@option(
+    "--allow-any-client-cert",
+    is_flag=True,
+    help="Accept any client certificate the --client-ca signed (instead of an --allow list).",
+)
+@option(
+    "--tls-expiry-margin",
+    default="24h",
+    show_default=True,
+    help="/readyz fails once the serving certificate expires within this duration.",
 )
 @option(
     "--etcd-endpoints", help="Sync the local keyring's versions through etcd at these URLs (comma-separated)."
@@ -121,6 +134,12 @@ def _with_stop_signals(command: Callable[..., int]) -> Callable[..., int]:
     "--sync-prefix", default="/kubeshield/keyring/", show_default=True, help="etcd prefix for keyring sync."
 )
 @option("--sync-interval", type=float, default=1.0, show_default=True, help="Seconds between keyring syncs.")
+@option(
+    "--adopt-timeout",
+    default="20s",
+    show_default=True,
+    help="With --etcd-endpoints and no keyring file: how long to wait for the cluster keyring in etcd.",
+)
 @option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"]),
@@ -146,12 +165,15 @@ def serve(
     tls_key: Path | None,
     client_ca: Path | None,
     allow: str | None,
+    allow_any_client_cert: bool,
+    tls_expiry_margin: str,
     etcd_endpoints: str | None,
     etcd_cacert: str | None,
     etcd_cert: str | None,
     etcd_key: str | None,
     sync_prefix: str,
     sync_interval: float,
+    adopt_timeout: str,
     log_level: str,
     signals: StopSignals,
 ) -> int:
@@ -164,13 +186,23 @@ def serve(
     plugin: it serves, unhealthy, decrypts what the emergency keyring can, and connects when the
     service comes back (retries with backoff). A wrong setting or credential still stops it at start.
 
+    Service mode (--listen) is always mutual TLS: callers are restricted to --allow (typed identities of
+    their certificates), or --allow-any-client-cert accepts any certificate the --client-ca signed; one
+    of the two is required. With --etcd-endpoints the local keyring's versions are kept in step with
+    the other replicas through etcd; a replica with no keyring file adopts the cluster keyring from
+    etcd (it never creates one: publish it once with `kubeshield keys sync --from local`).
+
     \b
     Examples:
       kubeshield kms serve --keyring /var/lib/kubeshield/keyring \\
           --passphrase-file /etc/kubeshield/passphrase --socket /var/run/kubeshield/kms.sock
       kubeshield kms serve --config /etc/kubeshield/kubeshield.yaml
       kubeshield kms serve --config kubeshield.yaml --listen tcp://0.0.0.0:9443 \\
-          --tls-cert tls.crt --tls-key tls.key --client-ca ca.crt --allow relay.example.com
+          --tls-cert tls.crt --tls-key tls.key --client-ca ca.crt --allow dns:relay.example.com
+      kubeshield kms serve --keyring /var/lib/kubeshield/sync/keyring --passphrase-file pass \\
+          --listen tcp://10.0.0.11:9443 --tls-cert tls.crt --tls-key tls.key --client-ca ca.crt \\
+          --allow dns:relay.example.com --etcd-endpoints https://10.0.0.11:2379 \\
+          --etcd-cacert etcd-ca.crt --etcd-cert etcd.crt --etcd-key etcd.key
     """
     from kubeshield.kms.encryption_config import render_encryption_config
     from kubeshield.kms.http import HealthServer
@@ -197,10 +229,19 @@ def serve(
             raise click.UsageError(
                 f"--listen requires {', '.join(missing)} (service mode is always mutual TLS)"
             )
+        if allow and allow_any_client_cert:
+            raise click.UsageError("--allow and --allow-any-client-cert contradict each other: give one")
+        if not allow and not allow_any_client_cert:
+            raise click.UsageError(
+                "--listen requires --allow IDENTITIES (e.g. --allow dns:relay.example.com) or, to accept "
+                "any certificate the --client-ca signed, --allow-any-client-cert"
+            )
         socket = socket or None  # service mode: a unix socket only when asked for
     else:
-        if tls_cert or tls_key or client_ca or allow:
-            raise click.UsageError("--tls-cert/--tls-key/--client-ca/--allow need --listen")
+        if tls_cert or tls_key or client_ca or allow or allow_any_client_cert:
+            raise click.UsageError(
+                "--tls-cert/--tls-key/--client-ca/--allow/--allow-any-client-cert need --listen"
+            )
         socket = socket or str(settings.kms.socket)
     if v1_socket is None and settings.kms.v1_socket is not None:
         v1_socket = str(settings.kms.v1_socket)
@@ -213,12 +254,33 @@ def serve(
         from kubeshield.kms.tls import AllowList, ReloadingServerCredentials
 
         parse_listen(listen)  # before anything is created
+        margin = _duration(tls_expiry_margin, "--tls-expiry-margin")
 
         assert tls_cert is not None and tls_key is not None and client_ca is not None
-        credentials = ReloadingServerCredentials(cert=tls_cert, key=tls_key, client_ca=client_ca)
-        allow_list = AllowList.parse(allow)
+        allow_list = AllowList.any_client() if allow_any_client_cert else AllowList.parse(allow)
+        credentials = ReloadingServerCredentials(
+            cert=tls_cert, key=tls_key, client_ca=client_ca, expiry_margin=margin
+        )
     from kubeshield.keys.registry import open_backends
 
+    if etcd_endpoints:
+        if create_keyring:
+            raise click.UsageError(
+                "--create-keyring with --etcd-endpoints would give this replica a keyring of its own, which "
+                "the others cannot read and sync refuses; a replica with no keyring file adopts the cluster "
+                "keyring from etcd (publish it once with `kubeshield keys sync --from local`)"
+            )
+        _adopt_if_missing(
+            settings,
+            keyring=keyring,
+            passphrase_file=passphrase_file,
+            endpoints=etcd_endpoints,
+            cacert=etcd_cacert,
+            cert=etcd_cert,
+            key=etcd_key,
+            prefix=sync_prefix,
+            timeout=_duration(adopt_timeout, "--adopt-timeout"),
+        )
     primary, keys_settings = _open_primary(
         settings, keyring=keyring, passphrase_file=passphrase_file, create_keyring=create_keyring
     )
@@ -246,6 +308,10 @@ def serve(
     )
     if sync is not None:
         sync.set_on_change(service.refresh_now)
+        sync.set_on_health_change(service.check_health_now)  # a divergence fails Status at once
+        sync.register_metrics(metrics.registry)
+    if credentials is not None:
+        credentials.register_metrics(metrics.registry)
     server: KMSServer | None = None
     http: HealthServer | None = None
     try:
@@ -268,8 +334,16 @@ def serve(
             click.echo(f"warning: key backend is unhealthy: {state.detail}", err=True)
         server.start()
         if health_addr:
-            http = HealthServer(health_addr, service=service, metrics=metrics, serving=lambda: server.serving)
+            http = HealthServer(
+                health_addr,
+                service=service,
+                metrics=metrics,
+                serving=lambda: server.serving,
+                readiness=[credentials.readiness] if credentials is not None else [],
+            )
             http.start()
+        if credentials is not None and not credentials.readiness()[0]:
+            click.echo(f"warning: {credentials.readiness()[1]}", err=True)
         if print_encryption_config and server.socket_path is not None:
             click.echo(render_encryption_config(socket=server.socket_path), nl=False)
         if server.socket_path is not None:
@@ -287,6 +361,65 @@ def serve(
         service.close()
 
 
+def _duration(text: str, flag: str) -> float:
+    from kubeshield.config.duration import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint=flag) from None
+
+
+def _etcd_store(*, endpoints: str, cacert: str | None, cert: str | None, key: str | None) -> Any:
+    """The sync etcd, connected on first use and again after a failure (kms.sync.ReconnectingStore)."""
+    from kubeshield.etcd.client import EtcdClient
+    from kubeshield.kms.sync import ReconnectingStore
+
+    urls = [e.strip() for e in endpoints.split(",") if e.strip()]
+    if not urls:
+        raise click.BadParameter("at least one etcd URL is required", param_hint="--etcd-endpoints")
+    for path, flag in ((cacert, "--etcd-cacert"), (cert, "--etcd-cert"), (key, "--etcd-key")):
+        if path is not None and not os.access(path, os.R_OK):
+            raise ConfigError(f"{flag}: cannot read {path!r}")
+    return ReconnectingStore(lambda: EtcdClient(urls, cacert=cacert, cert=cert, key=key, timeout=2.0))
+
+
+def _adopt_if_missing(
+    settings: Any,
+    *,
+    keyring: Path | None,
+    passphrase_file: Path | None,
+    endpoints: str,
+    cacert: str | None,
+    cert: str | None,
+    key: str | None,
+    prefix: str,
+    timeout: float,
+) -> None:
+    """A replica with an empty keyring path fetches the cluster keyring from etcd (kms.sync_ops)."""
+    from kubeshield.keys.passphrase import read_passphrase
+    from kubeshield.kms.sync_ops import adopt_keyring
+
+    if keyring is None and settings.keys.backend != "local":
+        return  # remote backends share their key already (refused with a clear error later)
+    path = keyring if keyring is not None else settings.keys.local.keyring
+    if os.path.lexists(path):
+        return
+    pass_file = passphrase_file if passphrase_file is not None else settings.keys.local.passphrase_file
+    store = _etcd_store(endpoints=endpoints, cacert=cacert, cert=cert, key=key)
+    try:
+        info = adopt_keyring(
+            store=store,
+            keyring=path,
+            passphrase=read_passphrase(passphrase_file=pass_file),
+            prefix=prefix,
+            timeout=timeout,
+        )
+    finally:
+        store.close()
+    click.echo(f"adopted the cluster keyring {info.keyring_id} from etcd into {path}", err=True)
+
+
 def _with_sync(
     backend: Any,
     *,
@@ -299,7 +432,6 @@ def _with_sync(
     passphrase_file: Path | None,
 ) -> tuple[Any, Any]:
     """Wrap the local backend so its keyring versions are synchronised through etcd."""
-    from kubeshield.etcd.client import EtcdClient
     from kubeshield.keys.local import LocalKeyBackend
     from kubeshield.keys.passphrase import read_passphrase
     from kubeshield.kms.sync import KeyringSync, SyncedBackend
@@ -308,8 +440,7 @@ def _with_sync(
         raise ConfigError(
             "--etcd-endpoints: keyring sync is for the local backend; remote backends share their key already"
         )
-    urls = [e.strip() for e in endpoints.split(",") if e.strip()]
-    store = EtcdClient(urls, cacert=cacert, cert=cert, key=key, timeout=2.0)
+    store = _etcd_store(endpoints=endpoints, cacert=cacert, cert=cert, key=key)
     sync = KeyringSync(
         store=store,
         keyring=backend.path,
@@ -324,7 +455,11 @@ def _with_sync(
 @option("--socket", required=True, help="KMS v2 socket for the apiserver (path or unix:/// endpoint).")
 @option("--v1-socket", help="Also serve the deprecated KMS v1 API on this socket.")
 @option("--socket-group", help="Make the sockets 0660 and owned by this group (non-root apiservers).")
-@option("--upstream", required=True, help="Replicas: https://HOST:PORT[,https://HOST:PORT...].")
+@option(
+    "--upstream",
+    required=True,
+    help="Every replica, each at an address this node reaches: https://HOST:PORT[,https://HOST:PORT...].",
+)
 @option(
     "--tls-cert", required=True, type=click.Path(path_type=Path, dir_okay=False), help="Client cert (PEM)."
 )
@@ -338,6 +473,12 @@ def _with_sync(
 )
 @option(
     "--budget", type=float, default=2.5, show_default=True, help="Seconds per call, all failovers included."
+)
+@option(
+    "--tls-expiry-margin",
+    default="24h",
+    show_default=True,
+    help="/readyz fails once the client certificate expires within this duration.",
 )
 @option(
     "--health-addr",
@@ -366,30 +507,47 @@ def relay(
     server_name: str | None,
     check_interval: float,
     budget: float,
+    tls_expiry_margin: str,
     health_addr: str,
     log_level: str,
     signals: StopSignals,
 ) -> int:
-    """Serve KMS v2/v1 on a local socket and forward to service replicas over mTLS, with failover."""
+    """Serve KMS v2/v1 on a local socket and forward to service replicas over mTLS, with failover.
+
+    List every replica in --upstream at an address the node reaches before the cluster is up (node IPs
+    of hostNetwork replicas, not a Service name): the relay fails over between them, moves the key_id
+    only when every healthy replica serves it, and logs why a replica is unreachable (dns, refused,
+    tls, closed, timeout...) and when it is back. Its client certificate and CA are reloaded when the
+    files change; /readyz fails once the certificate expires within --tls-expiry-margin.
+
+    \b
+    Example:
+      kubeshield kms relay --socket /var/run/kubeshield/kms.sock \\
+          --upstream https://10.0.0.11:9443,https://10.0.0.12:9443,https://10.0.0.13:9443 \\
+          --tls-cert /etc/kubeshield/relay/tls.crt --tls-key /etc/kubeshield/relay/tls.key \\
+          --ca /etc/kubeshield/relay/ca.crt
+    """
     from kubeshield.kms.http import HealthServer
     from kubeshield.kms.logging import configure_logging
     from kubeshield.kms.metrics import KMSMetrics
     from kubeshield.kms.relay import AioUpstream, Relay, parse_upstreams
     from kubeshield.kms.relay_server import RelayServer
     from kubeshield.kms.shutdown import serve_until_signalled
-    from kubeshield.kms.tls import client_credentials
+    from kubeshield.kms.tls import ReloadingClientCredentials
 
     configure_logging(log_level)
     if budget <= 0 or check_interval <= 0:
         raise click.UsageError("--budget and --check-interval must be > 0")
     targets = parse_upstreams(upstream)
-    credentials = client_credentials(ca=ca, cert=tls_cert, key=tls_key)
+    margin = _duration(tls_expiry_margin, "--tls-expiry-margin")
+    tls = ReloadingClientCredentials(ca=ca, cert=tls_cert, key=tls_key, expiry_margin=margin)
     metrics = KMSMetrics()
-    upstreams = [AioUpstream(t, credentials=credentials, server_name=server_name) for t in targets]
+    tls.register_metrics(metrics.registry)
+    upstreams = [AioUpstream(t, credentials=tls.credentials, server_name=server_name) for t in targets]
     upstreams = attested_upstreams(
-        upstreams, peer_attestation, credentials=credentials, tls_cert=tls_cert, server_name=server_name
+        upstreams, peer_attestation, credentials=tls.credentials, tls_cert=tls_cert, server_name=server_name
     )
-    pool = Relay(upstreams, check_interval=check_interval, budget=budget, metrics=metrics)
+    pool = Relay(upstreams, check_interval=check_interval, budget=budget, metrics=metrics, tls=tls)
     server = RelayServer(pool, socket=socket, v1_socket=v1_socket, socket_group=socket_group, metrics=metrics)
     http: HealthServer | None = None
     try:
@@ -398,8 +556,17 @@ def relay(
             click.echo("warning: the replicas do not agree on a key_id yet (or none is reachable)", err=True)
         if health_addr:
             # the relay has the two calls HealthServer uses (is_healthy, last_health)
-            http = HealthServer(health_addr, service=pool, metrics=metrics, serving=lambda: server.serving)
+            http = HealthServer(
+                health_addr,
+                service=pool,
+                metrics=metrics,
+                serving=lambda: server.serving,
+                readiness=[tls.readiness],
+            )
             http.start()
+        ready, why = tls.readiness()
+        if not ready:
+            click.echo(f"warning: {why}", err=True)
         click.echo(f"relaying KMS v2 on {server.socket_path} to {len(targets)} replicas", err=True)
         return serve_until_signalled(server, signals=signals)
     finally:
