@@ -332,7 +332,7 @@ class AttestedUpstream:
         return result
 
     async def use_credentials(self, credentials: grpc.ChannelCredentials, *, grace: float = 5.0) -> None:
-        """The relay's certificate was renewed: new channels, and attest again bound to the new certificate."""
+        """The relay certificate was renewed: new channels; attest again, bound to the new certificate."""
         use = getattr(self.inner, "use_credentials", None)
         if use is not None:
             await use(credentials, grace=grace)
