@@ -32,7 +32,7 @@ from kubeshield.envelope.prefixes import classify
 from kubeshield.errors import InvalidCiphertext, KubeshieldError
 from kubeshield.etcd.keys import parse_key
 from kubeshield.etcd.store import KeyValue, KVSource
-from kubeshield.etcd.transformers import ChainSet, NoProviderError
+from kubeshield.etcd.transformers import ChainSet, NoProviderError, UnknownResourceError
 from kubeshield.etcd.walk import iter_resources
 
 __all__ = ["FORMATS", "AuditRecord", "AuditSummary", "Auditor", "audit"]
@@ -173,10 +173,9 @@ class Auditor:
             return replace(base, format=fmt, error="unknown storage format (not plaintext, no known prefix)")
         if self.config is None or self.chains is None:
             return replace(base, format=fmt, provider=provider, key_id=key_id, dek_source_type=dek_type)
-        chain = self.chains.chain(path.resource)
         try:
-            located = chain.locate(kv.value)
-        except NoProviderError as exc:
+            located = self.chains.chain(path.encryption_resource).locate(kv.value)
+        except (NoProviderError, UnknownResourceError) as exc:
             return replace(
                 base, format=fmt, provider=provider, key_id=key_id, dek_source_type=dek_type, error=str(exc)
             )

@@ -86,7 +86,7 @@ def rewrite(
         yield _rewrite_one(
             client,
             kv,
-            resource=path.resource,
+            resource=path.encryption_resource,
             chains=chains,
             to=to,
             apply=apply,
@@ -115,7 +115,7 @@ def _rewrite_one(
     client: EtcdClient,
     kv: KeyValue,
     *,
-    resource: str,
+    resource: str | None,
     chains: ChainSet,
     to: str,
     apply: bool,

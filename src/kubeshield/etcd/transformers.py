@@ -60,6 +60,7 @@ __all__ = [
     "NoProviderError",
     "ReadResult",
     "TransformerChain",
+    "UnknownResourceError",
     "Writer",
 ]
 
@@ -74,6 +75,10 @@ class DecryptError(KubeshieldError):
 
 class NoProviderError(KubeshieldError):
     """A value's prefix matches no provider of the config for its resource."""
+
+
+class UnknownResourceError(KubeshieldError):
+    """A key's storage path is not one this version knows, so which encryption rules apply is unknown."""
 
 
 class _V2Plugin(Protocol):
@@ -442,14 +447,24 @@ class ChainSet:
         self._chains: dict[tuple[ProviderConfig, ...], TransformerChain] = {}
         self._writers: dict[tuple[str, str], Writer | KubeshieldError] = {}
 
-    def chain(self, resource: str) -> TransformerChain:
+    def chain(self, resource: str | None) -> TransformerChain:
+        """The chain for ``resource`` (an EncryptionConfiguration name, as ``KeyPath.encryption_resource``
+        gives it); None (a storage path this version does not know) raises ``UnknownResourceError``
+        unless there is no config (then everything is identity)."""
+        if resource is None:
+            if self.config is not None:
+                raise UnknownResourceError(
+                    "kubeshield does not know which API resource is stored here (a built-in newer than "
+                    "its storage-path table?), so it cannot tell which encryption rules apply"
+                )
+            resource = ""
         providers = self.config.providers_for(resource) if self.config is not None else None
         providers = providers or (ProviderConfig(kind="identity"),)
         if providers not in self._chains:
             self._chains[providers] = TransformerChain(providers, plugins=self.plugins, rng=self._rng)
         return self._chains[providers]
 
-    def writer(self, resource: str, name: str) -> Writer:
+    def writer(self, resource: str | None, name: str) -> Writer:
         chain = self.chain(resource)
         provider = chain.provider(name)
         key = (provider.kind, provider.display_name)
