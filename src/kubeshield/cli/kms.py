@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from kubeshield.cli._common import EXIT_FAILURE, CLIError, option
+from kubeshield.cli._common import DURATION, EXIT_FAILURE, CLIError, option
 from kubeshield.errors import ConfigError, KubeshieldError
 from kubeshield.kms.shutdown import StopSignals
 
@@ -118,7 +118,7 @@ def _with_stop_signals(command: Callable[..., int]) -> Callable[..., int]:
 @option(
     "--sync-prefix", default="/kubeshield/keyring/", show_default=True, help="etcd prefix for keyring sync."
 )
-@option("--sync-interval", type=float, default=1.0, show_default=True, help="Seconds between keyring syncs.")
+@option("--sync-interval", type=DURATION, default="1s", show_default=True, help="Time between keyring syncs.")
 @option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"]),
@@ -326,10 +326,14 @@ def _with_sync(
 )
 @option("--server-name", help="Expected name in the replicas' certificates (default: the upstream host).")
 @option(
-    "--check-interval", type=float, default=1.0, show_default=True, help="Seconds between replica checks."
+    "--check-interval", type=DURATION, default="1s", show_default=True, help="Time between replica checks."
 )
 @option(
-    "--budget", type=float, default=2.5, show_default=True, help="Seconds per call, all failovers included."
+    "--budget",
+    type=DURATION,
+    default="2.5s",
+    show_default=True,
+    help="Time per call, all failovers included.",
 )
 @option(
     "--health-addr",
@@ -398,7 +402,13 @@ def relay(
 
 @group.command("status")
 @option("--socket", required=True, help="KMS v2 socket path or unix:/// endpoint.")
-@option("--timeout", type=float, default=3.0, show_default=True, help="Per-call deadline in seconds.")
+@option(
+    "--timeout",
+    type=DURATION,
+    default="3s",
+    show_default=True,
+    help="Per-call deadline (3s, 500ms, or seconds).",
+)
 def status(socket: str, timeout: float) -> int:
     """Call Status as kube-apiserver does; print version, healthz, key_id and latency. Exit 1 if unhealthy."""
     from kubeshield.kms.client import KMSv2Client
@@ -425,10 +435,15 @@ def status(socket: str, timeout: float) -> int:
 )
 @option("--resources", default="secrets", show_default=True, help="Comma-separated resources to encrypt.")
 @option(
-    "--timeout", default="3s", show_default=True, help="Per-call timeout the apiserver uses (Go duration)."
+    "--timeout",
+    type=DURATION,
+    default="3s",
+    show_default=True,
+    help="Per-call timeout the apiserver uses (3s, 500ms, or seconds).",
 )
-def encryption_config(socket: str, name: str, resources: str, timeout: str) -> None:
+def encryption_config(socket: str, name: str, resources: str, timeout: float) -> None:
     """Print the EncryptionConfiguration that points kube-apiserver at this plugin."""
+    from kubeshield.config.duration import format_duration
     from kubeshield.kms._socket import parse_endpoint
     from kubeshield.kms.encryption_config import render_encryption_config
 
@@ -437,7 +452,7 @@ def encryption_config(socket: str, name: str, resources: str, timeout: str) -> N
         raise click.BadParameter("at least one resource is required", param_hint="--resources")
     try:
         text = render_encryption_config(
-            socket=parse_endpoint(socket), name=name, resources=names, timeout=timeout
+            socket=parse_endpoint(socket), name=name, resources=names, timeout=format_duration(timeout)
         )
     except ConfigError as exc:
         raise CLIError(str(exc)) from exc
