@@ -26,7 +26,7 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, cast
 from urllib.parse import urlsplit
@@ -171,6 +171,35 @@ class EncryptionConfiguration:
                 if p.kind == "kms":
                     seen.setdefault(p.name, p)
         return tuple(seen.values())
+
+    def with_kms_endpoints(self, endpoints: Mapping[str, str]) -> EncryptionConfiguration:
+        """The same configuration with the named KMS providers dialling other endpoints (recovery: the
+        provider *name* is part of every stored value's prefix and must stay; only the socket moves).
+
+        Raises ``ConfigError`` for a name no KMS provider has, or an endpoint that is not a unix URL.
+        """
+        if not endpoints:
+            return self
+        names = {p.name for p in self.kms_providers()}
+        for name, endpoint in endpoints.items():
+            if name not in names:
+                have = ", ".join(sorted(names)) or "none"
+                raise ConfigError(f"--kms-endpoint: no KMS provider named {name!r} (have: {have})")
+            try:
+                socket_path_from_endpoint(endpoint)
+            except ConfigError as exc:
+                raise ConfigError(f"--kms-endpoint {name}={endpoint}: {exc}") from None
+        rules = tuple(
+            ResourceRule(
+                resources=rule.resources,
+                providers=tuple(
+                    replace(p, endpoint=endpoints[p.name]) if p.kind == "kms" and p.name in endpoints else p
+                    for p in rule.providers
+                ),
+            )
+            for rule in self.rules
+        )
+        return EncryptionConfiguration(rules=rules)
 
 
 def _transformer_table(

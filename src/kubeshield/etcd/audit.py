@@ -82,6 +82,8 @@ class AuditSummary:
     by_format: Counter[str] = field(default_factory=Counter)
     groups: Counter[tuple[str, str, str, str]] = field(default_factory=Counter)
     problems: list[str] = field(default_factory=list)
+    #: records with a problem (plaintext, unknown, stale or error), each counted once
+    problem_records: int = 0
     current_key_ids: dict[str, str] = field(default_factory=dict)
 
     def add(self, record: AuditRecord) -> None:
@@ -101,8 +103,10 @@ class AuditSummary:
             self.stale += 1
             detail = " ".join(x for x in (record.format, record.provider, record.key_id) if x)
             problem = problem or f"{record.key}: stale ({detail})"
-        if problem is not None and len(self.problems) < _MAX_PROBLEMS:
-            self.problems.append(problem)
+        if problem is not None:
+            self.problem_records += 1
+            if len(self.problems) < _MAX_PROBLEMS:
+                self.problems.append(problem)
 
     def to_json(self) -> dict[str, Any]:
         return {
