@@ -94,7 +94,9 @@ def _with_stop_signals(command: Callable[..., int]) -> Callable[..., int]:
 @option("--socket", help=f"KMS v2 socket path or unix:/// endpoint [default: {_DEFAULT_SOCKET}].")
 @option("--v1-socket", help="Also serve the deprecated KMS v1 API on this socket.")
 @option(
-    "--health-addr", help=f"HOST:PORT for /livez /healthz /readyz /metrics [default: {_DEFAULT_HEALTH_ADDR}]."
+    "--health-addr",
+    help=f"HOST:PORT for /livez /healthz /readyz /metrics [default: {_DEFAULT_HEALTH_ADDR}]; '' for none "
+    "(a recovery plugin beside a live one).",
 )
 @option("--socket-group", help="Make the sockets 0660 and owned by this group (non-root apiservers).")
 @option("--passphrase-file", type=click.Path(path_type=Path, dir_okay=False), help="Keyring passphrase file.")

@@ -245,3 +245,47 @@ def test_out_dir_parents_are_private(
     assert code == 0, err
     for directory in (tmp_path / "restore", out, out / "secrets", out / "secrets" / "ns-0"):
         assert stat.S_IMODE(directory.stat().st_mode) == 0o700, directory
+
+
+def test_abstract_endpoints_are_read_with_a_warning_but_never_written_through(
+    etcd_server: EtcdServer, etcd: EtcdClient, kms_v1_plugin, prefix: str, tmp_path: Path, capsys
+) -> None:
+    """Issue 15 item 2, client side: the tools may dial an abstract endpoint of an existing config
+    (audit sends Status, decrypt encrypted DEKs), but a rewrite would send it a plaintext seed."""
+    import uuid
+
+    plugin = Base64KMSPlugin(Path(f"@ks-test-{uuid.uuid4().hex[:12]}")).start()
+    try:
+        text, _ = encryption_config_yaml(
+            kms_v2_endpoint=plugin.endpoint, kms_v1_endpoint=kms_v1_plugin.endpoint
+        )
+        config = tmp_path / "abstract.yaml"
+        config.write_text(text)
+        seed_mix(etcd, yaml_config(text), prefix, n=9)
+        code, doc = run_json(
+            capsys, *_live("audit", etcd_server, prefix), "--encryption-config", str(config), "-o", "json"
+        )
+        assert code == 0 and doc["summary"]["errors"] == 0
+        code, out, err = run_cli(
+            capsys, *_live("decrypt", etcd_server, prefix), "--encryption-config", str(config),
+            "--all", "-o", "yaml",
+        )  # fmt: skip
+        assert code == 0 and len(list(yaml.safe_load_all(out))) == 9
+        assert "uses the abstract socket" in err
+        before = plugin.encrypt_calls
+        code, out, err = run_cli(
+            capsys, *_live("rewrite", etcd_server, prefix), "--encryption-config", str(config),
+            "--to", "kms-provider", "--yes",
+        )  # fmt: skip
+        assert code == 1
+        assert "refusing to write through the abstract socket" in err
+        assert plugin.encrypt_calls == before  # no seed was sent
+        assert out == ""  # and no key was touched
+    finally:
+        plugin.stop()
+
+
+def yaml_config(text: str):
+    from kubeshield.config.encryption import parse_encryption_config
+
+    return parse_encryption_config(yaml.safe_load(text))
