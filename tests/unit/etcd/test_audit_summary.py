@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from kubeshield.etcd.audit import AuditRecord, AuditSummary
 
 
-def _record(i: int, **kw: object) -> AuditRecord:
+def _record(i: int, **kw: Any) -> AuditRecord:
     return AuditRecord(
         key=f"/registry/secrets/ns/s{i}", resource="secrets", namespace="ns", name=f"s{i}", **kw
-    )  # type: ignore[arg-type]
+    )
 
 
 def test_a_plaintext_value_that_is_also_stale_is_one_problem() -> None:
