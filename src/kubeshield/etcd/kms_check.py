@@ -26,8 +26,14 @@ import socket
 import stat
 from collections.abc import Iterable, Sequence
 
-from kubeshield.config.encryption import EncryptionConfiguration, ProviderConfig, socket_path_from_endpoint
+from kubeshield.config.encryption import (
+    EncryptionConfiguration,
+    GroupResource,
+    ProviderConfig,
+    socket_path_from_endpoint,
+)
 from kubeshield.errors import ConfigError, KubeshieldError
+from kubeshield.etcd.paths import storage_paths
 
 __all__ = [
     "KMSUnreachable",
@@ -97,9 +103,10 @@ def kms_providers_for(
         return config.kms_providers()
     seen: dict[str, ProviderConfig] = {}
     for resource in resources:
-        for p in config.providers_for(resource) or ():
-            if p.kind == "kms":
-                seen.setdefault(p.name, p)
+        for path in storage_paths(GroupResource.parse(resource)):  # ranges follow the services rules
+            for p in config.providers_for(path.encryption_resource) or ():
+                if p.kind == "kms":
+                    seen.setdefault(p.name, p)
     return tuple(seen.values())
 
 

@@ -162,3 +162,20 @@ def test_permission_denied_is_named_for_another_user(sockdir: Path) -> None:
         assert "permission denied" in answer
     finally:
         live.close()
+
+
+def test_the_range_allocations_need_the_services_providers() -> None:
+    config = parse_encryption_config(
+        {
+            "apiVersion": "apiserver.config.k8s.io/v1",
+            "kind": "EncryptionConfiguration",
+            "resources": [
+                {
+                    "resources": ["services"],
+                    "providers": [{"kms": {"apiVersion": "v2", "name": "svc", "endpoint": "unix:///x.sock"}}],
+                }
+            ],
+        }
+    )
+    assert [p.name for p in kms_providers_for(config, ["serviceipallocations"])] == ["svc"]
+    assert kms_providers_for(config, ["secrets"]) == ()
