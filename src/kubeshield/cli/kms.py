@@ -303,7 +303,14 @@ def _with_sync(
             "--etcd-endpoints: keyring sync is for the local backend; remote backends share their key already"
         )
     urls = [e.strip() for e in endpoints.split(",") if e.strip()]
-    store = EtcdClient(urls, cacert=cacert, cert=cert, key=key, timeout=2.0)
+    store = EtcdClient(
+        urls,
+        cacert=cacert,
+        cert=cert,
+        key=key,
+        timeout=2.0,
+        flags=("--etcd-cacert", "--etcd-cert", "--etcd-key"),  # errors name serve's own flags
+    )
     sync = KeyringSync(
         store=store,
         keyring=backend.path,

@@ -289,3 +289,25 @@ def yaml_config(text: str):
     from kubeshield.config.encryption import parse_encryption_config
 
     return parse_encryption_config(yaml.safe_load(text))
+
+
+def test_kms_serve_names_its_own_etcd_flags(tmp_path: Path) -> None:
+    """kms serve spells its sync etcd's TLS --etcd-cacert/--etcd-cert/--etcd-key (it has its own
+    --tls-cert/--tls-key); its errors must say those names, not --cert/--key."""
+    import subprocess
+    import sys
+
+    kubeshield = str(Path(sys.executable).parent / "kubeshield")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KUBESHIELD_")}
+    keyring = tmp_path / "keyring"
+    subprocess.run(
+        [kubeshield, "keys", "init", "--keyring", str(keyring)], env=env, check=True, capture_output=True
+    )
+    result = subprocess.run(
+        [kubeshield, "kms", "serve", "--keyring", str(keyring), "--socket", str(tmp_path / "k.sock"),
+         "--health-addr", "", "--etcd-endpoints", "http://127.0.0.1:1",
+         "--etcd-cert", str(tmp_path / "c.crt")],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "--etcd-cert and --etcd-key must be given together" in result.stderr
