@@ -57,6 +57,15 @@ def group() -> None:
     """
 
 
+class _KeyOption(click.Option):
+    """``decrypt --key``: repeatable on the command line (for the deprecated ``--key ETCDKEY ...``), but
+    ``$KUBESHIELD_KEY`` is one TLS key file and is never split."""
+
+    def value_from_envvar(self, ctx: click.Context) -> Any:
+        value = self.resolve_envvar_value(ctx)
+        return None if value is None else (value,)
+
+
 def _source_options(*, snapshot: bool, key_option: bool = True) -> Callable[[F], F]:
     """The flags that pick etcd or a snapshot, and how to reach it."""
 
@@ -64,6 +73,22 @@ def _source_options(*, snapshot: bool, key_option: bool = True) -> Callable[[F],
         opts = [
             option("--endpoints", help="etcd endpoints, comma-separated (http(s)://HOST:PORT)."),
             etcd_tls_options(key_option=key_option),
+        ]
+        if not key_option:  # decrypt: --key repeatable for the deprecated --key ETCDKEY form
+            opts.append(
+                click.option(
+                    "--key",
+                    "key",
+                    cls=_KeyOption,
+                    multiple=True,
+                    envvar="KUBESHIELD_KEY",
+                    show_envvar=True,
+                    metavar="FILE",
+                    help="Client private key for etcd (etcdctl --key). The old --key ETCDKEY still selects "
+                    "objects, with a warning, when it can only mean that.",
+                )
+            )
+        opts += [
             option(
                 "--prefix", default="/registry", show_default=True, help="kube-apiserver's --etcd-prefix."
             ),
@@ -318,15 +343,6 @@ def _render_audit_table(summary: Any, *, with_config: bool) -> None:
 # -- decrypt ----------------------------------------------------------------------------------------------
 
 
-class _KeyOption(click.Option):
-    """``decrypt --key``: repeatable on the command line (for the deprecated ``--key ETCDKEY ...``), but
-    ``$KUBESHIELD_KEY`` is one TLS key file and is never split."""
-
-    def value_from_envvar(self, ctx: click.Context) -> Any:
-        value = self.resolve_envvar_value(ctx)
-        return None if value is None else (value,)
-
-
 def _decrypt_selection(ctx: click.Context, params: dict[str, Any]) -> tuple[str | None, list[str]]:
     """(TLS client key, objects) from ``--key``/``--object``, with the transition rules of the module
     docstring. Raises UsageError naming the flag when ``--key`` is ambiguous."""
@@ -383,17 +399,6 @@ def _nothing_found(prefix: str, resources: Sequence[str] | None, namespace: str 
 
 @group.command("decrypt")
 @_source_options(snapshot=True, key_option=False)
-@click.option(
-    "--key",
-    "key",
-    cls=_KeyOption,
-    multiple=True,
-    envvar="KUBESHIELD_KEY",
-    show_envvar=True,
-    metavar="FILE",
-    help="Client private key for etcd (etcdctl --key). The old --key ETCDKEY still selects objects, with a "
-    "warning, when it can only mean that.",
-)
 @option(
     "--encryption-config",
     type=click.Path(dir_okay=False),
