@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from kubeshield.cli._common import EXIT_FAILURE, CLIError, option
+from kubeshield.cli._common import DURATION, EXIT_FAILURE, CLIError, option
 from kubeshield.cli._peer_attest import attested_upstreams, peer_attestation_option, peer_gate
 from kubeshield.errors import ConfigError, KubeshieldError
 from kubeshield.kms.shutdown import StopSignals
@@ -97,7 +97,9 @@ def _with_stop_signals(command: Callable[..., int]) -> Callable[..., int]:
 @option("--socket", help=f"KMS v2 socket path or unix:/// endpoint [default: {_DEFAULT_SOCKET}].")
 @option("--v1-socket", help="Also serve the deprecated KMS v1 API on this socket.")
 @option(
-    "--health-addr", help=f"HOST:PORT for /livez /healthz /readyz /metrics [default: {_DEFAULT_HEALTH_ADDR}]."
+    "--health-addr",
+    help=f"HOST:PORT for /livez /healthz /readyz /metrics [default: {_DEFAULT_HEALTH_ADDR}]; '' for none "
+    "(a recovery plugin beside a live one).",
 )
 @option("--socket-group", help="Make the sockets 0660 and owned by this group (non-root apiservers).")
 @option("--passphrase-file", type=click.Path(path_type=Path, dir_okay=False), help="Keyring passphrase file.")
@@ -121,6 +123,7 @@ def _with_stop_signals(command: Callable[..., int]) -> Callable[..., int]:
 @option(
     "--tls-expiry-margin",
     default="24h",
+    type=DURATION,
     show_default=True,
     help="/readyz fails once the serving certificate expires within this duration.",
 )
@@ -133,10 +136,11 @@ def _with_stop_signals(command: Callable[..., int]) -> Callable[..., int]:
 @option(
     "--sync-prefix", default="/kubeshield/keyring/", show_default=True, help="etcd prefix for keyring sync."
 )
-@option("--sync-interval", type=float, default=1.0, show_default=True, help="Seconds between keyring syncs.")
+@option("--sync-interval", type=DURATION, default="1s", show_default=True, help="Time between keyring syncs.")
 @option(
     "--adopt-timeout",
     default="20s",
+    type=DURATION,
     show_default=True,
     help="With --etcd-endpoints and no keyring file: how long to wait for the cluster keyring in etcd.",
 )
@@ -166,14 +170,14 @@ def serve(
     client_ca: Path | None,
     allow: str | None,
     allow_any_client_cert: bool,
-    tls_expiry_margin: str,
+    tls_expiry_margin: float,
     etcd_endpoints: str | None,
     etcd_cacert: str | None,
     etcd_cert: str | None,
     etcd_key: str | None,
     sync_prefix: str,
     sync_interval: float,
-    adopt_timeout: str,
+    adopt_timeout: float,
     log_level: str,
     signals: StopSignals,
 ) -> int:
@@ -254,7 +258,7 @@ def serve(
         from kubeshield.kms.tls import AllowList, ReloadingServerCredentials
 
         parse_listen(listen)  # before anything is created
-        margin = _duration(tls_expiry_margin, "--tls-expiry-margin")
+        margin = tls_expiry_margin
 
         assert tls_cert is not None and tls_key is not None and client_ca is not None
         allow_list = AllowList.any_client() if allow_any_client_cert else AllowList.parse(allow)
@@ -279,7 +283,7 @@ def serve(
             cert=etcd_cert,
             key=etcd_key,
             prefix=sync_prefix,
-            timeout=_duration(adopt_timeout, "--adopt-timeout"),
+            timeout=adopt_timeout,
         )
     primary, keys_settings = _open_primary(
         settings, keyring=keyring, passphrase_file=passphrase_file, create_keyring=create_keyring
@@ -361,15 +365,6 @@ def serve(
         service.close()
 
 
-def _duration(text: str, flag: str) -> float:
-    from kubeshield.config.duration import parse_duration
-
-    try:
-        return parse_duration(text)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint=flag) from None
-
-
 def _etcd_store(*, endpoints: str, cacert: str | None, cert: str | None, key: str | None) -> Any:
     """The sync etcd, connected on first use and again after a failure (kms.sync.ReconnectingStore)."""
     from kubeshield.etcd.client import EtcdClient
@@ -381,7 +376,10 @@ def _etcd_store(*, endpoints: str, cacert: str | None, cert: str | None, key: st
     for path, flag in ((cacert, "--etcd-cacert"), (cert, "--etcd-cert"), (key, "--etcd-key")):
         if path is not None and not os.access(path, os.R_OK):
             raise ConfigError(f"{flag}: cannot read {path!r}")
-    return ReconnectingStore(lambda: EtcdClient(urls, cacert=cacert, cert=cert, key=key, timeout=2.0))
+    flags = ("--etcd-cacert", "--etcd-cert", "--etcd-key")  # errors name serve's own flags
+    return ReconnectingStore(
+        lambda: EtcdClient(urls, cacert=cacert, cert=cert, key=key, timeout=2.0, flags=flags)
+    )
 
 
 def _adopt_if_missing(
@@ -469,14 +467,19 @@ def _with_sync(
 )
 @option("--server-name", help="Expected name in the replicas' certificates (default: the upstream host).")
 @option(
-    "--check-interval", type=float, default=1.0, show_default=True, help="Seconds between replica checks."
+    "--check-interval", type=DURATION, default="1s", show_default=True, help="Time between replica checks."
 )
 @option(
-    "--budget", type=float, default=2.5, show_default=True, help="Seconds per call, all failovers included."
+    "--budget",
+    type=DURATION,
+    default="2.5s",
+    show_default=True,
+    help="Time per call, all failovers included.",
 )
 @option(
     "--tls-expiry-margin",
     default="24h",
+    type=DURATION,
     show_default=True,
     help="/readyz fails once the client certificate expires within this duration.",
 )
@@ -507,7 +510,7 @@ def relay(
     server_name: str | None,
     check_interval: float,
     budget: float,
-    tls_expiry_margin: str,
+    tls_expiry_margin: float,
     health_addr: str,
     log_level: str,
     signals: StopSignals,
@@ -539,7 +542,7 @@ def relay(
     if budget <= 0 or check_interval <= 0:
         raise click.UsageError("--budget and --check-interval must be > 0")
     targets = parse_upstreams(upstream)
-    margin = _duration(tls_expiry_margin, "--tls-expiry-margin")
+    margin = tls_expiry_margin
     tls = ReloadingClientCredentials(ca=ca, cert=tls_cert, key=tls_key, expiry_margin=margin)
     metrics = KMSMetrics()
     tls.register_metrics(metrics.registry)
@@ -578,7 +581,13 @@ def relay(
 
 @group.command("status")
 @option("--socket", required=True, help="KMS v2 socket path or unix:/// endpoint.")
-@option("--timeout", type=float, default=3.0, show_default=True, help="Per-call deadline in seconds.")
+@option(
+    "--timeout",
+    type=DURATION,
+    default="3s",
+    show_default=True,
+    help="Per-call deadline (3s, 500ms, or seconds).",
+)
 def status(socket: str, timeout: float) -> int:
     """Call Status as kube-apiserver does; print version, healthz, key_id and latency. Exit 1 if unhealthy."""
     from kubeshield.kms.client import KMSv2Client
@@ -605,10 +614,15 @@ def status(socket: str, timeout: float) -> int:
 )
 @option("--resources", default="secrets", show_default=True, help="Comma-separated resources to encrypt.")
 @option(
-    "--timeout", default="3s", show_default=True, help="Per-call timeout the apiserver uses (Go duration)."
+    "--timeout",
+    type=DURATION,
+    default="3s",
+    show_default=True,
+    help="Per-call timeout the apiserver uses (3s, 500ms, or seconds).",
 )
-def encryption_config(socket: str, name: str, resources: str, timeout: str) -> None:
+def encryption_config(socket: str, name: str, resources: str, timeout: float) -> None:
     """Print the EncryptionConfiguration that points kube-apiserver at this plugin."""
+    from kubeshield.config.duration import format_duration
     from kubeshield.kms._socket import parse_endpoint
     from kubeshield.kms.encryption_config import render_encryption_config
 
@@ -617,7 +631,7 @@ def encryption_config(socket: str, name: str, resources: str, timeout: str) -> N
         raise click.BadParameter("at least one resource is required", param_hint="--resources")
     try:
         text = render_encryption_config(
-            socket=parse_endpoint(socket), name=name, resources=names, timeout=timeout
+            socket=parse_endpoint(socket), name=name, resources=names, timeout=format_duration(timeout)
         )
     except ConfigError as exc:
         raise CLIError(str(exc)) from exc

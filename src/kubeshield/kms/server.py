@@ -66,6 +66,7 @@ from kubeshield.kms._socket import (
     parse_endpoint,
     prepare_socket_path,
     private_umask,
+    refuse_abstract,
     resolve_group,
 )
 from kubeshield.kms.api.v1beta1 import api_pb2 as v1_pb2
@@ -407,6 +408,9 @@ class KMSServer:
         self.v1_socket_path = parse_endpoint(v1_socket) if v1_socket else None
         if self.v1_socket_path is not None and self.v1_socket_path == self.socket_path:
             raise ConfigError("the v1 socket must differ from the v2 socket")
+        for what, path in (("socket", self.socket_path), ("v1 socket", self.v1_socket_path)):
+            if path is not None:
+                refuse_abstract(path, what=what)  # before anything is bound
         self.listen = parse_listen(listen) if listen else None
         if self.listen is not None and tls is None:
             raise ConfigError("--listen requires TLS: give --tls-cert, --tls-key and --client-ca")
