@@ -373,6 +373,8 @@ def _etcd_store(*, endpoints: str, cacert: str | None, cert: str | None, key: st
     urls = [e.strip() for e in endpoints.split(",") if e.strip()]
     if not urls:
         raise click.BadParameter("at least one etcd URL is required", param_hint="--etcd-endpoints")
+    if (cert is None) != (key is None):  # checked here: the client itself connects only on first use
+        raise ConfigError("--etcd-cert and --etcd-key must be given together")
     for path, flag in ((cacert, "--etcd-cacert"), (cert, "--etcd-cert"), (key, "--etcd-key")):
         if path is not None and not os.access(path, os.R_OK):
             raise ConfigError(f"{flag}: cannot read {path!r}")
