@@ -146,7 +146,11 @@ def test_restore_refuses_an_existing_keyring_unless_force(tmp_path: Path) -> Non
     with pytest.raises(BackupError, match="already exists; refusing to overwrite"):
         backups.restore_backup(contents, keyring=tmp_path / "existing")
     assert (tmp_path / "existing").read_bytes() == before
-    info = backups.restore_backup(contents, keyring=tmp_path / "existing", force=True)
+    # another keyring: --force alone would drop its only version, so that must be named explicitly
+    with pytest.raises(BackupError, match=r"would drop version\(s\) 1 \(local:v1:.*another keyring"):
+        backups.restore_backup(contents, keyring=tmp_path / "existing", force=True)
+    assert (tmp_path / "existing").read_bytes() == before
+    info = backups.restore_backup(contents, keyring=tmp_path / "existing", force=True, allow_drop=[1])
     assert info.keyring_id == contents.keyring_id != existing.info.keyring_id
 
 
@@ -285,8 +289,10 @@ def test_recipient_and_identity_files_skip_comments(tmp_path: Path) -> None:
         backups.read_identities(tmp_path / "missing")
 
 
-@pytest.mark.parametrize("backend", ["pkcs11", "transit", "awskms", "tpm", "custody", "thirdparty"])
+@pytest.mark.parametrize("backend", ["pkcs11", "transit", "awskms", "custody", "thirdparty"])
 def test_non_exportable_backends_name_a_procedure(backend: str) -> None:
     reason = backups.non_exportable_reason(backend)
     assert reason is not None and len(reason) > 30
+    # keyring files are exportable: local, and tpm (opened with its TPM, so rotations can be backed up)
     assert backups.non_exportable_reason("local") is None
+    assert backups.non_exportable_reason("tpm") is None
