@@ -52,6 +52,7 @@ from kubeshield.errors import (
     KeyNotFound,
     PolicyDenied,
 )
+from kubeshield.keys.identity import KeyringIdentity
 from kubeshield.kms._socket import (
     SocketListener,
     grpc_address,
@@ -246,14 +247,31 @@ class _Servicer:
 
 
 class KMSv2Servicer(_Servicer, v2_grpc.KeyManagementServiceServicer):  # type: ignore[misc]
-    """``/v2.KeyManagementService/{Status,Encrypt,Decrypt}``."""
+    """``/v2.KeyManagementService/{Status,Encrypt,Decrypt}``.
+
+    ``keyring`` (cheap, no I/O) names the keys served: every Status reply, an error included, carries
+    it as trailing metadata (``kubeshield-keyring-id``, ``kubeshield-keyring-versions``), which
+    kube-apiserver ignores and ``kubeshield kms status`` prints (kubeshield.keys.identity).
+    """
 
     def __init__(
-        self, service: KMSAPI, *, metrics: KMSMetrics | None = None, allow: AllowList | None = None
+        self,
+        service: KMSAPI,
+        *,
+        metrics: KMSMetrics | None = None,
+        allow: AllowList | None = None,
+        keyring: Callable[[], KeyringIdentity] | None = None,
     ) -> None:
         super().__init__(service, metrics=metrics, api="v2", allow=allow)
+        self._keyring = keyring
 
     def Status(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802 - gRPC method name
+        if self._keyring is not None:
+            try:
+                context.set_trailing_metadata(self._keyring().metadata())
+            except Exception:  # a closed backend has no identity; Status itself reports why
+                _log.debug("no keyring identity for Status", exc_info=True)
+
         def call() -> Any:
             reply = self._service.status()
             return v2_pb2.StatusResponse(version=reply.version, healthz=reply.healthz, key_id=reply.key_id)
@@ -334,9 +352,11 @@ class KMSServer:
         allow: AllowList | None = None,
         max_workers: int = 32,
         metrics: KMSMetrics | None = None,
+        keyring: Callable[[], KeyringIdentity] | None = None,
     ) -> None:
         self.service = service
         self.metrics = metrics
+        self.keyring = keyring
         self.socket_path = parse_endpoint(socket) if socket else None
         self.v1_socket_path = parse_endpoint(v1_socket) if v1_socket else None
         if self.v1_socket_path is not None and self.v1_socket_path == self.socket_path:
@@ -376,7 +396,7 @@ class KMSServer:
                 (
                     self.socket_path,
                     lambda s: s.add_generic_rpc_handlers(
-                        (v2_handler(KMSv2Servicer(self.service, metrics=self.metrics)),)
+                        (v2_handler(KMSv2Servicer(self.service, metrics=self.metrics, keyring=self.keyring)),)
                     ),
                 )
             )
@@ -419,7 +439,9 @@ class KMSServer:
         server = self._new_server()
         server.add_generic_rpc_handlers(
             (
-                v2_handler(KMSv2Servicer(self.service, metrics=self.metrics, allow=self._allow)),
+                v2_handler(
+                    KMSv2Servicer(self.service, metrics=self.metrics, allow=self._allow, keyring=self.keyring)
+                ),
                 v1_handler(KMSv1Servicer(self.service, metrics=self.metrics, allow=self._allow)),
             )
         )
