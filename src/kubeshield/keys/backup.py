@@ -452,8 +452,9 @@ def restore_backup(
     """Write ``contents`` as a keyring at ``keyring``, verified first (module docstring).
 
     Sealed with ``passphrase`` (Argon2id, ``argon2`` cost), or by ``sealer`` (a TPM), or unprotected.
-    Refuses to replace an existing keyring unless ``force``, and even then refuses to drop a version of
-    it that ``allow_drop`` (version numbers of the current keyring) does not name. Nothing is written at
+    A missing directory is created 0700 (as ``keys init`` does). Refuses to replace an existing keyring
+    unless ``force``, and even then refuses to drop a version of it that ``allow_drop`` (version numbers
+    of the current keyring) does not name. Nothing is written at
     ``keyring`` unless the verified temp keyring is complete; on any failure the temp file is removed.
     """
     target = Path(keyring)
@@ -461,8 +462,10 @@ def restore_backup(
         raise ConfigError("the new keyring's passphrase must not be empty")
     if passphrase is not None and sealer is not None:
         raise ConfigError("a restored keyring is sealed by a passphrase or by a TPM, not both")
-    if not target.parent.is_dir():
-        raise BackupError(f"{target.parent}: the keyring's directory does not exist")
+    try:
+        target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # a fresh node, as `keys init` does
+    except OSError as exc:
+        raise BackupError(f"{target.parent}: cannot create the keyring's directory: {exc.strerror}") from None
     refusal = f"{target}: a keyring already exists; refusing to overwrite it (use --force)"
     if os.path.lexists(target):
         if not force:

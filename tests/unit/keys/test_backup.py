@@ -167,11 +167,14 @@ def test_a_failing_write_leaves_nothing_behind(tmp_path: Path) -> None:
     assert _nothing_at(tmp_path / "t" / "kr")
 
 
-def test_restore_into_a_missing_directory_names_it(tmp_path: Path) -> None:
+def test_restore_onto_a_fresh_node_creates_a_private_directory(tmp_path: Path) -> None:
     make_keyring(tmp_path / "kr", passphrase=None)
     contents = backups.parse_payload(backups.export_payload(KeyringFile(tmp_path / "kr").load(None)))
-    with pytest.raises(BackupError, match="directory does not exist"):
-        backups.restore_backup(contents, keyring=tmp_path / "nope" / "kr")
+    backups.restore_backup(contents, keyring=tmp_path / "new" / "dir" / "kr")
+    assert stat.S_IMODE(os.stat(tmp_path / "new" / "dir").st_mode) == 0o700
+    (tmp_path / "file").write_bytes(b"x")
+    with pytest.raises(BackupError, match="cannot create the keyring's directory"):
+        backups.restore_backup(contents, keyring=tmp_path / "file" / "kr")
 
 
 # -- the payload: strict parsing, fingerprints ----------------------------------------------------------
