@@ -266,17 +266,20 @@ class KMSv2Servicer(_Servicer, v2_grpc.KeyManagementServiceServicer):  # type: i
         self._keyring = keyring
 
     def Status(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802 - gRPC method name
-        if self._keyring is not None:
-            try:
-                context.set_trailing_metadata(self._keyring().metadata())
-            except Exception:  # a closed backend has no identity; Status itself reports why
-                _log.debug("no keyring identity for Status", exc_info=True)
-
         def call() -> Any:
+            self._send_keyring(context)  # after the caller was admitted, before Status can fail
             reply = self._service.status()
             return v2_pb2.StatusResponse(version=reply.version, healthz=reply.healthz, key_id=reply.key_id)
 
         return self._run(context, "Status", call, request)
+
+    def _send_keyring(self, context: grpc.ServicerContext) -> None:
+        if self._keyring is None:
+            return
+        try:
+            context.set_trailing_metadata(self._keyring().metadata())
+        except Exception:  # a closed backend has no identity; Status itself reports why
+            _log.debug("no keyring identity for Status", exc_info=True)
 
     def Encrypt(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
         def call() -> Any:

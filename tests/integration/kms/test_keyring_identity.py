@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import pyrage
 import pytest
 
@@ -16,11 +17,16 @@ from kubeshield.keys.identity import KeyringIdentity, identity_hash, identity_so
 from kubeshield.keys.keyring import KeyringFile
 from kubeshield.keys.local import LocalKeyBackend
 from kubeshield.keys.testing import InMemoryBackend
+from kubeshield.kms.api.v2 import api_pb2 as v2_pb2
+from kubeshield.kms.api.v2 import api_pb2_grpc as v2_grpc
 from kubeshield.kms.client import KMSv2Client
 from kubeshield.kms.metrics import KMSMetrics
 from kubeshield.kms.server import KMSServer
 from kubeshield.kms.service import KMSService, StatusReply
+from kubeshield.kms.tls import AllowList, ReloadingServerCredentials, client_credentials
 from tests.integration.kms.conftest import run_cli
+from tests.support.service import RELAY_ID, make_certs
+from tests.support.tls import Issued
 
 
 @dataclass
@@ -179,6 +185,47 @@ def test_a_remote_backend_is_named_by_its_key_identity(tmp_path: Path) -> None:
             client.status()
             assert client.keyring_id == "https://openbao.example:8200/v1/transit/keys/kubeshield"
             assert client.versions_digest is None
+    finally:
+        server.stop(None).wait(10)
+        service.close()
+
+
+def test_a_refused_tls_peer_learns_nothing_an_allowed_one_gets_the_keyring(tmp_path: Path) -> None:
+    certs = make_certs(tmp_path / "pki")
+    backend = LocalKeyBackend.create(path=tmp_path / "keyring")
+    service = KMSService(backend)
+    credentials = ReloadingServerCredentials(
+        cert=certs.server.cert, key=certs.server.key, client_ca=certs.ca.path
+    )
+    server = KMSServer(
+        service,
+        listen="tcp://127.0.0.1:0",
+        tls=credentials,
+        allow=AllowList((f"dns:{RELAY_ID}",)),
+        keyring=identity_source(KeysSettings(), backend),
+    )
+    service.start()
+    server.start()
+
+    def status_as(who: Issued) -> tuple[grpc.StatusCode, dict[str, str]]:
+        creds = client_credentials(ca=certs.ca.path, cert=who.cert, key=who.key)
+        target = f"127.0.0.1:{server.listen_port}"
+        options = [("grpc.ssl_target_name_override", "localhost")]
+        with grpc.secure_channel(target, creds, options=options) as channel:
+            stub = v2_grpc.KeyManagementServiceStub(channel)
+            try:
+                _, call = stub.Status.with_call(v2_pb2.StatusRequest(), timeout=10)
+            except grpc.RpcError as exc:
+                return exc.code(), dict(exc.trailing_metadata() or ())  # type: ignore[attr-defined]
+            return grpc.StatusCode.OK, dict(call.trailing_metadata() or ())
+
+    try:
+        code, metadata = status_as(certs.intruder)
+        assert code is grpc.StatusCode.PERMISSION_DENIED
+        assert not [k for k in metadata if k.startswith("kubeshield-")]
+        code, metadata = status_as(certs.relay)
+        assert code is grpc.StatusCode.OK
+        assert metadata["kubeshield-keyring-id"] == backend.keyring_id()
     finally:
         server.stop(None).wait(10)
         service.close()
