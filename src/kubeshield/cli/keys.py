@@ -227,13 +227,15 @@ def rotate_command(config_file: Path | None, keyring: Path | None, passphrase_fi
 
 def _list_doc(target: _Target) -> dict[str, Any]:
     keys = target.keys
-    path = keys.local.keyring if keys.backend == "local" else None
-    if keys.backend == "tpm":
-        from kubeshield.config.settings import TpmSettings
-
-        path = (keys.tpm if keys.tpm is not None else TpmSettings()).keyring
-    if path is not None:
-        info = KeyringFile(path).read_info()
+    info = None
+    if keys.backend == "local":
+        info = KeyringFile(keys.local.keyring).read_info()  # the public part: no passphrase needed
+    elif keys.backend == "tpm":
+        # opened through the TPM, so listing also proves this node's TPM can unseal it
+        tpm_target = keyring_target(keys, passphrase_flag=False)
+        assert tpm_target is not None
+        info = tpm_target.file().load(None).info
+    if info is not None:
         return {
             "backend": keys.backend,
             "keyring": str(info.path),
@@ -275,7 +277,8 @@ def list_command(
 ) -> None:
     """List KEK versions (no key material), the keyring id and the versions digest.
 
-    A keyring file (local or tpm) needs no passphrase or TPM for this. Every node of a cluster must
+    A local keyring needs no passphrase for this; a tpm keyring is opened with its TPM (so a keyring
+    this node's TPM cannot unseal is an error here, not at the next start). Every node of a cluster must
     show the same keyring id and versions digest (`kubeshield kms status` shows them for a running
     plugin): see docs/backup.md, "One keyring for the cluster". For other backends the keyring id is
     the key's identity at the key service (e.g. pkcs11:token=...;object=...).

@@ -79,6 +79,11 @@ def test_restore_into_a_tpm_config_seals_to_that_tpm(tpms: tuple[SwTpm, SwTpm], 
     assert stat.S_IMODE(os.stat(kr_b).st_mode) == 0o600
     info_a, info_b = KeyringFile(kr_a).read_info(), KeyringFile(kr_b).read_info()
     assert (info_a.keyring_id, info_a.versions_digest) == (info_b.keyring_id, info_b.versions_digest)
+    listed = _run("keys", "list", "--config", str(config_b), "-o", "json")
+    assert listed.returncode == 0, listed.stderr
+    doc = json.loads(listed.stdout)
+    assert (doc["backend"], doc["protection"]) == ("tpm", "tpm")
+    assert (doc["keyringId"], doc["versionsDigest"]) == (info_a.keyring_id, info_a.versions_digest)
     backend_b = TpmKeyBackend(path=kr_b, tcti=b.tcti, pcrs=(16,))
     assert backend_b.unwrap(v1, aad=AAD) == b"s" * 32
     with pytest.raises(KeyringError):  # sealed to TPM b: TPM a cannot open it, nor can a passphrase
