@@ -172,11 +172,10 @@ def test_the_cluster_keyring_guide(tmp_path: Path, tls_etcd: EtcdServer) -> None
     plugins.start()
     try:
         _check_every_node(cluster)
+        tls = tls_etcd.tls
+        assert tls is not None
         etcd = EtcdClient(
-            [tls_etcd.endpoint],
-            cacert=str(tls_etcd.tls.ca),
-            cert=str(tls_etcd.tls.client_cert),
-            key=str(tls_etcd.tls.client_key),
+            [tls_etcd.endpoint], cacert=str(tls.ca), cert=str(tls.client_cert), key=str(tls.client_key)
         )
         with etcd:
             before = _write_secrets(plugins.socket("node-a"), etcd, [f"a{i}" for i in range(SECRETS)])
@@ -202,7 +201,6 @@ def test_the_cluster_keyring_guide(tmp_path: Path, tls_etcd: EtcdServer) -> None
                 " > /etc/kubernetes/enc/enc.yaml",
             )  # fmt: skip
             assert made.returncode == 0, made.stderr
-            tls = tls_etcd.tls
             subs = {
                 "https://10.0.0.1:2379": tls_etcd.endpoint,
                 "ca.crt": str(tls.ca),

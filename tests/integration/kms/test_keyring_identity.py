@@ -216,8 +216,9 @@ def test_a_refused_tls_peer_learns_nothing_an_allowed_one_gets_the_keyring(tmp_p
             try:
                 _, call = stub.Status.with_call(v2_pb2.StatusRequest(), timeout=10)
             except grpc.RpcError as exc:
-                return exc.code(), dict(exc.trailing_metadata() or ())  # type: ignore[attr-defined]
-            return grpc.StatusCode.OK, dict(call.trailing_metadata() or ())
+                assert isinstance(exc, grpc.Call)
+                return exc.code(), {str(k): str(v) for k, v in exc.trailing_metadata() or ()}
+            return grpc.StatusCode.OK, {str(k): str(v) for k, v in call.trailing_metadata() or ()}
 
     try:
         code, metadata = status_as(certs.intruder)
