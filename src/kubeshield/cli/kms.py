@@ -77,6 +77,66 @@ def _open_primary(
     return LocalKeyBackend(path=path, passphrase=passphrase), keys
 
 
+def _check_key_files(
+    settings: Any,
+    *,
+    keyring: Path | None,
+    passphrase_file: Path | None,
+    allow_insecure: bool,
+    allow_unprotected_emergency: bool,
+) -> None:
+    """Refuse exposed keyring/passphrase files and an unprotected emergency keyring (see ``serve``)."""
+    from kubeshield.config.settings import TpmSettings
+    from kubeshield.keys.files import file_exposure
+    from kubeshield.keys.keyring import KeyringFile
+
+    keys = settings.keys
+    files: list[tuple[str, Path]] = []
+    if keyring is not None or keys.backend == "local":
+        files.append(("keyring", keyring if keyring is not None else keys.local.keyring))
+        pass_file = passphrase_file if passphrase_file is not None else keys.local.passphrase_file
+        if pass_file is not None:
+            files.append(("passphrase file", pass_file))
+    elif keys.backend == "tpm":
+        files.append(("keyring", (keys.tpm if keys.tpm is not None else TpmSettings()).keyring))
+    if keys.emergency is not None:
+        files.append(("emergency keyring", keys.emergency.keyring))
+        if keys.emergency.passphrase_file is not None:
+            files.append(("emergency passphrase file", keys.emergency.passphrase_file))
+    for what, path in files:
+        if not Path(path).exists():
+            continue  # opening it says what is missing (or --create-keyring makes it 0600)
+        problem = file_exposure(Path(path))
+        if problem is None:
+            continue
+        if not allow_insecure:
+            raise ConfigError(
+                f"refusing to serve: the {what} {problem}, or pass --allow-insecure-permissions"
+            )
+        click.echo(f"WARNING: the {what} {problem} (serving anyway: --allow-insecure-permissions)", err=True)
+    primary = files[0][1] if files and files[0][0] == "keyring" else None
+    if primary is not None and Path(primary).exists() and not KeyringFile(primary).read_info().protected:
+        click.echo(
+            f"WARNING: the keyring {primary} has no passphrase: only its permissions and disk encryption "
+            "protect the keys (give --passphrase-file or $KUBESHIELD_KEYRING_PASSPHRASE for production)",
+            err=True,
+        )
+    if keys.emergency is not None and Path(keys.emergency.keyring).exists():
+        info = KeyringFile(keys.emergency.keyring).read_info()
+        if not info.protected:
+            text = (
+                f"the emergency keyring {info.path} has no passphrase (protection kdf none): it is a second "
+                "key to every Secret (docs/backup.md)"
+            )
+            if not allow_unprotected_emergency:
+                raise ConfigError(
+                    f"refusing to serve: {text}. Restore it with a passphrase (kubeshield keys restore ... "
+                    "--passphrase-file F, and keys.emergency.passphraseFile: F), or pass "
+                    "--allow-unprotected-emergency-keyring"
+                )
+            click.echo(f"WARNING: {text} (serving anyway: --allow-unprotected-emergency-keyring)", err=True)
+
+
 def _with_stop_signals(command: Callable[..., int]) -> Callable[..., int]:
     """Install the stop-signal handlers before anything binds a socket; restore them afterwards."""
 
@@ -152,6 +212,16 @@ def _with_stop_signals(command: Callable[..., int]) -> Callable[..., int]:
     help="Log level (JSON lines on stderr).",
 )
 @peer_attestation_option
+@option(
+    "--allow-insecure-permissions",
+    is_flag=True,
+    help="Serve even when a keyring or passphrase file is accessible by group or others (warns).",
+)
+@option(
+    "--allow-unprotected-emergency-keyring",
+    is_flag=True,
+    help="Serve with an emergency keyring that has no passphrase (a second key to every Secret; warns).",
+)
 @_with_stop_signals
 def serve(
     peer_attestation: Path | None,
@@ -179,6 +249,8 @@ def serve(
     sync_interval: float,
     adopt_timeout: float,
     log_level: str,
+    allow_insecure_permissions: bool,
+    allow_unprotected_emergency_keyring: bool,
     signals: StopSignals,
 ) -> int:
     """Serve KMS v2 (and optionally v1) on a unix socket and/or, with --listen, over mTLS, until SIGTERM.
@@ -189,12 +261,22 @@ def serve(
     service that cannot be reached at start (Transit, AWS KMS, a PKCS#11 token) does not stop the
     plugin: it serves, unhealthy, decrypts what the emergency keyring can, and connects when the
     service comes back (retries with backoff). A wrong setting or credential still stops it at start.
+    Every Status reply names the keys served (trailing metadata kubeshield-keyring-id; `kubeshield kms
+    status` prints it), and /metrics has kubeshield_keyring_info: every node of a cluster must show the
+    same.
 
     Service mode (--listen) is always mutual TLS: callers are restricted to --allow (typed identities of
     their certificates), or --allow-any-client-cert accepts any certificate the --client-ca signed; one
     of the two is required. With --etcd-endpoints the local keyring's versions are kept in step with
     the other replicas through etcd; a replica with no keyring file adopts the cluster keyring from
     etcd (it never creates one: publish it once with `kubeshield keys sync --from local`).
+
+    \b
+    Refused at start, naming the file and its mode, unless the flag below says otherwise:
+      a keyring or passphrase file (primary or emergency) accessible by group or others
+        (--allow-insecure-permissions; a 0440 Secret file whose group is this pod's fsGroup is fine)
+      an emergency keyring without a passphrase (--allow-unprotected-emergency-keyring)
+    A keyring in a group- or world-writable directory is always refused.
 
     \b
     Examples:
@@ -265,6 +347,7 @@ def serve(
         credentials = ReloadingServerCredentials(
             cert=tls_cert, key=tls_key, client_ca=client_ca, expiry_margin=margin
         )
+    from kubeshield.keys.identity import identity_source
     from kubeshield.keys.registry import open_backends
 
     if etcd_endpoints:
@@ -285,10 +368,20 @@ def serve(
             prefix=sync_prefix,
             timeout=adopt_timeout,
         )
+
+    _check_key_files(
+        settings,
+        keyring=keyring,
+        passphrase_file=passphrase_file,
+        allow_insecure=allow_insecure_permissions,
+        allow_unprotected_emergency=allow_unprotected_emergency_keyring,
+    )
     primary, keys_settings = _open_primary(
         settings, keyring=keyring, passphrase_file=passphrase_file, create_keyring=create_keyring
     )
+    keyring_identity = identity_source(keys_settings, primary)
     metrics = KMSMetrics()
+    metrics.track_keyring(keyring_identity)
     sync = None
     if etcd_endpoints:
         primary, sync = _with_sync(
@@ -329,6 +422,7 @@ def serve(
             allow=allow_list,
             metrics=metrics,
             peer_attestation=peer_gate(peer_attestation),
+            keyring=keyring_identity,
         )
         if sync is not None:
             sync.start()
@@ -590,8 +684,23 @@ def relay(
     show_default=True,
     help="Per-call deadline (3s, 500ms, or seconds).",
 )
-def status(socket: str, timeout: float) -> int:
-    """Call Status as kube-apiserver does; print version, healthz, key_id and latency. Exit 1 if unhealthy."""
+@option("--expect-keyring-id", help="Exit 1 unless the plugin serves this keyring id (compare nodes).")
+@option("--expect-versions-digest", help="Exit 1 unless the plugin's keyring has this versions digest.")
+def status(
+    socket: str, timeout: float, expect_keyring_id: str | None, expect_versions_digest: str | None
+) -> int:
+    """Call Status as kube-apiserver does; print version, healthz, key_id, keyring and latency.
+
+    Exit 1 if unhealthy, or if --expect-keyring-id / --expect-versions-digest differ from what the
+    plugin serves. `keyring:` is the keyring id a kubeshield plugin sends with Status (for a keyring
+    file its keyringId; for other backends the key's identity), `versions:` the keyring's versions
+    digest; `kubeshield keys list` shows the same values for the keyring file.
+
+    \b
+    Check that every control-plane node serves the same keyring (docs/backup.md):
+      kubeshield kms status --socket /var/run/kubeshield/kms.sock \\
+          --expect-keyring-id 6f1c...  --expect-versions-digest 3a9e...
+    """
     from kubeshield.kms.client import KMSv2Client
 
     with KMSv2Client(socket, timeout=timeout) as client:
@@ -600,13 +709,27 @@ def status(socket: str, timeout: float) -> int:
             reply = client.status()
         except KubeshieldError as exc:
             click.echo(f"unhealthy: {type(exc).__name__}: {exc}", err=True)
+            if client.keyring_id is not None:
+                click.echo(f"keyring:  {client.keyring_id}", err=True)
             return EXIT_FAILURE
         elapsed = time.perf_counter() - start
+        keyring_id, digest = client.keyring_id, client.versions_digest
     click.echo(f"version:  {reply.version}")
     click.echo(f"healthz:  {reply.healthz}")
     click.echo(f"key_id:   {reply.key_id}")
+    click.echo(f"keyring:  {keyring_id if keyring_id is not None else '(not sent by this plugin)'}")
+    if digest is not None:
+        click.echo(f"versions: {digest}")
     click.echo(f"latency:  {elapsed * 1000:.2f} ms")
-    return 0
+    failed = False
+    for flag, expected, actual in (
+        ("--expect-keyring-id", expect_keyring_id, keyring_id),
+        ("--expect-versions-digest", expect_versions_digest, digest),
+    ):
+        if expected is not None and expected != actual:
+            click.echo(f"mismatch: {flag} {expected} but the plugin serves {actual}", err=True)
+            failed = True
+    return EXIT_FAILURE if failed else 0
 
 
 @group.command("encryption-config")
