@@ -26,6 +26,7 @@ from kubeshield.kube._watch import WatchEvent
 from kubeshield.kube._wire import JsonObject, PatchType, field_selector, label_selector
 from kubeshield.kube.aio import AsyncKubeClient, AsyncWatch
 from kubeshield.kube.client import KubeClient, Watch
+from kubeshield.kube import resources
 from kubeshield.kube.resources import Resource
 
 __all__ = [
@@ -46,5 +47,6 @@ __all__ = [
     "from_kubeconfig",
     "in_cluster",
     "label_selector",
+    "resources",
     "retry_on_conflict",
 ]

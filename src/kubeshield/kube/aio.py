@@ -8,6 +8,7 @@ Same methods, same arguments, same errors, same watch semantics; every call is a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -473,11 +474,12 @@ class AsyncWatch(AsyncIterator[WatchEvent]):
                 timeout_seconds=self._timeout_seconds,
             )
             try:
-                async for kind, obj in self._stream(req):
-                    failures = 0
-                    event = self._state.on_event(kind, obj)
-                    if event is not None:
-                        yield event
+                async with contextlib.aclosing(self._stream(req)) as stream:
+                    async for kind, obj in stream:
+                        failures = 0
+                        event = self._state.on_event(kind, obj)
+                        if event is not None:
+                            yield event
             except KubeGone:
                 self._state.expired()
             except KubeUnavailable:
@@ -489,7 +491,7 @@ class AsyncWatch(AsyncIterator[WatchEvent]):
             else:
                 delays = backoff_delays(self._max_failures + 1, base=0.1, cap=5.0, rng=self._client._rng)
 
-    async def _stream(self, req: _wire.Request) -> AsyncIterator[tuple[str, JsonObject]]:
+    async def _stream(self, req: _wire.Request) -> AsyncGenerator[tuple[str, JsonObject], None]:
         http = self._client._http
         timeout = httpx2.Timeout(self._client._timeout, read=self._timeout_seconds + 30)
         with transport_errors(req.target):

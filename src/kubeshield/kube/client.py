@@ -7,11 +7,13 @@ resource types are ``Resource`` values, so custom resources work like built-ins.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from typing import Any
 
 import httpx2
@@ -532,7 +534,14 @@ class Watch(Iterator[WatchEvent]):
         with self._lock:
             response = self._response
         if response is not None:
-            response.close()
+            # a read blocked in another thread only wakes up when its socket is shut down
+            stream = response.extensions.get("network_stream")
+            sock = stream.get_extra_info("socket") if stream is not None else None
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+            with contextlib.suppress(httpx2.HTTPError, OSError, RuntimeError):
+                response.close()
 
     def __enter__(self) -> Watch:
         return self
@@ -568,11 +577,12 @@ class Watch(Iterator[WatchEvent]):
                 timeout_seconds=self._timeout_seconds,
             )
             try:
-                for kind, obj in self._stream(req):
-                    failures = 0
-                    event = self._state.on_event(kind, obj)
-                    if event is not None:
-                        yield event
+                with contextlib.closing(self._stream(req)) as stream:
+                    for kind, obj in stream:
+                        failures = 0
+                        event = self._state.on_event(kind, obj)
+                        if event is not None:
+                            yield event
             except KubeGone:
                 self._state.expired()
             except KubeUnavailable:
@@ -586,7 +596,7 @@ class Watch(Iterator[WatchEvent]):
             else:
                 delays = backoff_delays(self._max_failures + 1, base=0.1, cap=5.0, rng=self._client._rng)
 
-    def _stream(self, req: _wire.Request) -> Iterator[tuple[str, JsonObject]]:
+    def _stream(self, req: _wire.Request) -> Generator[tuple[str, JsonObject], None, None]:
         http = self._client._http
         timeout = httpx2.Timeout(self._client._timeout, read=self._timeout_seconds + 30)
         with transport_errors(req.target):

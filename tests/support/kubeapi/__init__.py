@@ -6,4 +6,13 @@ from tests.support.kubeapi._pki import Credential
 from tests.support.kubeapi._server import KubeAPI, RequestRecord, SubresourceContext
 from tests.support.kubeapi._store import Store
 
-__all__ = ["Attributes", "Credential", "Decision", "KubeAPI", "RequestRecord", "Store", "SubresourceContext", "User"]
+__all__ = [
+    "Attributes",
+    "Credential",
+    "Decision",
+    "KubeAPI",
+    "RequestRecord",
+    "Store",
+    "SubresourceContext",
+    "User",
+]

@@ -122,9 +122,7 @@ class TokenAuthority:
         }
         if pod is not None:
             claims["kubernetes.io"]["pod"] = {"name": pod[0], "uid": pod[1]}
-        token = jwt.encode(
-            claims, signing_key or self._key, algorithm="RS256", headers={"kid": self.key_id}
-        )
+        token = jwt.encode(claims, signing_key or self._key, algorithm="RS256", headers={"kid": self.key_id})
         return token, expires
 
     def review(
@@ -158,7 +156,15 @@ class TokenAuthority:
         token_aud = [token_aud] if isinstance(token_aud, str) else list(token_aud or ())
         matched = tuple(a for a in wanted if a in token_aud)
         if not matched:
-            return None, (), "[invalid bearer token, token audiences " + repr(token_aud) + " is invalid for the target audiences " + repr(list(wanted)) + "]"
+            return (
+                None,
+                (),
+                "[invalid bearer token, token audiences "
+                + repr(token_aud)
+                + " is invalid for the target audiences "
+                + repr(list(wanted))
+                + "]",
+            )
         private = claims.get("kubernetes.io") or {}
         namespace = str(private.get("namespace") or "")
         sa = private.get("serviceaccount") or {}
@@ -170,7 +176,11 @@ class TokenAuthority:
         if pod:
             pod_obj = lookup("pods", namespace, str(pod.get("name") or ""))
             if pod_obj is None or pod_obj["metadata"]["uid"] != pod.get("uid"):
-                return None, (), "[invalid bearer token, pod bound to the token has been deleted or recreated]"
+                return (
+                    None,
+                    (),
+                    "[invalid bearer token, pod bound to the token has been deleted or recreated]",
+                )
             extra[POD_NAME] = (str(pod["name"]),)
             extra[POD_UID] = (str(pod["uid"]),)
         user = User(
@@ -201,4 +211,6 @@ def user_from_peercert(peercert: dict[str, Any] | None) -> User | None:
 def forbidden_status(attrs: Attributes, reason: str) -> ApiStatus:
     from tests.support.kubeapi._status import forbidden
 
-    return forbidden(attrs.user, attrs.verb, attrs.api_group, attrs.resource, attrs.name, attrs.namespace, reason)
+    return forbidden(
+        attrs.user, attrs.verb, attrs.api_group, attrs.resource, attrs.name, attrs.namespace, reason
+    )

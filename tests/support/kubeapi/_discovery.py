@@ -32,8 +32,16 @@ __all__ = [
 ]
 
 AGGREGATED_TYPE = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList"
-_GROUP_ORDER = ["", "apps", "batch", "rbac.authorization.k8s.io", "coordination.k8s.io", "authentication.k8s.io",
-                "authorization.k8s.io", "apiextensions.k8s.io"]
+_GROUP_ORDER = [
+    "",
+    "apps",
+    "batch",
+    "rbac.authorization.k8s.io",
+    "coordination.k8s.io",
+    "authentication.k8s.io",
+    "authorization.k8s.io",
+    "apiextensions.k8s.io",
+]
 
 # extra subresources each resource serves (beyond status), with their verbs and response kinds
 SUBRESOURCES: dict[str, list[tuple[str, tuple[str, ...], str]]] = {
@@ -104,7 +112,9 @@ def api_group_list(types: Iterable[ResourceType]) -> dict[str, Any]:
     return {"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}
 
 
-def _legacy_entries(rtype: ResourceType, extra: Callable[[str], list[tuple[str, tuple[str, ...], str]]]) -> list[dict[str, Any]]:
+def _legacy_entries(
+    rtype: ResourceType, extra: Callable[[str], list[tuple[str, tuple[str, ...], str]]]
+) -> list[dict[str, Any]]:
     entry: dict[str, Any] = {
         "name": rtype.plural,
         "singularName": rtype.singular,
@@ -119,16 +129,33 @@ def _legacy_entries(rtype: ResourceType, extra: Callable[[str], list[tuple[str, 
     entry["storageVersionHash"] = hashlib.sha256(f"{rtype.group}/{rtype.plural}".encode()).hexdigest()[:11]
     out = [entry]
     if rtype.status:
-        out.append({"name": f"{rtype.plural}/status", "singularName": "", "namespaced": rtype.namespaced,
-                    "kind": rtype.kind, "verbs": ["get", "patch", "update"]})
+        out.append(
+            {
+                "name": f"{rtype.plural}/status",
+                "singularName": "",
+                "namespaced": rtype.namespaced,
+                "kind": rtype.kind,
+                "verbs": ["get", "patch", "update"],
+            }
+        )
     for sub, verbs, kind in extra(rtype.plural):
-        out.append({"name": f"{rtype.plural}/{sub}", "singularName": "", "namespaced": rtype.namespaced,
-                    "kind": kind, "verbs": list(verbs)})
+        out.append(
+            {
+                "name": f"{rtype.plural}/{sub}",
+                "singularName": "",
+                "namespaced": rtype.namespaced,
+                "kind": kind,
+                "verbs": list(verbs),
+            }
+        )
     return out
 
 
 def api_resource_list(
-    group: str, version: str, types: Iterable[ResourceType], extra: Callable[[str], list[tuple[str, tuple[str, ...], str]]]
+    group: str,
+    version: str,
+    types: Iterable[ResourceType],
+    extra: Callable[[str], list[tuple[str, tuple[str, ...], str]]],
 ) -> dict[str, Any] | None:
     chosen = [t for t in types if t.group == group and t.version == version]
     if not chosen:
@@ -138,7 +165,9 @@ def api_resource_list(
     return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}
 
 
-def _aggregated_resource(rtype: ResourceType, extra: Callable[[str], list[tuple[str, tuple[str, ...], str]]]) -> dict[str, Any]:
+def _aggregated_resource(
+    rtype: ResourceType, extra: Callable[[str], list[tuple[str, tuple[str, ...], str]]]
+) -> dict[str, Any]:
     entry: dict[str, Any] = {
         "resource": rtype.plural,
         "responseKind": {"group": rtype.group, "version": rtype.version, "kind": rtype.kind},
@@ -152,36 +181,58 @@ def _aggregated_resource(rtype: ResourceType, extra: Callable[[str], list[tuple[
         entry["categories"] = list(rtype.categories)
     subs = []
     if rtype.status:
-        subs.append({"subresource": "status",
-                     "responseKind": {"group": rtype.group, "version": rtype.version, "kind": rtype.kind},
-                     "verbs": ["get", "patch", "update"]})
+        subs.append(
+            {
+                "subresource": "status",
+                "responseKind": {"group": rtype.group, "version": rtype.version, "kind": rtype.kind},
+                "verbs": ["get", "patch", "update"],
+            }
+        )
     for sub, verbs, kind in extra(rtype.plural):
-        subs.append({"subresource": sub, "responseKind": {"group": "", "version": "v1", "kind": kind},
-                     "verbs": list(verbs)})
+        subs.append(
+            {
+                "subresource": sub,
+                "responseKind": {"group": "", "version": "v1", "kind": kind},
+                "verbs": list(verbs),
+            }
+        )
     if subs:
         entry["subresources"] = subs
     return entry
 
 
 def aggregated(
-    types: Iterable[ResourceType], *, legacy: bool, extra: Callable[[str], list[tuple[str, tuple[str, ...], str]]]
+    types: Iterable[ResourceType],
+    *,
+    legacy: bool,
+    extra: Callable[[str], list[tuple[str, tuple[str, ...], str]]],
 ) -> dict[str, Any]:
     items = []
     for group, versions in sorted(_by_group(types).items(), key=lambda kv: _group_key(kv[0])):
         if (group == "") != legacy:
             continue
-        items.append({
-            "metadata": {"name": group, "creationTimestamp": None},
-            "versions": [
-                {
-                    "version": v,
-                    "resources": [_aggregated_resource(t, extra) for t in sorted(versions[v], key=lambda t: t.plural)],
-                    "freshness": "Current",
-                }
-                for v in _sorted_versions(versions)
-            ],
-        })
-    return {"kind": "APIGroupDiscoveryList", "apiVersion": "apidiscovery.k8s.io/v2", "metadata": {}, "items": items}
+        items.append(
+            {
+                "metadata": {"name": group, "creationTimestamp": None},
+                "versions": [
+                    {
+                        "version": v,
+                        "resources": [
+                            _aggregated_resource(t, extra)
+                            for t in sorted(versions[v], key=lambda t: t.plural)
+                        ],
+                        "freshness": "Current",
+                    }
+                    for v in _sorted_versions(versions)
+                ],
+            }
+        )
+    return {
+        "kind": "APIGroupDiscoveryList",
+        "apiVersion": "apidiscovery.k8s.io/v2",
+        "metadata": {},
+        "items": items,
+    }
 
 
 def _gv_path(group: str, version: str) -> str:
@@ -192,9 +243,11 @@ def openapi_root(types: Iterable[ResourceType]) -> dict[str, Any]:
     paths = {}
     for group, versions in _by_group(types).items():
         for version, members in versions.items():
-            digest = hashlib.sha256(
-                json.dumps(sorted((t.plural, t.namespaced, t.kind) for t in members)).encode()
-            ).hexdigest().upper()[:64]
+            digest = (
+                hashlib.sha256(json.dumps(sorted((t.plural, t.namespaced, t.kind) for t in members)).encode())
+                .hexdigest()
+                .upper()[:64]
+            )
             path = _gv_path(group, version)
             paths[path] = {"serverRelativeURL": f"/openapi/v3/{path}?hash={digest}"}
     return {"paths": paths}
@@ -213,18 +266,53 @@ def openapi_v3(group: str, version: str, types: Iterable[ResourceType]) -> dict[
         if t.namespaced:
             base += "/namespaces/{namespace}"
         gvk = {"group": group, "version": version, "kind": t.kind}
-        params = [{"name": n, "in": "query", "schema": {"type": "string", "uniqueItems": True}} for n in _QUERY]
+        params = [
+            {"name": n, "in": "query", "schema": {"type": "string", "uniqueItems": True}} for n in _QUERY
+        ]
         ok = {"200": {"description": "OK"}}
         paths[f"{base}/{t.plural}"] = {
-            "get": {"operationId": f"list{t.kind}", "x-kubernetes-action": "list", "x-kubernetes-group-version-kind": gvk, "responses": ok},
-            "post": {"operationId": f"create{t.kind}", "x-kubernetes-action": "post", "x-kubernetes-group-version-kind": gvk, "parameters": params, "responses": ok},
+            "get": {
+                "operationId": f"list{t.kind}",
+                "x-kubernetes-action": "list",
+                "x-kubernetes-group-version-kind": gvk,
+                "responses": ok,
+            },
+            "post": {
+                "operationId": f"create{t.kind}",
+                "x-kubernetes-action": "post",
+                "x-kubernetes-group-version-kind": gvk,
+                "parameters": params,
+                "responses": ok,
+            },
         }
         if t.persisted:
             paths[f"{base}/{t.plural}/{{name}}"] = {
-                "get": {"operationId": f"read{t.kind}", "x-kubernetes-action": "get", "x-kubernetes-group-version-kind": gvk, "responses": ok},
-                "put": {"operationId": f"replace{t.kind}", "x-kubernetes-action": "put", "x-kubernetes-group-version-kind": gvk, "parameters": params, "responses": ok},
-                "patch": {"operationId": f"patch{t.kind}", "x-kubernetes-action": "patch", "x-kubernetes-group-version-kind": gvk, "parameters": params, "responses": ok},
-                "delete": {"operationId": f"delete{t.kind}", "x-kubernetes-action": "delete", "x-kubernetes-group-version-kind": gvk, "responses": ok},
+                "get": {
+                    "operationId": f"read{t.kind}",
+                    "x-kubernetes-action": "get",
+                    "x-kubernetes-group-version-kind": gvk,
+                    "responses": ok,
+                },
+                "put": {
+                    "operationId": f"replace{t.kind}",
+                    "x-kubernetes-action": "put",
+                    "x-kubernetes-group-version-kind": gvk,
+                    "parameters": params,
+                    "responses": ok,
+                },
+                "patch": {
+                    "operationId": f"patch{t.kind}",
+                    "x-kubernetes-action": "patch",
+                    "x-kubernetes-group-version-kind": gvk,
+                    "parameters": params,
+                    "responses": ok,
+                },
+                "delete": {
+                    "operationId": f"delete{t.kind}",
+                    "x-kubernetes-action": "delete",
+                    "x-kubernetes-group-version-kind": gvk,
+                    "responses": ok,
+                },
             }
     return {
         "openapi": "3.0.0",
@@ -252,10 +340,14 @@ def _age(created: str | None, now: dt.datetime) -> str:
 
 
 def _columns(rtype: ResourceType) -> list[tuple[str, str, Callable[[dict[str, Any]], Any]]]:
-    cols: list[tuple[str, str, Callable[[dict[str, Any]], Any]]] = [("Name", "string", lambda o: o["metadata"]["name"])]
+    cols: list[tuple[str, str, Callable[[dict[str, Any]], Any]]] = [
+        ("Name", "string", lambda o: o["metadata"]["name"])
+    ]
     if rtype.plural == "secrets":
-        cols += [("Type", "string", lambda o: o.get("type", "")),
-                 ("Data", "integer", lambda o: len(o.get("data") or {}))]
+        cols += [
+            ("Type", "string", lambda o: o.get("type", "")),
+            ("Data", "integer", lambda o: len(o.get("data") or {})),
+        ]
     elif rtype.plural == "configmaps":
         cols += [("Data", "integer", lambda o: len(o.get("data") or {}) + len(o.get("binaryData") or {}))]
     elif rtype.plural in ("namespaces", "pods"):
@@ -265,8 +357,15 @@ def _columns(rtype: ResourceType) -> list[tuple[str, str, Callable[[dict[str, An
     return cols
 
 
-def table(rtype: ResourceType, objects: list[dict[str, Any]], *, include: str, now: dt.datetime,
-          list_meta: dict[str, Any] | None = None, headers: bool = True) -> dict[str, Any]:
+def table(
+    rtype: ResourceType,
+    objects: list[dict[str, Any]],
+    *,
+    include: str,
+    now: dt.datetime,
+    list_meta: dict[str, Any] | None = None,
+    headers: bool = True,
+) -> dict[str, Any]:
     cols = _columns(rtype)
     rows = []
     for obj in objects:
@@ -275,7 +374,11 @@ def table(rtype: ResourceType, objects: list[dict[str, Any]], *, include: str, n
         elif include == "None":
             embedded = None
         else:
-            embedded = {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": obj["metadata"]}
+            embedded = {
+                "kind": "PartialObjectMetadata",
+                "apiVersion": "meta.k8s.io/v1",
+                "metadata": obj["metadata"],
+            }
         cells = [get(obj) for _, _, get in cols]
         cells.append(_age(obj["metadata"].get("creationTimestamp"), now))
         row: dict[str, Any] = {"cells": cells}
@@ -283,7 +386,13 @@ def table(rtype: ResourceType, objects: list[dict[str, Any]], *, include: str, n
             row["object"] = embedded
         rows.append(row)
     definitions = [
-        {"name": name, "type": typ, "format": "name" if name == "Name" else "", "description": "", "priority": 0}
+        {
+            "name": name,
+            "type": typ,
+            "format": "name" if name == "Name" else "",
+            "description": "",
+            "priority": 0,
+        }
         for name, typ, _ in cols
     ] + [{"name": "Age", "type": "string", "format": "", "description": "", "priority": 0}]
     return {

@@ -106,7 +106,8 @@ def _reorder(field: str, items: list[Any], order: list[Any]) -> list[Any]:
 
     wanted = [ident(o) for o in order]
     ranked = sorted(
-        enumerate(items), key=lambda p: (wanted.index(ident(p[1])) if ident(p[1]) in wanted else len(wanted), p[0])
+        enumerate(items),
+        key=lambda p: (wanted.index(ident(p[1])) if ident(p[1]) in wanted else len(wanted), p[0]),
     )
     return [item for _, item in ranked]
 
@@ -215,7 +216,12 @@ def _owner_index(applied: dict[str, Any], skip: str) -> dict[Path, tuple[str, An
 
 
 def apply_config(
-    current: dict[str, Any] | None, config: dict[str, Any], *, manager: str, applied: dict[str, Any], force: bool
+    current: dict[str, Any] | None,
+    config: dict[str, Any],
+    *,
+    manager: str,
+    applied: dict[str, Any],
+    force: bool,
 ) -> tuple[dict[str, Any], list[tuple[Path, str]]]:
     """The object after ``manager`` applies ``config``, and the conflicts (path, other manager) found.
 

@@ -78,7 +78,9 @@ def _check_key(key: str, selector: str) -> str:
 
 def _check_value(value: str, selector: str) -> str:
     if len(value) > 63 or not _VALUE.match(value):
-        raise bad_request(f"unable to parse requirement: invalid label value {value!r} in selector {selector!r}")
+        raise bad_request(
+            f"unable to parse requirement: invalid label value {value!r} in selector {selector!r}"
+        )
     return value
 
 
@@ -104,7 +106,9 @@ def parse_label_selector(text: str | None) -> LabelSelector:
         for token, op in (("!=", "!="), ("==", "="), ("=", "="), (">", "gt"), ("<", "lt")):
             if token in part:
                 key, _, value = part.partition(token)
-                reqs.append(_Requirement(_check_key(key.strip(), text), op, (_check_value(value.strip(), text),)))
+                reqs.append(
+                    _Requirement(_check_key(key.strip(), text), op, (_check_value(value.strip(), text),))
+                )
                 break
         else:
             reqs.append(_Requirement(_check_key(part, text), "exists"))
@@ -170,7 +174,10 @@ class FieldSelector:
 def parse_field_selector(text: str | None, plural: str) -> FieldSelector:
     if not text or not text.strip():
         return FieldSelector()
-    supported = {"metadata.name": _path("metadata", "name"), "metadata.namespace": _path("metadata", "namespace")}
+    supported = {
+        "metadata.name": _path("metadata", "name"),
+        "metadata.namespace": _path("metadata", "namespace"),
+    }
     supported |= _FIELDS.get(plural, {})
     terms = []
     for raw in text.split(","):
@@ -183,6 +190,6 @@ def parse_field_selector(text: str | None, plural: str) -> FieldSelector:
         else:
             raise bad_request(f"invalid field selector: '{part}' has no operator")
         if key not in supported:
-            raise bad_request(f'field label not supported: {key}')
+            raise bad_request(f"field label not supported: {key}")
         terms.append((supported[key], positive, value.strip()))
     return FieldSelector(tuple(terms), text)

@@ -25,13 +25,15 @@ fields, no schema validation (``fieldValidation`` is accepted, not enforced), no
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import socket
 import ssl
 import threading
+import weakref
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,7 +43,7 @@ from aiohttp import web
 
 from kubeshield.envelope.objects import ObjectDecodeError, decode_object, to_manifest
 
-from tests.support.kubeapi import _discovery
+from tests.support.kubeapi import _discovery, _protobuf
 from tests.support.kubeapi._auth import (
     Attributes,
     Decision,
@@ -149,8 +151,11 @@ class KubeAPI:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
-        self._watches: set[asyncio.Transport] = set()
+        self._watches: dict[asyncio.BaseTransport, asyncio.Queue[Event | None]] = {}
         self._pki: Authority | None = None
+        self._sock: socket.socket | None = None
+        self._hold = threading.Event()
+        self._connections: weakref.WeakSet[asyncio.BaseTransport] = weakref.WeakSet()
         self.url = ""
         self.port = 0
 
@@ -167,6 +172,7 @@ class KubeAPI:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", 0))
         self.port = sock.getsockname()[1]
+        self._sock = sock
         self.url = f"https://127.0.0.1:{self.port}"
         ready = threading.Event()
         failure: list[BaseException] = []
@@ -178,7 +184,14 @@ class KubeAPI:
             try:
                 app = web.Application(client_max_size=16 * 1024 * 1024)
                 app.router.add_route("*", "/{tail:.*}", self._handle)
-                self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
+                # handler_cancellation: a watch whose client went away ends, as in the apiserver
+                self._runner = web.AppRunner(
+                    app,
+                    handle_signals=False,
+                    access_log=None,
+                    handler_cancellation=True,
+                    shutdown_timeout=2.0,
+                )
                 loop.run_until_complete(self._runner.setup())
                 site = web.SockSite(self._runner, sock, ssl_context=ctx)
                 loop.run_until_complete(site.start())
@@ -203,10 +216,19 @@ class KubeAPI:
         if loop is None or runner is None:
             return
         self.drop_watches()
-        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(30)
+
+        async def shutdown() -> None:
+            await runner.cleanup()
+            for transport in list(self._connections):  # keep-alive connections cleanup left open
+                transport.abort()
+            await asyncio.sleep(0)
+
+        asyncio.run_coroutine_threadsafe(shutdown(), loop).result(30)
         loop.call_soon_threadsafe(loop.stop)
         if self._thread is not None:
             self._thread.join(30)
+        if self._sock is not None:
+            self._sock.close()
         self._loop = self._runner = None
 
     def __enter__(self) -> KubeAPI:
@@ -222,7 +244,9 @@ class KubeAPI:
 
     # --- identities --------------------------------------------------------------------------------
 
-    def mint_client_cert(self, user: str, groups: Sequence[str] = (), *, stem: str | None = None) -> Credential:
+    def mint_client_cert(
+        self, user: str, groups: Sequence[str] = (), *, stem: str | None = None
+    ) -> Credential:
         assert self._pki is not None, "start() first"
         safe = stem or "client-" + "".join(c if c.isalnum() else "-" for c in user)
         return self._pki.issue(safe, user, organizations=tuple(groups))
@@ -249,8 +273,13 @@ class KubeAPI:
         """A ServiceAccount JWT as TokenRequest makes it; the ServiceAccount is created when missing."""
         sa = self._ensure_service_account(namespace, service_account)
         token, _ = self.tokens.mint(
-            namespace=namespace, service_account=service_account, sa_uid=sa["metadata"]["uid"],
-            audiences=audiences, expiration_seconds=expiration_seconds, pod=pod, signing_key=signing_key,
+            namespace=namespace,
+            service_account=service_account,
+            sa_uid=sa["metadata"]["uid"],
+            audiences=audiences,
+            expiration_seconds=expiration_seconds,
+            pod=pod,
+            signing_key=signing_key,
             issued_at=issued_at,
         )
         return token
@@ -297,7 +326,12 @@ class KubeAPI:
         doc = {
             "apiVersion": "v1",
             "kind": "Config",
-            "clusters": [{"name": "standin", "cluster": {"server": self.url, "certificate-authority": str(self.ca_path)}}],
+            "clusters": [
+                {
+                    "name": "standin",
+                    "cluster": {"server": self.url, "certificate-authority": str(self.ca_path)},
+                }
+            ],
             "users": [{"name": "me", "user": entry}],
             "contexts": [{"name": "standin", "context": context}],
             "current-context": "standin",
@@ -333,7 +367,12 @@ class KubeAPI:
         return self.policy(attrs)
 
     def register_subresource(
-        self, plural: str, name: str, handler: SubresourceHandler, *, verbs: Sequence[str] = ("create", "get"),
+        self,
+        plural: str,
+        name: str,
+        handler: SubresourceHandler,
+        *,
+        verbs: Sequence[str] = ("create", "get"),
         kind: str = "",
     ) -> None:
         """Serve ``.../<plural>/<object>/<name>[/...]`` with ``handler`` (after authentication and
@@ -342,7 +381,9 @@ class KubeAPI:
 
     def _extra_subresources(self, plural: str) -> list[tuple[str, tuple[str, ...], str]]:
         out = list(_discovery.SUBRESOURCES.get(plural, []))
-        out += [(sub, verbs, kind) for (p, sub), (_, verbs, kind) in self._subresources.items() if p == plural]
+        out += [
+            (sub, verbs, kind) for (p, sub), (_, verbs, kind) in self._subresources.items() if p == plural
+        ]
         return out
 
     # --- failure modes -----------------------------------------------------------------------------
@@ -352,10 +393,21 @@ class KubeAPI:
         loop = self._loop
         if loop is None:
             return 0
-        transports = list(self._watches)
-        for transport in transports:
+        watches = list(self._watches.items())
+        for transport, pending in watches:
+            loop.call_soon_threadsafe(pending.put_nowait, None)  # wakes the handler: it ends at once
             loop.call_soon_threadsafe(transport.abort)
-        return len(transports)
+        return len(watches)
+
+    @contextlib.contextmanager
+    def hold_watches(self) -> Iterator[None]:
+        """Within this block, new watch requests wait (unanswered) until it ends: arrange a window
+        in which a dropped watch cannot reconnect, e.g. to compact the history under it."""
+        self._hold.set()
+        try:
+            yield
+        finally:
+            self._hold.clear()
 
     def open_watches(self) -> int:
         return len(self._watches)
@@ -371,7 +423,7 @@ class KubeAPI:
     def _authenticate(self, request: web.Request) -> User | None:
         header = request.headers.get("Authorization", "")
         if header.startswith("Bearer "):
-            token = header[len("Bearer "):].strip()
+            token = header[len("Bearer ") :].strip()
             user = self._static_tokens.get(token)
             if user is not None:
                 return user
@@ -400,19 +452,25 @@ class KubeAPI:
         for attrs in checks:
             if not self.authorize(attrs).allowed:
                 raise ApiStatus(
-                    403, "Forbidden",
+                    403,
+                    "Forbidden",
                     f'{attrs.resource} "{attrs.name}" is forbidden: User "{user.name}" cannot impersonate resource '
                     f'"{attrs.resource}" in API group "" at the cluster scope',
                     {"name": attrs.name, "kind": attrs.resource},
                 )
         extra = {
-            k[len("Impersonate-Extra-"):].lower(): tuple(request.headers.getall(k))
-            for k in request.headers if k.startswith("Impersonate-Extra-")
+            k[len("Impersonate-Extra-") :].lower(): tuple(request.headers.getall(k))
+            for k in request.headers
+            if k.startswith("Impersonate-Extra-")
         }
-        return User(target, (*groups, "system:authenticated"), request.headers.get("Impersonate-Uid", ""), extra)
+        return User(
+            target, (*groups, "system:authenticated"), request.headers.get("Impersonate-Uid", ""), extra
+        )
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         user_name = ""
+        if request.transport is not None:
+            self._connections.add(request.transport)
         try:
             if request.path in _HEALTH:
                 return web.Response(text="ok")
@@ -427,8 +485,12 @@ class KubeAPI:
         finally:
             self.requests.append(
                 RequestRecord(
-                    request.method, request.path, request.query_string, user_name,
-                    request.headers.get("Content-Type", ""), request.headers.get("Accept", ""),
+                    request.method,
+                    request.path,
+                    request.query_string,
+                    user_name,
+                    request.headers.get("Content-Type", ""),
+                    request.headers.get("Accept", ""),
                     request.headers.get("User-Agent", ""),
                 )
             )
@@ -453,8 +515,11 @@ class KubeAPI:
         if parts[:2] == ["openapi", "v3"]:
             self._nonresource(user, path)
             rest = parts[2:]
-            group, version = ("", rest[1]) if rest[:1] == ["api"] and len(rest) == 2 else (
-                (rest[1], rest[2]) if rest[:1] == ["apis"] and len(rest) == 3 else ("", ""))
+            group, version = (
+                ("", rest[1])
+                if rest[:1] == ["api"] and len(rest) == 2
+                else ((rest[1], rest[2]) if rest[:1] == ["apis"] and len(rest) == 3 else ("", ""))
+            )
             doc = _discovery.openapi_v3(group, version, types) if version else None
             if doc is None:
                 raise not_found_path()
@@ -465,16 +530,20 @@ class KubeAPI:
             if len(parts) == 1:
                 self._nonresource(user, path)
                 if "as=APIGroupDiscoveryList" in accept:
-                    return _json(_discovery.aggregated(types, legacy=True, extra=self._extra_subresources),
-                                 content_type=_discovery.AGGREGATED_TYPE)
+                    return _json(
+                        _discovery.aggregated(types, legacy=True, extra=self._extra_subresources),
+                        content_type=_discovery.AGGREGATED_TYPE,
+                    )
                 return _json(_discovery.api_versions(f"127.0.0.1:{self.port}"))
             group, version, rest = "", parts[1], parts[2:]
         else:
             if len(parts) == 1:
                 self._nonresource(user, path)
                 if "as=APIGroupDiscoveryList" in accept:
-                    return _json(_discovery.aggregated(types, legacy=False, extra=self._extra_subresources),
-                                 content_type=_discovery.AGGREGATED_TYPE)
+                    return _json(
+                        _discovery.aggregated(types, legacy=False, extra=self._extra_subresources),
+                        content_type=_discovery.AGGREGATED_TYPE,
+                    )
                 return _json(_discovery.api_group_list(types))
             if len(parts) == 2:
                 self._nonresource(user, path)
@@ -510,8 +579,12 @@ class KubeAPI:
         watch = request.query.get("watch") in ("true", "1")
         if method == "GET":
             return "watch" if watch else ("get" if name else "list")
-        return {"POST": "create", "PUT": "update", "PATCH": "patch",
-                "DELETE": "delete" if name else "deletecollection"}.get(method, method.lower())
+        return {
+            "POST": "create",
+            "PUT": "update",
+            "PATCH": "patch",
+            "DELETE": "delete" if name else "deletecollection",
+        }.get(method, method.lower())
 
     async def _body(self, request: web.Request, *, yaml_ok: bool = False) -> Any:
         raw = await request.read()
@@ -521,25 +594,37 @@ class KubeAPI:
             # kubectl's typed clients (create secret/configmap/namespace/serviceaccount) send protobuf;
             # kubeshield's own decoder reads Secret and ConfigMap in full, other kinds' metadata
             try:
-                return to_manifest(decode_object(raw))
-            except ObjectDecodeError as exc:
+                return _protobuf.decode(raw) or to_manifest(decode_object(raw))
+            except (ObjectDecodeError, ValueError, UnicodeDecodeError) as exc:
                 raise bad_request(f"the protobuf body cannot be decoded: {exc}") from None
         try:
             return yaml.safe_load(raw) if yaml_ok else json.loads(raw)
         except (ValueError, yaml.YAMLError):
-            raise bad_request("the request body is not valid JSON" + (" or YAML" if yaml_ok else "")) from None
+            raise bad_request(
+                "the request body is not valid JSON" + (" or YAML" if yaml_ok else "")
+            ) from None
 
     async def _resource(
-        self, request: web.Request, user: User, rtype: ResourceType, namespace: str | None, name: str,
-        sub: str, subpath: tuple[str, ...],
+        self,
+        request: web.Request,
+        user: User,
+        rtype: ResourceType,
+        namespace: str | None,
+        name: str,
+        sub: str,
+        subpath: tuple[str, ...],
     ) -> web.StreamResponse:
         verb = self._verb(request, name)
         if rtype.namespaced and not name and namespace is None and verb not in ("list", "watch", "create"):
             raise not_found_path()
-        attrs = Attributes(user.name, user.groups, verb, rtype.group, rtype.plural, sub, namespace or "", name)
+        attrs = Attributes(
+            user.name, user.groups, verb, rtype.group, rtype.plural, sub, namespace or "", name
+        )
         decision = self.authorize(attrs)
         if not decision.allowed:
-            raise forbidden_status(attrs, decision.reason if decision.reason != "denied by the stand-in's deny-list" else "")
+            raise forbidden_status(
+                attrs, decision.reason if decision.reason != "denied by the stand-in's deny-list" else ""
+            )
         if verb not in rtype.verbs and not sub:
             raise method_not_allowed()
         query = request.query
@@ -549,8 +634,13 @@ class KubeAPI:
             handler = self._subresources[(rtype.plural, sub)][0]
             self.store.get(rtype, namespace, name)  # 404 before any upgrade
             return await handler(request, SubresourceContext(self, user, rtype, namespace, name, subpath))
-        if rtype.plural in ("tokenreviews", "subjectaccessreviews", "selfsubjectaccessreviews",
-                            "localsubjectaccessreviews", "selfsubjectreviews"):
+        if rtype.plural in (
+            "tokenreviews",
+            "subjectaccessreviews",
+            "selfsubjectaccessreviews",
+            "localsubjectaccessreviews",
+            "selfsubjectreviews",
+        ):
             return _json(self._review(rtype, user, namespace, await self._body(request)), 201)
         if sub == "token" and rtype.plural == "serviceaccounts" and request.method == "POST":
             return _json(self._token_request(namespace or "", name, await self._body(request)), 201)
@@ -570,13 +660,20 @@ class KubeAPI:
             return _json(obj, 201)
         if request.method == "PUT":
             body = await self._body(request)
-            return _json(self.store.update(rtype, namespace, name, body, subresource=sub or None,
-                                           dry_run=dry_run, manager=manager))
+            return _json(
+                self.store.update(
+                    rtype, namespace, name, body, subresource=sub or None, dry_run=dry_run, manager=manager
+                )
+            )
         if request.method == "PATCH":
             content_type = request.headers.get("Content-Type", "").split(";")[0].strip()
             kind = _PATCH_TYPES.get(content_type)
             if kind is None or kind == "apply-cbor":
-                raise ApiStatus(415, "UnsupportedMediaType", f'the body of the request was in an unknown format - accepted media types include: {", ".join(k for k in _PATCH_TYPES if "cbor" not in k)}')
+                raise ApiStatus(
+                    415,
+                    "UnsupportedMediaType",
+                    f"the body of the request was in an unknown format - accepted media types include: {', '.join(k for k in _PATCH_TYPES if 'cbor' not in k)}",
+                )
             body = await self._body(request, yaml_ok=kind == "apply")
             force = query.get("force") in ("true", "1")
             existed = True
@@ -585,8 +682,17 @@ class KubeAPI:
                     self.store.get(rtype, namespace, name)
                 except ApiStatus:
                     existed = False
-            obj = self.store.patch(rtype, namespace, name, kind, body, subresource=sub or None,
-                                   dry_run=dry_run, manager=manager if kind == "apply" else (query.get("fieldManager") or manager), force=force)
+            obj = self.store.patch(
+                rtype,
+                namespace,
+                name,
+                kind,
+                body,
+                subresource=sub or None,
+                dry_run=dry_run,
+                manager=manager if kind == "apply" else (query.get("fieldManager") or manager),
+                force=force,
+            )
             return _json(obj, 200 if existed else 201)
         if request.method == "DELETE":
             raw = await request.read()
@@ -605,8 +711,14 @@ class KubeAPI:
                 fields = parse_field_selector(query.get("fieldSelector"), rtype.plural)
                 self.store.delete_collection(rtype, namespace, labels=labels, fields=fields)
                 return _json({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"})
-            code, obj = self.store.delete(rtype, namespace, name, propagation=propagation,
-                                          preconditions=options.get("preconditions"), dry_run=dry)
+            code, obj = self.store.delete(
+                rtype,
+                namespace,
+                name,
+                propagation=propagation,
+                preconditions=options.get("preconditions"),
+                dry_run=dry,
+            )
             return _json(obj, code)
         raise method_not_allowed()
 
@@ -616,7 +728,9 @@ class KubeAPI:
             include = request.query.get("includeObject", "Metadata")
             return _json(_discovery.table(rtype, [obj], include=include, now=self._clock()))
         if "as=PartialObjectMetadata" in accept:
-            return _json({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": obj["metadata"]})
+            return _json(
+                {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": obj["metadata"]}
+            )
         return _json(obj)
 
     def _list(self, request: web.Request, rtype: ResourceType, namespace: str | None) -> web.Response:
@@ -625,7 +739,12 @@ class KubeAPI:
         fields = parse_field_selector(query.get("fieldSelector"), rtype.plural)
         limit = _int(query.get("limit"), "limit")
         items, rv, token, remaining = self.store.list(
-            rtype, namespace, labels=labels, fields=fields, limit=limit or None, continue_token=query.get("continue")
+            rtype,
+            namespace,
+            labels=labels,
+            fields=fields,
+            limit=limit or None,
+            continue_token=query.get("continue"),
         )
         meta: Obj = {"resourceVersion": rv}
         if token:
@@ -636,19 +755,35 @@ class KubeAPI:
             include = query.get("includeObject", "Metadata")
             return _json(_discovery.table(rtype, items, include=include, now=self._clock(), list_meta=meta))
         if "as=PartialObjectMetadataList" in accept:
-            return _json({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1", "metadata": meta,
-                          "items": [{"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
-                                     "metadata": i["metadata"]} for i in items]})
+            return _json(
+                {
+                    "kind": "PartialObjectMetadataList",
+                    "apiVersion": "meta.k8s.io/v1",
+                    "metadata": meta,
+                    "items": [
+                        {
+                            "kind": "PartialObjectMetadata",
+                            "apiVersion": "meta.k8s.io/v1",
+                            "metadata": i["metadata"],
+                        }
+                        for i in items
+                    ],
+                }
+            )
         for item in items:
             if not rtype.crd:  # the apiserver leaves TypeMeta off the items of built-in lists
                 item.pop("apiVersion", None)
                 item.pop("kind", None)
-        return _json({"kind": rtype.list_kind, "apiVersion": rtype.api_version, "metadata": meta, "items": items})
+        return _json(
+            {"kind": rtype.list_kind, "apiVersion": rtype.api_version, "metadata": meta, "items": items}
+        )
 
-    async def _watch(self, request: web.Request, rtype: ResourceType, namespace: str | None) -> web.StreamResponse:
+    async def _watch(
+        self, request: web.Request, rtype: ResourceType, namespace: str | None
+    ) -> web.StreamResponse:
         query = request.query
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[Event] = asyncio.Queue()
+        queue: asyncio.Queue[Event | None] = asyncio.Queue()
         watcher = Watcher(
             rtype.storage,
             deliver=lambda event: loop.call_soon_threadsafe(queue.put_nowait, event),
@@ -675,11 +810,13 @@ class KubeAPI:
             await response.write(json.dumps({"type": "ERROR", "object": exc.status}).encode() + b"\n")
             await response.write_eof()
             return response
-        response = web.StreamResponse(headers={"Content-Type": "application/json", "Cache-Control": "no-cache"})
+        response = web.StreamResponse(
+            headers={"Content-Type": "application/json", "Cache-Control": "no-cache"}
+        )
         response.enable_chunked_encoding()
         transport = request.transport
         if transport is not None:
-            self._watches.add(transport)  # type: ignore[arg-type]
+            self._watches[transport] = queue
         first = True
 
         async def send(event: Event) -> None:
@@ -688,7 +825,9 @@ class KubeAPI:
                 return
             obj: Any = event.object
             if table and event.type != "BOOKMARK":
-                obj = _discovery.table(rtype, [event.object], include=include, now=self._clock(), headers=first)
+                obj = _discovery.table(
+                    rtype, [event.object], include=include, now=self._clock(), headers=first
+                )
                 first = False
             await response.write(json.dumps({"type": event.type, "object": obj}).encode() + b"\n")
 
@@ -713,6 +852,8 @@ class KubeAPI:
                     event = await asyncio.wait_for(queue.get(), remaining)
                 except TimeoutError:
                     break
+                if event is None:  # dropped by drop_watches()
+                    return response
                 await send(event)
             await response.write_eof()
         except (ConnectionResetError, ConnectionError, asyncio.CancelledError):
@@ -722,7 +863,7 @@ class KubeAPI:
             if tick is not None:
                 tick.cancel()
             if transport is not None:
-                self._watches.discard(transport)  # type: ignore[arg-type]
+                self._watches.pop(transport, None)
         return response
 
     # --- reviews and tokens ------------------------------------------------------------------------
@@ -731,16 +872,23 @@ class KubeAPI:
         if not isinstance(body, dict):
             raise bad_request("the review must be an object")
         spec = body.get("spec") or {}
-        out: Obj = {"kind": rtype.kind, "apiVersion": rtype.api_version, "metadata": {"creationTimestamp": None},
-                    "spec": spec}
+        out: Obj = {
+            "kind": rtype.kind,
+            "apiVersion": rtype.api_version,
+            "metadata": {"creationTimestamp": None},
+            "spec": spec,
+        }
         if rtype.plural == "tokenreviews":
             token = str(spec.get("token") or "")
             audiences = tuple(spec.get("audiences") or ())
             status: Obj = {"user": {}}
             static = self._static_tokens.get(token)
             if static is not None and (not audiences or set(audiences) & set(self.tokens.api_audiences)):
-                status.update(authenticated=True, user=static.info(),
-                              audiences=list(audiences or self.tokens.api_audiences))
+                status.update(
+                    authenticated=True,
+                    user=static.info(),
+                    audiences=list(audiences or self.tokens.api_audiences),
+                )
             elif static is None and token:
                 found, matched, error = self.tokens.review(token, audiences, lookup=self._lookup)
                 if found is not None:
@@ -759,18 +907,46 @@ class KubeAPI:
         else:
             subject = (str(spec.get("user") or ""), tuple(spec.get("groups") or ()))
             if not subject[0] and not subject[1]:
-                raise ApiStatus(422, "Invalid", f'{rtype.kind}.authorization.k8s.io "" is invalid: spec.user: Invalid value: "": at least one of user or group must be specified', {"group": "authorization.k8s.io", "kind": rtype.kind, "causes": [{"reason": "FieldValueInvalid", "message": "at least one of user or group must be specified", "field": "spec.user"}]})
+                raise ApiStatus(
+                    422,
+                    "Invalid",
+                    f'{rtype.kind}.authorization.k8s.io "" is invalid: spec.user: Invalid value: "": at least one of user or group must be specified',
+                    {
+                        "group": "authorization.k8s.io",
+                        "kind": rtype.kind,
+                        "causes": [
+                            {
+                                "reason": "FieldValueInvalid",
+                                "message": "at least one of user or group must be specified",
+                                "field": "spec.user",
+                            }
+                        ],
+                    },
+                )
         res = spec.get("resourceAttributes")
         nonres = spec.get("nonResourceAttributes")
         if res:
-            attrs = Attributes(subject[0], subject[1], str(res.get("verb", "")), str(res.get("group", "")),
-                               str(res.get("resource", "")), str(res.get("subresource", "")),
-                               str(namespace if rtype.plural == "localsubjectaccessreviews" else res.get("namespace", "")),
-                               str(res.get("name", "")))
+            attrs = Attributes(
+                subject[0],
+                subject[1],
+                str(res.get("verb", "")),
+                str(res.get("group", "")),
+                str(res.get("resource", "")),
+                str(res.get("subresource", "")),
+                str(namespace if rtype.plural == "localsubjectaccessreviews" else res.get("namespace", "")),
+                str(res.get("name", "")),
+            )
         elif nonres:
-            attrs = Attributes(subject[0], subject[1], str(nonres.get("verb", "")), path=str(nonres.get("path", "")))
+            attrs = Attributes(
+                subject[0], subject[1], str(nonres.get("verb", "")), path=str(nonres.get("path", ""))
+            )
         else:
-            raise ApiStatus(422, "Invalid", f"{rtype.kind} is invalid: spec.resourceAttributes: Invalid value: exactly one of nonResourceAttributes or resourceAttributes must be specified", {"kind": rtype.kind})
+            raise ApiStatus(
+                422,
+                "Invalid",
+                f"{rtype.kind} is invalid: spec.resourceAttributes: Invalid value: exactly one of nonResourceAttributes or resourceAttributes must be specified",
+                {"kind": rtype.kind},
+            )
         decision = self.authorize(attrs)
         status = {"allowed": decision.allowed}
         if not decision.allowed:
@@ -788,7 +964,22 @@ class KubeAPI:
         spec = body.get("spec") or {}
         expiration = int(spec.get("expirationSeconds") or 3600)
         if expiration < 600:
-            raise ApiStatus(422, "Invalid", 'TokenRequest.authentication.k8s.io "" is invalid: spec.expirationSeconds: Invalid value: may not specify a duration less than 10 minutes', {"group": "authentication.k8s.io", "kind": "TokenRequest", "causes": [{"reason": "FieldValueInvalid", "message": "may not specify a duration less than 10 minutes", "field": "spec.expirationSeconds"}]})
+            raise ApiStatus(
+                422,
+                "Invalid",
+                'TokenRequest.authentication.k8s.io "" is invalid: spec.expirationSeconds: Invalid value: may not specify a duration less than 10 minutes',
+                {
+                    "group": "authentication.k8s.io",
+                    "kind": "TokenRequest",
+                    "causes": [
+                        {
+                            "reason": "FieldValueInvalid",
+                            "message": "may not specify a duration less than 10 minutes",
+                            "field": "spec.expirationSeconds",
+                        }
+                    ],
+                },
+            )
         pod = None
         ref = spec.get("boundObjectRef")
         if ref:
@@ -796,18 +987,30 @@ class KubeAPI:
                 raise bad_request("the stand-in binds tokens to pods only")
             pod_obj = self.store.get(self.store.type_of("", "v1", "pods"), namespace, str(ref.get("name")))
             if ref.get("uid") and ref["uid"] != pod_obj["metadata"]["uid"]:
-                raise ApiStatus(409, "Conflict", f'the UID in the bound object reference ({ref["uid"]}) does not match the UID in record. The object might have been deleted and then recreated', {"name": name, "kind": "serviceaccounts"})
+                raise ApiStatus(
+                    409,
+                    "Conflict",
+                    f"the UID in the bound object reference ({ref['uid']}) does not match the UID in record. The object might have been deleted and then recreated",
+                    {"name": name, "kind": "serviceaccounts"},
+                )
             pod = (pod_obj["metadata"]["name"], pod_obj["metadata"]["uid"])
         token, expires = self.tokens.mint(
-            namespace=namespace, service_account=name, sa_uid=sa["metadata"]["uid"],
-            audiences=tuple(spec.get("audiences") or ()), expiration_seconds=expiration, pod=pod,
+            namespace=namespace,
+            service_account=name,
+            sa_uid=sa["metadata"]["uid"],
+            audiences=tuple(spec.get("audiences") or ()),
+            expiration_seconds=expiration,
+            pod=pod,
         )
         return {
             "kind": "TokenRequest",
             "apiVersion": "authentication.k8s.io/v1",
             "metadata": {"name": name, "namespace": namespace, "creationTimestamp": None},
-            "spec": {**spec, "audiences": list(spec.get("audiences") or self.tokens.api_audiences),
-                     "expirationSeconds": expiration},
+            "spec": {
+                **spec,
+                "audiences": list(spec.get("audiences") or self.tokens.api_audiences),
+                "expirationSeconds": expiration,
+            },
             "status": {"token": token, "expirationTimestamp": expires.strftime("%Y-%m-%dT%H:%M:%SZ")},
         }
 
@@ -824,4 +1027,3 @@ def _int(value: str | None, name: str) -> int | None:
 def _manager_from_agent(agent: str) -> str:
     """The apiserver's default field manager: the User-Agent up to the first '/'."""
     return agent.split("/", 1)[0][:128] if agent else "unknown"
-

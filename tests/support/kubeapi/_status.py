@@ -4,15 +4,22 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["ApiStatus", "already_exists", "bad_request", "conflict", "forbidden", "gone", "invalid", "not_found"]
+__all__ = [
+    "ApiStatus",
+    "already_exists",
+    "bad_request",
+    "conflict",
+    "forbidden",
+    "gone",
+    "invalid",
+    "not_found",
+]
 
 
 class ApiStatus(Exception):
     """An API failure: ``status`` is the Status object to send, ``code`` its HTTP status."""
 
-    def __init__(
-        self, code: int, reason: str, message: str, details: dict[str, Any] | None = None
-    ) -> None:
+    def __init__(self, code: int, reason: str, message: str, details: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.status: dict[str, Any] = {
@@ -41,7 +48,9 @@ def _qualified(group: str, plural: str) -> str:
 
 
 def not_found(group: str, plural: str, name: str) -> ApiStatus:
-    return ApiStatus(404, "NotFound", f'{_qualified(group, plural)} "{name}" not found', _details(name, group, plural))
+    return ApiStatus(
+        404, "NotFound", f'{_qualified(group, plural)} "{name}" not found', _details(name, group, plural)
+    )
 
 
 def not_found_path() -> ApiStatus:
@@ -50,16 +59,24 @@ def not_found_path() -> ApiStatus:
 
 def already_exists(group: str, plural: str, name: str) -> ApiStatus:
     return ApiStatus(
-        409, "AlreadyExists", f'{_qualified(group, plural)} "{name}" already exists', _details(name, group, plural)
+        409,
+        "AlreadyExists",
+        f'{_qualified(group, plural)} "{name}" already exists',
+        _details(name, group, plural),
     )
 
 
-def conflict(group: str, plural: str, name: str, why: str, causes: list[dict[str, str]] | None = None) -> ApiStatus:
+def conflict(
+    group: str, plural: str, name: str, why: str, causes: list[dict[str, str]] | None = None
+) -> ApiStatus:
     details = _details(name, group, plural)
     if causes:
         details["causes"] = causes
     return ApiStatus(
-        409, "Conflict", f'Operation cannot be fulfilled on {_qualified(group, plural)} "{name}": {why}', details
+        409,
+        "Conflict",
+        f'Operation cannot be fulfilled on {_qualified(group, plural)} "{name}": {why}',
+        details,
     )
 
 
@@ -87,14 +104,14 @@ def gone(message: str) -> ApiStatus:
     return ApiStatus(410, "Expired", message)
 
 
-def forbidden(user: str, verb: str, group: str, plural: str, name: str, namespace: str, reason: str = "") -> ApiStatus:
+def forbidden(
+    user: str, verb: str, group: str, plural: str, name: str, namespace: str, reason: str = ""
+) -> ApiStatus:
     target = f'{plural} "{name}"' if name else plural
     if group:
         target = f'{plural}.{group} "{name}"' if name else f"{plural}.{group}"
     where = f' in the namespace "{namespace}"' if namespace else " at the cluster scope"
-    message = (
-        f'{target} is forbidden: User "{user}" cannot {verb} resource "{plural}" in API group "{group}"{where}'
-    )
+    message = f'{target} is forbidden: User "{user}" cannot {verb} resource "{plural}" in API group "{group}"{where}'
     if reason:
         message += f": {reason}"
     return ApiStatus(403, "Forbidden", message, _details(name, group, plural))
@@ -105,8 +122,14 @@ def unauthorized() -> ApiStatus:
 
 
 def method_not_allowed() -> ApiStatus:
-    return ApiStatus(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
+    return ApiStatus(
+        405, "MethodNotAllowed", "the server does not allow this method on the requested resource"
+    )
 
 
 def unsupported_media_type(content_type: str) -> ApiStatus:
-    return ApiStatus(415, "UnsupportedMediaType", f'the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/vnd.kubernetes.protobuf ({content_type})')
+    return ApiStatus(
+        415,
+        "UnsupportedMediaType",
+        f"the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/vnd.kubernetes.protobuf ({content_type})",
+    )

@@ -210,7 +210,9 @@ class Store:
                 if since < self._compacted:
                     raise gone(f"too old resource version: {since} ({self._compacted + 1})")
                 backlog = [
-                    e for e in self._history if e.rv > since and e.storage == watcher.storage and watcher.wants(e)
+                    e
+                    for e in self._history
+                    if e.rv > since and e.storage == watcher.storage and watcher.wants(e)
                 ]
             self._watchers.append(watcher)
             return backlog
@@ -224,17 +226,19 @@ class Store:
         """Send a BOOKMARK with the current resourceVersion, ordered after every event already sent."""
         with self.lock:
             for target in [watcher] if watcher else list(self._watchers):
-                rtype = next(
-                    (t for t in self._types.values() if t.storage == target.storage), None
-                )
+                rtype = next((t for t in self._types.values() if t.storage == target.storage), None)
                 if rtype is None:
                     continue
                 meta: Obj = {"resourceVersion": str(self._rv)}
                 if initial_events_end:
                     meta["annotations"] = {"k8s.io/initial-events-end": "true"}
                 target.deliver(
-                    Event(self._rv, target.storage, "BOOKMARK",
-                          {"kind": rtype.kind, "apiVersion": rtype.api_version, "metadata": meta})
+                    Event(
+                        self._rv,
+                        target.storage,
+                        "BOOKMARK",
+                        {"kind": rtype.kind, "apiVersion": rtype.api_version, "metadata": meta},
+                    )
                 )
 
     # --- reads -------------------------------------------------------------------------------------
@@ -311,30 +315,68 @@ class Store:
         causes: list[tuple[str, str, str]] = []
         pattern = _DNS1123_LABEL if rtype.plural in ("namespaces", "services") else _DNS1123_SUBDOMAIN
         if not name:
-            causes.append(("FieldValueRequired", "metadata.name", "Required value: name or generateName is required"))
+            causes.append(
+                ("FieldValueRequired", "metadata.name", "Required value: name or generateName is required")
+            )
         elif len(name) > 253 or not pattern.match(name):
-            causes.append((
-                "FieldValueInvalid", "metadata.name",
-                f'Invalid value: "{name}": a lowercase RFC 1123 subdomain must consist of lower case '
-                "alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character",
-            ))
+            causes.append(
+                (
+                    "FieldValueInvalid",
+                    "metadata.name",
+                    f'Invalid value: "{name}": a lowercase RFC 1123 subdomain must consist of lower case '
+                    "alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character",
+                )
+            )
         for key, value in (meta.get("labels") or {}).items():
             prefix, _, label = str(key).rpartition("/")
-            if not _LABEL_NAME.match(label) or len(label) > 63 or (prefix and not _DNS1123_SUBDOMAIN.match(prefix)):
-                causes.append(("FieldValueInvalid", "metadata.labels", f'Invalid value: "{key}": name part must consist of alphanumeric characters'))
+            if (
+                not _LABEL_NAME.match(label)
+                or len(label) > 63
+                or (prefix and not _DNS1123_SUBDOMAIN.match(prefix))
+            ):
+                causes.append(
+                    (
+                        "FieldValueInvalid",
+                        "metadata.labels",
+                        f'Invalid value: "{key}": name part must consist of alphanumeric characters',
+                    )
+                )
             if not isinstance(value, str) or len(value) > 63 or not _LABEL_VALUE.match(value):
-                causes.append(("FieldValueInvalid", "metadata.labels", f"Invalid value: a valid label must be an empty string or consist of alphanumeric characters (label {key})"))
+                causes.append(
+                    (
+                        "FieldValueInvalid",
+                        "metadata.labels",
+                        f"Invalid value: a valid label must be an empty string or consist of alphanumeric characters (label {key})",
+                    )
+                )
         if rtype.plural in ("secrets", "configmaps"):
             for section in ("data", "binaryData"):
-                for key in (obj.get(section) or {}):
+                for key in obj.get(section) or {}:
                     if not _CONFIG_KEY.match(str(key)) or len(str(key)) > 253:
-                        causes.append(("FieldValueInvalid", f"{section}[{key}]", "Invalid value: a valid config key must consist of alphanumeric characters, '-', '_' or '.'"))
+                        causes.append(
+                            (
+                                "FieldValueInvalid",
+                                f"{section}[{key}]",
+                                "Invalid value: a valid config key must consist of alphanumeric characters, '-', '_' or '.'",
+                            )
+                        )
             if old is not None and old.get("immutable") is True:
                 for section in ("data", "binaryData", "stringData", "immutable", "type"):
                     if section != "stringData" and obj.get(section) != old.get(section):
-                        causes.append(("FieldValueForbidden", section, "Forbidden: field is immutable when `immutable` is set"))
+                        causes.append(
+                            (
+                                "FieldValueForbidden",
+                                section,
+                                "Forbidden: field is immutable when `immutable` is set",
+                            )
+                        )
                         break
-        if rtype.plural == "secrets" and old is not None and obj.get("type") != old.get("type") and not causes:
+        if (
+            rtype.plural == "secrets"
+            and old is not None
+            and obj.get("type") != old.get("type")
+            and not causes
+        ):
             causes.append(("FieldValueInvalid", "type", "Invalid value: field is immutable"))
         if causes:
             raise invalid(rtype.group, rtype.kind, name, causes)
@@ -347,7 +389,7 @@ class Store:
                 base64.b64decode(str(value), validate=True)
             except (ValueError, binascii.Error):
                 raise bad_request(
-                    f"Secret in version \"v1\" cannot be handled as a Secret: illegal base64 data (key {key})"
+                    f'Secret in version "v1" cannot be handled as a Secret: illegal base64 data (key {key})'
                 ) from None
         if data is not None:
             for key, value in string_data.items():
@@ -377,9 +419,17 @@ class Store:
             names = (obj.get("spec") or {}).get("names") or {}
             obj["status"] = {
                 "acceptedNames": names,
-                "storedVersions": [v["name"] for v in (obj.get("spec") or {}).get("versions") or () if v.get("storage")],
+                "storedVersions": [
+                    v["name"] for v in (obj.get("spec") or {}).get("versions") or () if v.get("storage")
+                ],
                 "conditions": [
-                    {"type": t, "status": "True", "reason": r, "message": m, "lastTransitionTime": _now(self._clock)}
+                    {
+                        "type": t,
+                        "status": "True",
+                        "reason": r,
+                        "message": m,
+                        "lastTransitionTime": _now(self._clock),
+                    }
                     for t, r, m in (
                         ("NamesAccepted", "NoConflicts", "no conflicts found"),
                         ("Established", "InitialNamesAccepted", "the initial names have been accepted"),
@@ -399,9 +449,21 @@ class Store:
         if not names.get("plural") or not names.get("kind"):
             causes.append(("FieldValueRequired", "spec.names", "Required value: plural and kind"))
         elif name != f"{names['plural']}.{spec.get('group')}":
-            causes.append(("FieldValueInvalid", "metadata.name", f'Invalid value: "{name}": must be spec.names.plural+"."+spec.group'))
+            causes.append(
+                (
+                    "FieldValueInvalid",
+                    "metadata.name",
+                    f'Invalid value: "{name}": must be spec.names.plural+"."+spec.group',
+                )
+            )
         if not spec.get("versions"):
-            causes.append(("FieldValueRequired", "spec.versions", "Required value: must have exactly one version marked as storage version"))
+            causes.append(
+                (
+                    "FieldValueRequired",
+                    "spec.versions",
+                    "Required value: must have exactly one version marked as storage version",
+                )
+            )
         if causes:
             raise invalid("apiextensions.k8s.io", "CustomResourceDefinition", name, causes)
 
@@ -417,7 +479,9 @@ class Store:
         if not rtype.namespaced:
             return ""
         if body_ns and namespace and body_ns != namespace:
-            raise bad_request("the namespace of the provided object does not match the namespace sent on the request")
+            raise bad_request(
+                "the namespace of the provided object does not match the namespace sent on the request"
+            )
         ns = namespace or body_ns or ""
         if not ns:
             raise bad_request("the namespace of the object is required")
@@ -425,7 +489,11 @@ class Store:
         if ("", ns) not in namespaces:
             raise not_found("", "namespaces", ns)
         if (namespaces[("", ns)].get("metadata") or {}).get("deletionTimestamp"):
-            raise ApiStatus(403, "Forbidden", f'unable to create new content in namespace {ns} because it is being terminated')
+            raise ApiStatus(
+                403,
+                "Forbidden",
+                f"unable to create new content in namespace {ns} because it is being terminated",
+            )
         return ns
 
     def _check_kind(self, rtype: ResourceType, body: Obj) -> None:
@@ -433,7 +501,9 @@ class Store:
         if kind and kind != rtype.kind:
             raise bad_request(f"the kind of the object ({kind}) does not match the resource ({rtype.kind})")
         if api_version and api_version != rtype.api_version:
-            raise bad_request(f"the API version in the data ({api_version}) does not match the expected API version ({rtype.api_version})")
+            raise bad_request(
+                f"the API version in the data ({api_version}) does not match the expected API version ({rtype.api_version})"
+            )
 
     def create(
         self,
@@ -455,10 +525,19 @@ class Store:
             ns = self._check_namespace(rtype, namespace, meta.get("namespace"))
             if not meta.get("name") and meta.get("generateName"):
                 alphabet = "bcdfghjklmnpqrstvwxz2456789"
-                meta["name"] = str(meta["generateName"]) + "".join(pysecrets.choice(alphabet) for _ in range(5))
+                meta["name"] = str(meta["generateName"]) + "".join(
+                    pysecrets.choice(alphabet) for _ in range(5)
+                )
             if rtype.status:
                 obj.pop("status", None)
-            for system in ("uid", "resourceVersion", "creationTimestamp", "deletionTimestamp", "generation", "selfLink"):
+            for system in (
+                "uid",
+                "resourceVersion",
+                "creationTimestamp",
+                "deletionTimestamp",
+                "generation",
+                "selfLink",
+            ):
                 meta.pop(system, None)
             if rtype.namespaced:
                 meta["namespace"] = ns
@@ -476,7 +555,9 @@ class Store:
             if rtype.generation:
                 meta["generation"] = 1
             if manager:
-                meta["managedFields"] = [self._managed_entry(manager, "Apply" if applied else "Update", rtype, obj)]
+                meta["managedFields"] = [
+                    self._managed_entry(manager, "Apply" if applied else "Update", rtype, obj)
+                ]
             if dry_run:
                 return self._view(rtype, obj)
             meta["resourceVersion"] = str(self._next_rv())
@@ -489,7 +570,9 @@ class Store:
             return self._view(rtype, obj)
 
     def _managed_entry(self, manager: str, operation: str, rtype: ResourceType, config: Obj) -> Obj:
-        fields = _merge.managed_fields_v1({k: v for k, v in config.items() if k not in ("apiVersion", "kind")})
+        fields = _merge.managed_fields_v1(
+            {k: v for k, v in config.items() if k not in ("apiVersion", "kind")}
+        )
         fields.get("f:metadata", {}).pop("f:name", None)
         fields.get("f:metadata", {}).pop("f:namespace", None)
         return {
@@ -523,12 +606,19 @@ class Store:
                 raise not_found(rtype.group, rtype.plural, name)
             body_meta = body.get("metadata") or {}
             if body_meta.get("name") and body_meta["name"] != name:
-                raise bad_request(f'the name of the object ({body_meta["name"]}) does not match the name on the URL ({name})')
+                raise bad_request(
+                    f"the name of the object ({body_meta['name']}) does not match the name on the URL ({name})"
+                )
             wanted_rv = body_meta.get("resourceVersion")
             if wanted_rv and str(wanted_rv) != old["metadata"]["resourceVersion"]:
                 raise conflict(rtype.group, rtype.plural, name, STALE)
             if body_meta.get("uid") and body_meta["uid"] != old["metadata"]["uid"]:
-                raise conflict(rtype.group, rtype.plural, name, f"Precondition failed: UID in precondition: {body_meta['uid']}, UID in object meta: {old['metadata']['uid']}")
+                raise conflict(
+                    rtype.group,
+                    rtype.plural,
+                    name,
+                    f"Precondition failed: UID in precondition: {body_meta['uid']}, UID in object meta: {old['metadata']['uid']}",
+                )
             if subresource == "status":
                 if not rtype.status:
                     raise ApiStatus(404, "NotFound", "the server could not find the requested resource", {})
@@ -540,7 +630,14 @@ class Store:
                 new = copy.deepcopy(body)
                 new["apiVersion"], new["kind"] = rtype.api_version, rtype.kind
                 meta = new.setdefault("metadata", {})
-                for system in ("uid", "creationTimestamp", "namespace", "generation", "deletionTimestamp", "deletionGracePeriodSeconds"):
+                for system in (
+                    "uid",
+                    "creationTimestamp",
+                    "namespace",
+                    "generation",
+                    "deletionTimestamp",
+                    "deletionGracePeriodSeconds",
+                ):
                     if system in old["metadata"]:
                         meta[system] = old["metadata"][system]
                     else:
@@ -564,8 +661,25 @@ class Store:
                 if rtype.generation and _spec_part(new, rtype) != _spec_part(old, rtype):
                     meta["generation"] = int(old["metadata"].get("generation", 1)) + 1
             if manager:
-                entries = [e for e in new["metadata"].get("managedFields") or () if not (e.get("manager") == manager and e.get("operation") == _operation and e.get("subresource", "") == (subresource or ""))]
-                entry = self._managed_entry(manager, _operation, rtype, body if _operation == "Apply" else _strip_status_fields(body) if subresource != "status" else {"status": body.get("status")})
+                entries = [
+                    e
+                    for e in new["metadata"].get("managedFields") or ()
+                    if not (
+                        e.get("manager") == manager
+                        and e.get("operation") == _operation
+                        and e.get("subresource", "") == (subresource or "")
+                    )
+                ]
+                entry = self._managed_entry(
+                    manager,
+                    _operation,
+                    rtype,
+                    body
+                    if _operation == "Apply"
+                    else _strip_status_fields(body)
+                    if subresource != "status"
+                    else {"status": body.get("status")},
+                )
                 if subresource:
                     entry["subresource"] = subresource
                 new["metadata"]["managedFields"] = [*entries, entry]
@@ -602,8 +716,17 @@ class Store:
             key = self._key(rtype, namespace, name)
             old = self._bucket(rtype).get(key)
             if patch_type == "apply":
-                return self._apply(rtype, namespace, name, patch, old=old, subresource=subresource,
-                                   dry_run=dry_run, manager=manager, force=force)
+                return self._apply(
+                    rtype,
+                    namespace,
+                    name,
+                    patch,
+                    old=old,
+                    subresource=subresource,
+                    dry_run=dry_run,
+                    manager=manager,
+                    force=force,
+                )
             if old is None:
                 raise not_found(rtype.group, rtype.plural, name)
             current = self._view(rtype, old)
@@ -613,7 +736,11 @@ class Store:
                 try:
                     new = jsonpatch.apply_patch(current, patch)
                 except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as exc:
-                    raise ApiStatus(422, "Invalid", f"the server rejected our request due to an error in our request: {exc}") from None
+                    raise ApiStatus(
+                        422,
+                        "Invalid",
+                        f"the server rejected our request due to an error in our request: {exc}",
+                    ) from None
                 except (TypeError, ValueError):
                     raise bad_request("the JSON patch is malformed") from None
             elif patch_type == "merge":
@@ -622,7 +749,11 @@ class Store:
                 new = _merge.json_merge_patch(current, patch)
             elif patch_type == "strategic":
                 if rtype.crd:
-                    raise ApiStatus(415, "UnsupportedMediaType", "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml")
+                    raise ApiStatus(
+                        415,
+                        "UnsupportedMediaType",
+                        "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml",
+                    )
                 if not isinstance(patch, dict):
                     raise bad_request("a strategic merge patch must be a JSON object")
                 new = _merge.strategic_merge_patch(current, patch)
@@ -636,7 +767,9 @@ class Store:
                 if new["metadata"].get("resourceVersion"):
                     raise conflict(rtype.group, rtype.plural, name, STALE)
                 new["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"]
-            return self.update(rtype, namespace, name, new, subresource=subresource, dry_run=dry_run, manager=manager)
+            return self.update(
+                rtype, namespace, name, new, subresource=subresource, dry_run=dry_run, manager=manager
+            )
 
     def _apply(
         self,
@@ -657,27 +790,58 @@ class Store:
             raise bad_request("the applied configuration must be an object")
         cmeta = config.get("metadata") or {}
         if cmeta.get("name") and cmeta["name"] != name:
-            raise bad_request(f'the name of the object ({cmeta["name"]}) does not match the name on the URL ({name})')
+            raise bad_request(
+                f"the name of the object ({cmeta['name']}) does not match the name on the URL ({name})"
+            )
         self._check_kind(rtype, config)
         if not config.get("apiVersion") or not config.get("kind"):
             raise bad_request("apiVersion and kind must be set in an applied configuration")
         if old is None:
             body = copy.deepcopy(config)
             body.setdefault("metadata", {})["name"] = name
-            return self.create(rtype, namespace, body, dry_run=dry_run, manager=manager, applied=(manager, copy.deepcopy(config)))
+            return self.create(
+                rtype,
+                namespace,
+                body,
+                dry_run=dry_run,
+                manager=manager,
+                applied=(manager, copy.deepcopy(config)),
+            )
         store_key = (*rtype.storage, *self._key(rtype, namespace, name))
         applied = copy.deepcopy(self._applied.get(store_key, {}))
         current = self._view(rtype, old)
-        merged, conflicts = _merge.apply_config(current, config, manager=manager, applied=applied, force=force)
+        merged, conflicts = _merge.apply_config(
+            current, config, manager=manager, applied=applied, force=force
+        )
         if conflicts:
             causes = [
-                {"reason": "FieldManagerConflict", "message": f'conflict with "{other}"', "field": _render_path(path)}
+                {
+                    "reason": "FieldManagerConflict",
+                    "message": f'conflict with "{other}"',
+                    "field": _render_path(path),
+                }
                 for path, other in conflicts
             ]
-            listing = "\n".join(f'- {c["message"]}: {c["field"]}' for c in causes)
-            raise ApiStatus(409, "Conflict", f"Apply failed with {len(causes)} conflict{'s' if len(causes) > 1 else ''}: {listing}", {"name": name, "group": rtype.group, "kind": rtype.plural, "causes": causes} if rtype.group else {"name": name, "kind": rtype.plural, "causes": causes})
+            listing = "\n".join(f"- {c['message']}: {c['field']}" for c in causes)
+            raise ApiStatus(
+                409,
+                "Conflict",
+                f"Apply failed with {len(causes)} conflict{'s' if len(causes) > 1 else ''}: {listing}",
+                {"name": name, "group": rtype.group, "kind": rtype.plural, "causes": causes}
+                if rtype.group
+                else {"name": name, "kind": rtype.plural, "causes": causes},
+            )
         merged["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"]
-        result = self.update(rtype, namespace, name, merged, subresource=subresource, dry_run=dry_run, manager=manager, _operation="Apply")
+        result = self.update(
+            rtype,
+            namespace,
+            name,
+            merged,
+            subresource=subresource,
+            dry_run=dry_run,
+            manager=manager,
+            _operation="Apply",
+        )
         if not dry_run:
             self._applied[store_key] = applied
         return result
@@ -700,9 +864,19 @@ class Store:
                 raise not_found(rtype.group, rtype.plural, name)
             pre = preconditions or {}
             if pre.get("uid") and pre["uid"] != obj["metadata"]["uid"]:
-                raise conflict(rtype.group, rtype.plural, name, f"Precondition failed: UID in precondition: {pre['uid']}, UID in object meta: {obj['metadata']['uid']}")
+                raise conflict(
+                    rtype.group,
+                    rtype.plural,
+                    name,
+                    f"Precondition failed: UID in precondition: {pre['uid']}, UID in object meta: {obj['metadata']['uid']}",
+                )
             if pre.get("resourceVersion") and pre["resourceVersion"] != obj["metadata"]["resourceVersion"]:
-                raise conflict(rtype.group, rtype.plural, name, f"Precondition failed: ResourceVersion in precondition: {pre['resourceVersion']}, ResourceVersion in object meta: {obj['metadata']['resourceVersion']}")
+                raise conflict(
+                    rtype.group,
+                    rtype.plural,
+                    name,
+                    f"Precondition failed: ResourceVersion in precondition: {pre['resourceVersion']}, ResourceVersion in object meta: {obj['metadata']['resourceVersion']}",
+                )
             if dry_run:
                 return 200, self._view(rtype, obj)
             finalizers = list(obj["metadata"].get("finalizers") or ())
@@ -830,4 +1004,3 @@ def _render_path(path: tuple[Any, ...]) -> str:
         else:
             out += f".{step}"
     return out
-
