@@ -166,7 +166,7 @@ def test_get_watch_table_output(kubectl: Kubectl, kc: Path, kube: KubeClient):
     try:
         assert proc.stdout is not None
         kube.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "watched"}, "type": "Opaque"})
-        lines = []
+        lines: list[str] = []
         end = time.monotonic() + DEADLINE
         while not any("watched" in line for line in lines) and time.monotonic() < end:
             lines.append(proc.stdout.readline())

@@ -39,7 +39,7 @@ class Collector:
             self.events.put(exc)
 
     def take(self, n: int) -> list[WatchEvent]:
-        out = []
+        out: list[WatchEvent] = []
         end = time.monotonic() + DEADLINE
         while len(out) < n:
             item = self.events.get(timeout=max(0.1, end - time.monotonic()))

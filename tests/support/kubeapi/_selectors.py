@@ -55,7 +55,9 @@ class LabelSelector:
 
 
 def _split_top(text: str) -> list[str]:
-    parts, depth, current = [], 0, []
+    parts: list[str] = []
+    current: list[str] = []
+    depth = 0
     for ch in text:
         if ch == "(":
             depth += 1
@@ -182,13 +184,11 @@ def parse_field_selector(text: str | None, plural: str) -> FieldSelector:
     terms = []
     for raw in text.split(","):
         part = raw.strip()
-        for token, positive in (("!=", False), ("==", True), ("=", True)):
-            if token in part:
-                key, _, value = part.partition(token)
-                key = key.strip()
-                break
-        else:
+        token = next((t for t in ("!=", "==", "=") if t in part), None)
+        if token is None:
             raise bad_request(f"invalid field selector: '{part}' has no operator")
+        key, _, value = part.partition(token)
+        key, positive = key.strip(), token != "!="
         if key not in supported:
             raise bad_request(f"field label not supported: {key}")
         terms.append((supported[key], positive, value.strip()))

@@ -42,7 +42,6 @@ import yaml
 from aiohttp import web
 
 from kubeshield.envelope.objects import ObjectDecodeError, decode_object, to_manifest
-
 from tests.support.kubeapi import _discovery, _protobuf
 from tests.support.kubeapi._auth import (
     Attributes,
@@ -151,11 +150,11 @@ class KubeAPI:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
-        self._watches: dict[asyncio.BaseTransport, asyncio.Queue[Event | None]] = {}
+        self._watches: dict[asyncio.Transport, asyncio.Queue[Event | None]] = {}
         self._pki: Authority | None = None
         self._sock: socket.socket | None = None
         self._hold = threading.Event()
-        self._connections: weakref.WeakSet[asyncio.BaseTransport] = weakref.WeakSet()
+        self._connections: weakref.WeakSet[asyncio.Transport] = weakref.WeakSet()
         self.url = ""
         self.port = 0
 
@@ -454,7 +453,8 @@ class KubeAPI:
                 raise ApiStatus(
                     403,
                     "Forbidden",
-                    f'{attrs.resource} "{attrs.name}" is forbidden: User "{user.name}" cannot impersonate resource '
+                    f'{attrs.resource} "{attrs.name}" is forbidden: User "{user.name}" cannot '
+                    f"impersonate resource "
                     f'"{attrs.resource}" in API group "" at the cluster scope',
                     {"name": attrs.name, "kind": attrs.resource},
                 )
@@ -672,7 +672,8 @@ class KubeAPI:
                 raise ApiStatus(
                     415,
                     "UnsupportedMediaType",
-                    f"the body of the request was in an unknown format - accepted media types include: {', '.join(k for k in _PATCH_TYPES if 'cbor' not in k)}",
+                    f"the body of the request was in an unknown format - accepted media types "
+                    f"include: {', '.join(k for k in _PATCH_TYPES if 'cbor' not in k)}",
                 )
             body = await self._body(request, yaml_ok=kind == "apply")
             force = query.get("force") in ("true", "1")
@@ -784,9 +785,13 @@ class KubeAPI:
         query = request.query
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Event | None] = asyncio.Queue()
+
+        def deliver(event: Event) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, event)
+
         watcher = Watcher(
             rtype.storage,
-            deliver=lambda event: loop.call_soon_threadsafe(queue.put_nowait, event),
+            deliver=deliver,
             namespace=namespace,
             labels=parse_label_selector(query.get("labelSelector")),
             fields=parse_field_selector(query.get("fieldSelector"), rtype.plural),
@@ -839,8 +844,8 @@ class KubeAPI:
         tick = asyncio.ensure_future(ticker()) if bookmarks and self.bookmark_interval else None
         try:
             await response.prepare(request)
-            for event in backlog:
-                await send(event)
+            for past in backlog:
+                await send(past)
             if initial and bookmarks:
                 self.store.bookmark(watcher, initial_events_end=True)
             deadline = loop.time() + timeout
@@ -910,7 +915,8 @@ class KubeAPI:
                 raise ApiStatus(
                     422,
                     "Invalid",
-                    f'{rtype.kind}.authorization.k8s.io "" is invalid: spec.user: Invalid value: "": at least one of user or group must be specified',
+                    f'{rtype.kind}.authorization.k8s.io "" is invalid: spec.user: Invalid value: '
+                    f'"": at least one of user or group must be specified',
                     {
                         "group": "authorization.k8s.io",
                         "kind": rtype.kind,
@@ -944,7 +950,8 @@ class KubeAPI:
             raise ApiStatus(
                 422,
                 "Invalid",
-                f"{rtype.kind} is invalid: spec.resourceAttributes: Invalid value: exactly one of nonResourceAttributes or resourceAttributes must be specified",
+                f"{rtype.kind} is invalid: spec.resourceAttributes: Invalid value: exactly one of "
+                f"nonResourceAttributes or resourceAttributes must be specified",
                 {"kind": rtype.kind},
             )
         decision = self.authorize(attrs)
@@ -967,7 +974,8 @@ class KubeAPI:
             raise ApiStatus(
                 422,
                 "Invalid",
-                'TokenRequest.authentication.k8s.io "" is invalid: spec.expirationSeconds: Invalid value: may not specify a duration less than 10 minutes',
+                'TokenRequest.authentication.k8s.io "" is invalid: spec.expirationSeconds: Invalid '
+                "value: may not specify a duration less than 10 minutes",
                 {
                     "group": "authentication.k8s.io",
                     "kind": "TokenRequest",
@@ -990,7 +998,8 @@ class KubeAPI:
                 raise ApiStatus(
                     409,
                     "Conflict",
-                    f"the UID in the bound object reference ({ref['uid']}) does not match the UID in record. The object might have been deleted and then recreated",
+                    f"the UID in the bound object reference ({ref['uid']}) does not match the UID "
+                    f"in record. The object might have been deleted and then recreated",
                     {"name": name, "kind": "serviceaccounts"},
                 )
             pod = (pod_obj["metadata"]["name"], pod_obj["metadata"]["uid"])

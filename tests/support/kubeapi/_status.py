@@ -111,7 +111,8 @@ def forbidden(
     if group:
         target = f'{plural}.{group} "{name}"' if name else f"{plural}.{group}"
     where = f' in the namespace "{namespace}"' if namespace else " at the cluster scope"
-    message = f'{target} is forbidden: User "{user}" cannot {verb} resource "{plural}" in API group "{group}"{where}'
+    message = f'{target} is forbidden: User "{user}" cannot {verb} resource "{plural}" in API group '
+    f'"{group}"{where}'
     if reason:
         message += f": {reason}"
     return ApiStatus(403, "Forbidden", message, _details(name, group, plural))
@@ -131,5 +132,6 @@ def unsupported_media_type(content_type: str) -> ApiStatus:
     return ApiStatus(
         415,
         "UnsupportedMediaType",
-        f"the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/vnd.kubernetes.protobuf ({content_type})",
+        f"the body of the request was in an unknown format - accepted media types include: "
+        f"application/json, application/yaml, application/vnd.kubernetes.protobuf ({content_type})",
     )

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import builtins
 import copy
 import datetime as dt
 import itertools
@@ -324,7 +325,8 @@ class Store:
                     "FieldValueInvalid",
                     "metadata.name",
                     f'Invalid value: "{name}": a lowercase RFC 1123 subdomain must consist of lower case '
-                    "alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character",
+                    "alphanumeric characters, '-' or '.', and must start and end with an "
+                    "alphanumeric character",
                 )
             )
         for key, value in (meta.get("labels") or {}).items():
@@ -346,7 +348,8 @@ class Store:
                     (
                         "FieldValueInvalid",
                         "metadata.labels",
-                        f"Invalid value: a valid label must be an empty string or consist of alphanumeric characters (label {key})",
+                        f"Invalid value: a valid label must be an empty string or consist of "
+                        f"alphanumeric characters (label {key})",
                     )
                 )
         if rtype.plural in ("secrets", "configmaps"):
@@ -357,7 +360,8 @@ class Store:
                             (
                                 "FieldValueInvalid",
                                 f"{section}[{key}]",
-                                "Invalid value: a valid config key must consist of alphanumeric characters, '-', '_' or '.'",
+                                "Invalid value: a valid config key must consist of alphanumeric "
+                                "characters, '-', '_' or '.'",
                             )
                         )
             if old is not None and old.get("immutable") is True:
@@ -502,7 +506,8 @@ class Store:
             raise bad_request(f"the kind of the object ({kind}) does not match the resource ({rtype.kind})")
         if api_version and api_version != rtype.api_version:
             raise bad_request(
-                f"the API version in the data ({api_version}) does not match the expected API version ({rtype.api_version})"
+                f"the API version in the data ({api_version}) does not match the expected API "
+                f"version ({rtype.api_version})"
             )
 
     def create(
@@ -607,7 +612,8 @@ class Store:
             body_meta = body.get("metadata") or {}
             if body_meta.get("name") and body_meta["name"] != name:
                 raise bad_request(
-                    f"the name of the object ({body_meta['name']}) does not match the name on the URL ({name})"
+                    f"the name of the object ({body_meta['name']}) does not match the name on the "
+                    f"URL ({name})"
                 )
             wanted_rv = body_meta.get("resourceVersion")
             if wanted_rv and str(wanted_rv) != old["metadata"]["resourceVersion"]:
@@ -617,7 +623,8 @@ class Store:
                     rtype.group,
                     rtype.plural,
                     name,
-                    f"Precondition failed: UID in precondition: {body_meta['uid']}, UID in object meta: {old['metadata']['uid']}",
+                    f"Precondition failed: UID in precondition: {body_meta['uid']}, UID in object "
+                    f"meta: {old['metadata']['uid']}",
                 )
             if subresource == "status":
                 if not rtype.status:
@@ -752,7 +759,9 @@ class Store:
                     raise ApiStatus(
                         415,
                         "UnsupportedMediaType",
-                        "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml",
+                        "the body of the request was in an unknown format - accepted media types "
+                        "include: application/json-patch+json, application/merge-patch+json, "
+                        "application/apply-patch+yaml",
                     )
                 if not isinstance(patch, dict):
                     raise bad_request("a strategic merge patch must be a JSON object")
@@ -868,14 +877,17 @@ class Store:
                     rtype.group,
                     rtype.plural,
                     name,
-                    f"Precondition failed: UID in precondition: {pre['uid']}, UID in object meta: {obj['metadata']['uid']}",
+                    f"Precondition failed: UID in precondition: {pre['uid']}, UID in object meta: "
+                    f"{obj['metadata']['uid']}",
                 )
             if pre.get("resourceVersion") and pre["resourceVersion"] != obj["metadata"]["resourceVersion"]:
                 raise conflict(
                     rtype.group,
                     rtype.plural,
                     name,
-                    f"Precondition failed: ResourceVersion in precondition: {pre['resourceVersion']}, ResourceVersion in object meta: {obj['metadata']['resourceVersion']}",
+                    f"Precondition failed: ResourceVersion in precondition: "
+                    f"{pre['resourceVersion']}, ResourceVersion in object meta: "
+                    f"{obj['metadata']['resourceVersion']}",
                 )
             if dry_run:
                 return 200, self._view(rtype, obj)
@@ -982,7 +994,7 @@ class Store:
             body["metadata"].pop("resourceVersion", None)
             return self.update(rtype, meta.get("namespace"), meta["name"], body)
 
-    def objects(self, group: str, plural: str) -> list[Obj]:
+    def objects(self, group: str, plural: str) -> builtins.list[Obj]:
         with self.lock:
             rtype = next((t for t in self._types.values() if t.storage == (group, plural)), None)
             bucket = self._objects.get((group, plural), {})
