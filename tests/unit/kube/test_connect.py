@@ -31,7 +31,8 @@ def _write(path: Path, users: list[dict], contexts: list[dict] | None = None, cu
     return path
 
 
-def _auth_header(auth: httpx2.Auth) -> str:
+def _auth_header(auth: httpx2.Auth | None) -> str:
+    assert auth is not None
     request = httpx2.Request("GET", "https://example")
     flow = auth.sync_auth_flow(request)
     return next(flow).headers["Authorization"]

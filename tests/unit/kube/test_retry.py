@@ -12,7 +12,8 @@ from kubeshield.kube._retry import backoff_delays
 
 
 def test_retries_conflicts_until_success():
-    calls, sleeps = [], []
+    calls: list[int] = []
+    sleeps: list[float] = []
 
     def fn():
         calls.append(1)

@@ -14,7 +14,8 @@ def _obj(name: str, rv: int, ns: str = "n") -> dict:
 
 def test_events_and_bookmarks_move_the_version():
     state = WatchState("5")
-    assert state.on_event("ADDED", _obj("a", 6)).type == "ADDED"
+    added = state.on_event("ADDED", _obj("a", 6))
+    assert added is not None and added.type == "ADDED"
     assert state.on_event("BOOKMARK", {"metadata": {"resourceVersion": "9"}}) is None
     assert state.resource_version == "9"
     state.expired()

@@ -170,7 +170,7 @@ def test_request_building():
         resource_version=None,
         dry_run=False,
     )
-    assert json.loads(delete.body) == {
+    assert json.loads(delete.body or b"") == {
         "kind": "DeleteOptions",
         "apiVersion": "v1",
         "propagationPolicy": "Foreground",
