@@ -18,6 +18,7 @@ settings) over its HTTP stack httpx2; nothing outside this package imports eithe
 
 from __future__ import annotations
 
+from kubeshield.kube import resources
 from kubeshield.kube._common import ObjectList
 from kubeshield.kube._connect import Connection, from_kubeconfig, in_cluster
 from kubeshield.kube._retry import aretry_on_conflict, retry_on_conflict
@@ -26,7 +27,6 @@ from kubeshield.kube._watch import WatchEvent
 from kubeshield.kube._wire import JsonObject, PatchType, field_selector, label_selector
 from kubeshield.kube.aio import AsyncKubeClient, AsyncWatch
 from kubeshield.kube.client import KubeClient, Watch
-from kubeshield.kube import resources
 from kubeshield.kube.resources import Resource
 
 __all__ = [

@@ -96,6 +96,26 @@ def parse_token_review(answer: Mapping[str, Any]) -> TokenReview:
     )
 
 
+def token_request_body(
+    audiences: Sequence[str], expiration_seconds: int, bound_pod: tuple[str, str] | None
+) -> JsonObject:
+    spec: JsonObject = {"audiences": list(audiences), "expirationSeconds": expiration_seconds}
+    if bound_pod is not None:
+        spec["boundObjectRef"] = {
+            "kind": "Pod",
+            "apiVersion": "v1",
+            "name": bound_pod[0],
+            "uid": bound_pod[1],
+        }
+    return {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec}
+
+
+def parse_token_request(answer: Mapping[str, Any]) -> tuple[str, str]:
+    """``(token, expirationTimestamp)`` of a TokenRequest answer."""
+    status = answer.get("status") or {}
+    return str(status.get("token", "")), str(status.get("expirationTimestamp", ""))
+
+
 def access_review_body(
     *,
     user: str,

@@ -30,7 +30,7 @@ from kubeshield.kube._common import (
 )
 from kubeshield.kube._retry import aretry_on_conflict, backoff_delays
 from kubeshield.kube._watch import WatchEvent, WatchState
-from kubeshield.kube.resources import EVENTS, Resource
+from kubeshield.kube.resources import EVENTS, SERVICE_ACCOUNTS, Resource
 
 __all__ = ["AsyncKubeClient", "AsyncWatch"]
 
@@ -398,6 +398,30 @@ class AsyncKubeClient:
             _wire.create(_reviews.ACCESS_REVIEWS, None, body, field_manager=None, dry_run=False)
         )
         return _reviews.parse_access_review(answer)
+
+    async def create_token(
+        self,
+        service_account: str,
+        *,
+        namespace: str | None = None,
+        audiences: Sequence[str] = (),
+        expiration_seconds: int = 3600,
+        bound_pod: tuple[str, str] | None = None,
+    ) -> tuple[str, str]:
+        body = _reviews.token_request_body(audiences, expiration_seconds, bound_pod)
+        ns = self._resolver.namespace(SERVICE_ACCOUNTS, namespace)
+        answer = await self._send(
+            _wire.create(
+                SERVICE_ACCOUNTS,
+                ns,
+                body,
+                field_manager=None,
+                dry_run=False,
+                subresource_of=service_account,
+                subresource="token",
+            )
+        )
+        return _reviews.parse_token_request(answer)
 
 
 class AsyncWatch(AsyncIterator[WatchEvent]):

@@ -459,15 +459,7 @@ class KubeClient:
     ) -> tuple[str, str]:
         """TokenRequest: a ServiceAccount token for ``audiences``, optionally bound to a pod
         ``(name, uid)``. Returns ``(token, expirationTimestamp)``."""
-        spec: JsonObject = {"audiences": list(audiences), "expirationSeconds": expiration_seconds}
-        if bound_pod is not None:
-            spec["boundObjectRef"] = {
-                "kind": "Pod",
-                "apiVersion": "v1",
-                "name": bound_pod[0],
-                "uid": bound_pod[1],
-            }
-        body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec}
+        body = _reviews.token_request_body(audiences, expiration_seconds, bound_pod)
         ns = self._resolver.namespace(SERVICE_ACCOUNTS, namespace)
         answer = self._send(
             _wire.create(
@@ -480,8 +472,7 @@ class KubeClient:
                 subresource="token",
             )
         )
-        status = answer.get("status") or {}
-        return str(status.get("token", "")), str(status.get("expirationTimestamp", ""))
+        return _reviews.parse_token_request(answer)
 
 
 class Watch(Iterator[WatchEvent]):

@@ -493,6 +493,20 @@ def test_inline_certificate_data_and_untrusted_server(kube_api: KubeAPI, kube_ns
             client.list(resources.CONFIG_MAPS)
 
 
+def test_a_certificate_from_another_ca_is_not_a_user(kube_api: KubeAPI, tmp_path):
+    stranger = Authority(tmp_path / "stranger-ca").issue(
+        "admin", "kubernetes-admin", organizations=("system:masters",)
+    )
+    # refused in the TLS handshake (kube-apiserver answers 401 instead: Go can request a client
+    # certificate without verifying it during the handshake, Python's ssl cannot)
+    config = kube_api.kubeconfig(tmp_path / "stranger", credential=stranger)
+    before = len(kube_api.requests)
+    with KubeClient.from_kubeconfig(config) as client:
+        with pytest.raises(KubeUnavailable):
+            client.list(resources.SECRETS, all_namespaces=True)
+    assert [r for r in list(kube_api.requests)[before:] if "secrets" in r.path] == []
+
+
 def test_bad_kubeconfigs_name_the_problem(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         KubeClient.from_kubeconfig(tmp_path / "missing")
