@@ -18,6 +18,11 @@ settings) over its HTTP stack httpx2; nothing outside this package imports eithe
 
 from __future__ import annotations
 
+import importlib.util as _importlib_util
+
+if _importlib_util.find_spec("lightkube") is None or _importlib_util.find_spec("httpx2") is None:
+    raise ImportError("kubeshield.kube needs the 'kube' extra: pip install 'kubeshield[kube]'")
+
 from kubeshield.kube import resources
 from kubeshield.kube._common import ObjectList
 from kubeshield.kube._connect import Connection, from_kubeconfig, in_cluster
