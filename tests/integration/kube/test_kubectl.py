@@ -244,3 +244,39 @@ def test_unknown_credentials_are_refused(kubectl: Kubectl, kube_api: KubeAPI, tm
     config = kube_api.kubeconfig(tmp_path / "bad", token="forged-token")
     refused = kubectl.run("get", "cm", kubeconfig=config, check=False)
     assert refused.returncode == 1 and "You must be logged in to the server" in refused.stderr
+
+
+def test_subresource_extension_point_serves_kubectl_logs(
+    kubectl: Kubectl, kube_api: KubeAPI, kube_ns: str, kube: KubeClient, tmp_path: Path
+):
+    from aiohttp import web
+
+    from tests.support.kubeapi import SubresourceContext
+
+    seen: list[tuple[str, str, str]] = []
+
+    async def logs(request: web.Request, ctx: SubresourceContext) -> web.StreamResponse:
+        seen.append((ctx.user.name, ctx.namespace or "", ctx.name))
+        return web.Response(text=f"hello from {ctx.name}/{request.query.get('container', '')}\n")
+
+    kube_api.register_subresource("pods", "log", logs, verbs=("get",), kind="Pod")
+    kube.create(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "talker"},
+            "spec": {"containers": [{"name": "main", "image": "busybox"}]},
+        }
+    )
+    config = kube_api.kubeconfig(tmp_path / "logs", user="lena", namespace=kube_ns)
+    assert kubectl.run("logs", "talker", kubeconfig=config).stdout == "hello from talker/main\n"
+    assert seen == [("lena", kube_ns, "talker")]
+    kube_api.deny(user="lena", resource="pods/log")
+    try:
+        refused = kubectl.run("logs", "talker", kubeconfig=config, check=False)
+        assert refused.returncode == 1 and "forbidden" in refused.stderr
+        missing = kubectl.run("logs", "nobody", kubeconfig=config, check=False)
+        assert missing.returncode == 1 and 'pods "nobody" not found' in missing.stderr
+    finally:
+        kube_api.clear_denies()
+        kube_api.unregister_subresource("pods", "log")

@@ -378,6 +378,9 @@ class KubeAPI:
         authorization); it is also listed in discovery."""
         self._subresources[(plural, name)] = (handler, tuple(verbs), kind or name.capitalize())
 
+    def unregister_subresource(self, plural: str, name: str) -> None:
+        self._subresources.pop((plural, name), None)
+
     def _extra_subresources(self, plural: str) -> list[tuple[str, tuple[str, ...], str]]:
         out = list(_discovery.SUBRESOURCES.get(plural, []))
         out += [
