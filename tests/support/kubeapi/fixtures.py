@@ -13,7 +13,7 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,7 +109,3 @@ def kube(kube_api: KubeAPI, kube_ns: str, tmp_path: Path) -> Iterator[KubeClient
 @pytest.fixture(scope="session")
 def kubectl(tmp_path_factory: pytest.TempPathFactory) -> Kubectl:
     return Kubectl(kubectl_binary(), tmp_path_factory.mktemp("kubectl-home"))
-
-
-def lines(text: str) -> Sequence[str]:
-    return [line for line in text.splitlines() if line.strip()]
