@@ -14,4 +14,13 @@ from kubeshield.sops.errors import ExitCode, MacMismatch, SopsError
 from kubeshield.sops.metadata import SOPS_VERSION, Metadata
 from kubeshield.sops.tree import Branch, Comment, Timestamp
 
-__all__ = ["SOPS_VERSION", "Branch", "Comment", "ExitCode", "MacMismatch", "Metadata", "SopsError", "Timestamp"]
+__all__ = [
+    "SOPS_VERSION",
+    "Branch",
+    "Comment",
+    "ExitCode",
+    "MacMismatch",
+    "Metadata",
+    "SopsError",
+    "Timestamp",
+]

@@ -125,8 +125,7 @@ def decrypt_branches(
                 where = ":".join(path) or "(top level)"
                 if not isinstance(value, str):
                     raise SopsError(
-                        f"the value at {where} should be encrypted but is a clear "
-                        f"{type(value).__name__}",
+                        f"the value at {where} should be encrypted but is a clear {type(value).__name__}",
                         code=ExitCode.ERROR_DECRYPTING_TREE,
                     )
                 try:

@@ -79,36 +79,43 @@ def recover_data_key(metadata: Metadata, *, env: KeyEnv) -> bytes:
     report: list[str] = []
     for index, group in enumerate(metadata.key_groups):
         failures: list[str] = []
-        part = None
-        for key in _ordered(group):
+        part: bytes | None = None
+        for master in _ordered(group):
             try:
-                part = key.decrypt(env=env)
+                part = master.decrypt(env=env)
                 break
             except SopsError as exc:
-                failures.append(f"  {key.describe()}: {exc}")
+                failures.append(f"  {master.describe()}: {exc}")
         if part is not None:
             parts.append(part)
             report.append(f"Group {index}: SUCCESS")
         else:
-            report.append(f"Group {index}: FAILED" + ("\n" + "\n".join(failures) if failures else " (no keys)"))
+            report.append(
+                f"Group {index}: FAILED" + ("\n" + "\n".join(failures) if failures else " (no keys)")
+            )
     several = len(metadata.key_groups) > 1
     threshold = metadata.shamir_threshold or len(metadata.key_groups)
     if several and len(parts) >= threshold:
         try:
-            key = shamir.combine(parts)
+            data_key = shamir.combine(parts)
         except ValueError:
-            raise SopsError("could not combine the Shamir shares of the data key", code=ExitCode.COULD_NOT_RETRIEVE_KEY) from None
+            raise SopsError(
+                "could not combine the Shamir shares of the data key", code=ExitCode.COULD_NOT_RETRIEVE_KEY
+            ) from None
     elif not several and parts:
-        key = parts[0]
+        data_key = parts[0]
     else:
         need = f"; the file needs {threshold} of {len(metadata.key_groups)} key groups" if several else ""
         raise SopsError(
-            "failed to get the data key required to decrypt the SOPS file" + need + "\n\n" + "\n".join(report),
+            "failed to get the data key required to decrypt the SOPS file"
+            + need
+            + "\n\n"
+            + "\n".join(report),
             code=ExitCode.COULD_NOT_RETRIEVE_KEY,
         )
-    if len(key) != 32:
+    if len(data_key) != 32:
         raise SopsError("the recovered data key is not 32 bytes", code=ExitCode.COULD_NOT_RETRIEVE_KEY)
-    return key
+    return data_key
 
 
 def mac_aad(lastmodified: str) -> str:
@@ -132,7 +139,9 @@ def decrypt_document(
         try:
             stored = cipher.decrypt(meta.mac, aad=mac_aad(meta.lastmodified)) if meta.mac else ""
         except InvalidCiphertext:
-            raise MacMismatch(f"{where}: cannot decrypt the MAC (sops.mac was edited or the file tampered with)") from None
+            raise MacMismatch(
+                f"{where}: cannot decrypt the MAC (sops.mac was edited or the file tampered with)"
+            ) from None
         if not stored:
             raise MacMismatch(f"{where}: MAC mismatch: the file has no MAC")
         if stored != computed:
@@ -158,12 +167,15 @@ def encrypt_document(
     return EncryptedDocument(branches=encrypted, metadata=metadata)
 
 
-def wrap_data_key(metadata: Metadata, data_key: bytes, *, env: KeyEnv, rng: Callable[[int], bytes] = os.urandom) -> None:
+def wrap_data_key(
+    metadata: Metadata, data_key: bytes, *, env: KeyEnv, rng: Callable[[int], bytes] = os.urandom
+) -> None:
     """Encrypt ``data_key`` (split by Shamir over several groups) for every master key."""
     groups = metadata.key_groups
     if not groups or not any(groups):
         raise SopsError(
-            "no master key: give --age, --pgp, --kms, --hc-vault-transit or --kubeshield, or a .sops.yaml rule",
+            "no master key: give --age, --pgp, --kms, --hc-vault-transit or --kubeshield, "
+            "or a .sops.yaml rule",
             code=ExitCode.NO_ENCRYPTION_KEY_FOUND,
         )
     if len(groups) == 1:
@@ -173,11 +185,14 @@ def wrap_data_key(metadata: Metadata, data_key: bytes, *, env: KeyEnv, rng: Call
             metadata.shamir_threshold = len(groups)
         if not 1 <= metadata.shamir_threshold <= len(groups):
             raise SopsError(
-                f"shamir threshold {metadata.shamir_threshold} is not between 1 and the {len(groups)} key groups",
+                f"shamir threshold {metadata.shamir_threshold} is not between 1 and the "
+                f"{len(groups)} key groups",
                 code=ExitCode.ERROR_GENERIC,
             )
         if metadata.shamir_threshold < 2:
-            raise SopsError("a shamir threshold must be at least 2 with several key groups", code=ExitCode.ERROR_GENERIC)
+            raise SopsError(
+                "a shamir threshold must be at least 2 with several key groups", code=ExitCode.ERROR_GENERIC
+            )
         parts = shamir.split(data_key, parts=len(groups), threshold=metadata.shamir_threshold, rng=rng)
     for part, group in zip(parts, groups, strict=True):
         for key in group:

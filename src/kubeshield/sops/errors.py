@@ -55,5 +55,7 @@ class SopsError(KubeshieldError):
 class MacMismatch(SopsError):
     """The file's MAC does not match its content (tampered, or edited without sops)."""
 
-    def __init__(self, message: str = "MAC mismatch: the file was changed outside sops or tampered with") -> None:
+    def __init__(
+        self, message: str = "MAC mismatch: the file was changed outside sops or tampered with"
+    ) -> None:
         super().__init__(message, code=ExitCode.MAC_MISMATCH)

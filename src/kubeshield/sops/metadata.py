@@ -231,9 +231,9 @@ def unflatten(items: Iterable[tuple[str, Any]]) -> dict[str, Any]:
                 else:
                     node.setdefault(part, value)
                 break
-            child = node.get(part) if isinstance(node, dict) else node.get(part)
+            child = node.get(part)
             if child is None:
-                child = {} if isinstance(nxt, str) else {}
+                child = {}
                 node[part] = child
             node = child
 

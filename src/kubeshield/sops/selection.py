@@ -20,6 +20,7 @@ spells differently (``\\z``, ``(?<name>...)``) is translated; a pattern Python c
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,12 +41,17 @@ RULE_NAMES: Final = (
 )
 
 
+@functools.lru_cache(maxsize=256)
+def _compile(translated: str) -> re.Pattern[str]:
+    return re.compile(translated)
+
+
 def compile_go_regex(pattern: str, *, rule: str) -> re.Pattern[str]:
     """Compile a Go RE2 pattern for unanchored search. ``ConfigError`` names ``rule`` on failure."""
     translated = pattern.replace("(?<", "(?P<").replace("(?P<=", "(?<=").replace("(?P<!", "(?<!")
     translated = re.sub(r"(?<!\\)((?:\\\\)*)\\z", r"\1\\Z", translated)
     try:
-        return re.compile(translated)
+        return _compile(translated)
     except re.error as exc:
         raise ConfigError(f"{rule}: not a valid regular expression ({exc.msg})") from None
 
@@ -62,10 +68,15 @@ class Selection:
     encrypted_comment_regex: str = ""
 
     def __post_init__(self) -> None:
-        for name in ("unencrypted_regex", "encrypted_regex", "unencrypted_comment_regex", "encrypted_comment_regex"):
+        for name in (
+            "unencrypted_regex",
+            "encrypted_regex",
+            "unencrypted_comment_regex",
+            "encrypted_comment_regex",
+        ):
             value = getattr(self, name)
             if value:
-                object.__setattr__(self, f"_{name}", compile_go_regex(value, rule=name))
+                compile_go_regex(value, rule=name)
 
     @classmethod
     def default(cls) -> Selection:
@@ -75,8 +86,7 @@ class Selection:
         return [name for name in RULE_NAMES if getattr(self, name)]
 
     def _re(self, name: str) -> re.Pattern[str]:
-        compiled: re.Pattern[str] = object.__getattribute__(self, f"_{name}")
-        return compiled
+        return compile_go_regex(getattr(self, name), rule=name)
 
     def should_encrypt(
         self, path: Sequence[str], comments: Sequence[Sequence[str]], *, is_comment: bool

@@ -19,8 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pyrage
-
 from kubeshield.errors import InvalidCiphertext
 from kubeshield.sops.errors import ExitCode, SopsError
 from kubeshield.sops.masterkeys import kubeshield as ks
@@ -31,6 +29,14 @@ __all__ = ["AgeIdentities", "AgeKey", "load_identities", "parse_recipient"]
 _MAX_KEY_FILE = 1 << 24
 
 
+def _pyrage() -> Any:
+    try:
+        import pyrage
+    except ModuleNotFoundError:
+        raise SopsError("age keys need the pyrage package: pip install 'kubeshield[sops]'") from None
+    return pyrage
+
+
 def parse_recipient(recipient: str) -> Any:
     """A pyrage recipient, or the string itself for a kubeshield recipient. ``SopsError`` otherwise."""
     text = recipient.strip()
@@ -39,8 +45,8 @@ def parse_recipient(recipient: str) -> Any:
         return text
     try:
         if text.startswith("ssh-"):
-            return pyrage.ssh.Recipient.from_str(text)
-        return pyrage.x25519.Recipient.from_str(text)
+            return _pyrage().ssh.Recipient.from_str(text)
+        return _pyrage().x25519.Recipient.from_str(text)
     except Exception:  # pyrage raises its own RecipientError / ValueError
         raise SopsError(
             f"not a valid age recipient: {text[:80]!r} (expected age1..., ssh-ed25519 or ssh-rsa)",
@@ -69,7 +75,7 @@ def _parse_identity_text(text: str, out: AgeIdentities, source: str) -> None:
         if line.startswith("AGE-PLUGIN-"):
             continue  # other plugins: the sops binary runs them, kubeshield does not
         try:
-            out.native.append(pyrage.x25519.Identity.from_str(line))
+            out.native.append(_pyrage().x25519.Identity.from_str(line))
         except Exception:
             raise SopsError(
                 f"{source}: a line is not an age identity (expected AGE-SECRET-KEY-1...)",
@@ -85,16 +91,22 @@ def _read_file(path: Path) -> bytes | None:
     except FileNotFoundError:
         return None
     except OSError as exc:
-        raise SopsError(f"{path}: cannot read age key file: {exc.strerror}", code=ExitCode.COULD_NOT_RETRIEVE_KEY) from None
+        raise SopsError(
+            f"{path}: cannot read age key file: {exc.strerror}", code=ExitCode.COULD_NOT_RETRIEVE_KEY
+        ) from None
 
 
 def _run_cmd(cmd: str, name: str) -> str:
     try:
         result = subprocess.run(shlex.split(cmd), capture_output=True, check=False, timeout=60)
     except (OSError, ValueError, subprocess.TimeoutExpired) as exc:
-        raise SopsError(f"{name}: the command failed to run ({type(exc).__name__})", code=ExitCode.COULD_NOT_RETRIEVE_KEY) from None
+        raise SopsError(
+            f"{name}: the command failed to run ({type(exc).__name__})", code=ExitCode.COULD_NOT_RETRIEVE_KEY
+        ) from None
     if result.returncode != 0:
-        raise SopsError(f"{name}: the command exited with {result.returncode}", code=ExitCode.COULD_NOT_RETRIEVE_KEY)
+        raise SopsError(
+            f"{name}: the command exited with {result.returncode}", code=ExitCode.COULD_NOT_RETRIEVE_KEY
+        )
     return result.stdout.decode("utf-8", "replace")
 
 
@@ -107,7 +119,10 @@ def load_identities(env: KeyEnv) -> AgeIdentities:
     if key_file:
         data = _read_file(Path(key_file))
         if data is None:
-            raise SopsError(f"SOPS_AGE_KEY_FILE names {key_file}, which does not exist", code=ExitCode.COULD_NOT_RETRIEVE_KEY)
+            raise SopsError(
+                f"SOPS_AGE_KEY_FILE names {key_file}, which does not exist",
+                code=ExitCode.COULD_NOT_RETRIEVE_KEY,
+            )
         _parse_identity_text(data.decode("utf-8", "replace"), out, key_file)
     cmd = env.get("SOPS_AGE_KEY_CMD")
     if cmd:
@@ -117,13 +132,15 @@ def load_identities(env: KeyEnv) -> AgeIdentities:
     if data is not None:
         _parse_identity_text(data.decode("utf-8", "replace"), out, str(default))
     ssh_file = env.get("SOPS_AGE_SSH_PRIVATE_KEY_FILE")
-    ssh_paths = [Path(ssh_file)] if ssh_file else [env.home / ".ssh" / "id_ed25519", env.home / ".ssh" / "id_rsa"]
+    ssh_paths = (
+        [Path(ssh_file)] if ssh_file else [env.home / ".ssh" / "id_ed25519", env.home / ".ssh" / "id_rsa"]
+    )
     for path in ssh_paths:
         blob = _read_file(path)
         if blob is None:
             continue
         try:
-            out.native.append(pyrage.ssh.Identity.from_buffer(blob))
+            out.native.append(_pyrage().ssh.Identity.from_buffer(blob))
             out.sources.append(str(path))
         except Exception:
             continue  # passphrase-protected or not an SSH key: sops skips it too
@@ -153,7 +170,7 @@ class AgeKey(MasterKey):
             self.enc = ks.encrypt_data_key(data_key, recipient=parsed, pool=_pool(env), rng=env.rng)
             return
         try:
-            self.enc = pyrage.encrypt(data_key, [parsed], armored=True).decode("ascii")
+            self.enc = _pyrage().encrypt(data_key, [parsed], armored=True).decode("ascii")
         except Exception as exc:
             raise SopsError(f"age: encrypting to {self.recipient} failed ({type(exc).__name__})") from None
 
@@ -168,9 +185,11 @@ class AgeKey(MasterKey):
                 return result
             raise SopsError(f"age: the kubeshield key {self.recipient[:40]}... did not unwrap the data key")
         if not identities.native:
-            raise SopsError("age: no age identity found (set SOPS_AGE_KEY_FILE or create ~/.config/sops/age/keys.txt)")
+            raise SopsError(
+                "age: no age identity found (set SOPS_AGE_KEY_FILE or create ~/.config/sops/age/keys.txt)"
+            )
         try:
-            return bytes(pyrage.decrypt(self.enc.encode("ascii"), identities.native))
+            return bytes(_pyrage().decrypt(self.enc.encode("ascii"), identities.native))
         except Exception:
             raise SopsError(
                 f"age: no identity in {', '.join(identities.sources) or 'the key sources'} decrypts the data "
@@ -193,7 +212,8 @@ def _identities(env: KeyEnv) -> AgeIdentities:
     if found is None:
         found = load_identities(env)
         cache["age-identities"] = found
-    return found  # type: ignore[no-any-return]
+    assert isinstance(found, AgeIdentities)
+    return found
 
 
 def _cache(env: KeyEnv) -> dict[str, Any]:
@@ -206,4 +226,5 @@ def _pool(env: KeyEnv) -> ks.BackendPool:
     if pool is None:
         pool = ks.BackendPool()
         cache["kubeshield-pool"] = pool
-    return pool  # type: ignore[no-any-return]
+    assert isinstance(pool, ks.BackendPool)
+    return pool

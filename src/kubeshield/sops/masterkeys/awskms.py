@@ -19,9 +19,6 @@ import binascii
 import socket
 from typing import Any
 
-import boto3  # type: ignore[import-untyped,unused-ignore]
-import botocore.exceptions as bce  # type: ignore[import-untyped,unused-ignore]
-
 from kubeshield.sops.errors import ExitCode, SopsError
 from kubeshield.sops.masterkeys.base import KeyEnv, MasterKey, format_created_at
 
@@ -37,7 +34,8 @@ def parse_encryption_context(text: str) -> dict[str, str]:
         key, sep, value = pair.partition(":")
         if not sep:
             raise SopsError(
-                "--encryption-context: each pair must be key:value", code=ExitCode.ERROR_INVALID_KMS_ENCRYPTION_CONTEXT_FORMAT
+                "--encryption-context: each pair must be key:value",
+                code=ExitCode.ERROR_INVALID_KMS_ENCRYPTION_CONTEXT_FORMAT,
             )
         context[key] = value
     return context
@@ -105,13 +103,14 @@ class KmsKey(MasterKey):
         return text
 
     def _client(self) -> Any:
+        boto3, bce = _sdk()
         try:
             session = boto3.session.Session(profile_name=self.aws_profile or None)
             if self.role:
                 sts = session.client("sts", region_name=_region(self.arn))
-                creds = sts.assume_role(RoleArn=self.role, RoleSessionName=f"sops@{socket.gethostname()}"[:64])[
-                    "Credentials"
-                ]
+                creds = sts.assume_role(
+                    RoleArn=self.role, RoleSessionName=f"sops@{socket.gethostname()}"[:64]
+                )["Credentials"]
                 session = boto3.session.Session(
                     aws_access_key_id=creds["AccessKeyId"],
                     aws_secret_access_key=creds["SecretAccessKey"],
@@ -119,9 +118,12 @@ class KmsKey(MasterKey):
                 )
             return session.client("kms", region_name=_region(self.arn))
         except (bce.BotoCoreError, bce.ClientError) as exc:
-            raise SopsError(f"kms {self.arn}: cannot set up AWS ({_code(exc)})", code=ExitCode.COULD_NOT_RETRIEVE_KEY) from None
+            raise SopsError(
+                f"kms {self.arn}: cannot set up AWS ({_code(exc)})", code=ExitCode.COULD_NOT_RETRIEVE_KEY
+            ) from None
 
     def encrypt(self, data_key: bytes, *, env: KeyEnv) -> None:
+        _boto3, bce = _sdk()
         client = self._client()
         try:
             kwargs: dict[str, Any] = {"KeyId": self.arn, "Plaintext": data_key}
@@ -129,7 +131,9 @@ class KmsKey(MasterKey):
                 kwargs["EncryptionContext"] = self.context
             blob = client.encrypt(**kwargs)["CiphertextBlob"]
         except (bce.BotoCoreError, bce.ClientError) as exc:
-            raise SopsError(f"kms {self.arn}: Encrypt failed ({_code(exc)})", code=ExitCode.COULD_NOT_RETRIEVE_KEY) from None
+            raise SopsError(
+                f"kms {self.arn}: Encrypt failed ({_code(exc)})", code=ExitCode.COULD_NOT_RETRIEVE_KEY
+            ) from None
         finally:
             client.close()
         self.enc = base64.b64encode(blob).decode("ascii")
@@ -140,6 +144,7 @@ class KmsKey(MasterKey):
             blob = base64.b64decode(self.enc, validate=True)
         except (binascii.Error, ValueError):
             raise SopsError(f"kms {self.arn}: enc is not base64") from None
+        _boto3, bce = _sdk()
         client = self._client()
         try:
             kwargs: dict[str, Any] = {"CiphertextBlob": blob, "KeyId": self.arn}
@@ -147,12 +152,24 @@ class KmsKey(MasterKey):
                 kwargs["EncryptionContext"] = self.context
             return bytes(client.decrypt(**kwargs)["Plaintext"])
         except (bce.BotoCoreError, bce.ClientError) as exc:
-            raise SopsError(f"kms {self.arn}: Decrypt failed ({_code(exc)})", code=ExitCode.COULD_NOT_RETRIEVE_KEY) from None
+            raise SopsError(
+                f"kms {self.arn}: Decrypt failed ({_code(exc)})", code=ExitCode.COULD_NOT_RETRIEVE_KEY
+            ) from None
         finally:
             client.close()
 
 
+def _sdk() -> tuple[Any, Any]:
+    try:
+        import boto3  # type: ignore[import-untyped,unused-ignore]
+        import botocore.exceptions as bce  # type: ignore[import-untyped,unused-ignore]
+    except ModuleNotFoundError:
+        raise SopsError("kms keys need the boto3 package: pip install 'kubeshield[sops]'") from None
+    return boto3, bce
+
+
 def _code(exc: Exception) -> str:
+    _boto3, bce = _sdk()
     if isinstance(exc, bce.ClientError):
         return str(exc.response.get("Error", {}).get("Code", "error"))
     return type(exc).__name__

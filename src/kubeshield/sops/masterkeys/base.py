@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from kubeshield.sops.errors import ExitCode, SopsError
 
@@ -63,7 +63,7 @@ class KeyEnv:
 class MasterKey:
     """Base class of the master keys. Subclasses set ``kind`` (the metadata list name)."""
 
-    kind: ClassVar[str] = ""
+    kind: str = ""
     enc: str = ""
 
     def fields(self) -> list[tuple[str, Any]]:
@@ -97,12 +97,9 @@ class OpaqueKey(MasterKey):
 
     def __init__(self, kind: str, raw: list[tuple[str, Any]]) -> None:
         self._kind = kind
+        self.kind = kind
         self.raw = raw
         self.enc = str(dict(raw).get("enc", ""))
-
-    @property  # type: ignore[override]
-    def kind(self) -> str:  # noqa: D401 - instance-level kind
-        return self._kind
 
     def fields(self) -> list[tuple[str, Any]]:
         return [(k, self.enc if k == "enc" else v) for k, v in self.raw]
@@ -125,4 +122,6 @@ class OpaqueKey(MasterKey):
         )
 
     def decrypt(self, *, env: KeyEnv) -> bytes:
-        raise SopsError(f"{self._kind}: key type not supported by kubeshield", code=ExitCode.COULD_NOT_RETRIEVE_KEY)
+        raise SopsError(
+            f"{self._kind}: key type not supported by kubeshield", code=ExitCode.COULD_NOT_RETRIEVE_KEY
+        )

@@ -20,8 +20,6 @@ import ssl
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import httpx
-
 from kubeshield.sops.errors import ExitCode, SopsError
 from kubeshield.sops.masterkeys.base import KeyEnv, MasterKey, format_created_at
 
@@ -34,7 +32,9 @@ _SHAPE = re.compile(r"/v\d+/[^/]+/[^/]+/[^/]+")
 class VaultKey(MasterKey):
     kind = "hc_vault"
 
-    def __init__(self, vault_address: str, engine_path: str, key_name: str, *, created_at: str = "", enc: str = "") -> None:
+    def __init__(
+        self, vault_address: str, engine_path: str, key_name: str, *, created_at: str = "", enc: str = ""
+    ) -> None:
         self.vault_address = vault_address
         self.engine_path = engine_path
         self.key_name = key_name
@@ -46,12 +46,16 @@ class VaultKey(MasterKey):
         """``https://host:8200/v1/<engine path>/keys/<name>`` (sops' ``NewMasterKeyFromURI``)."""
         parts = urlsplit(uri.strip())
         if not parts.scheme:
-            raise SopsError(f"hc_vault: missing scheme in {uri!r} (https://vault.example.com:8200/v1/transit/keys/name)")
+            raise SopsError(
+                f"hc_vault: missing scheme in {uri!r} (https://vault.example.com:8200/v1/transit/keys/name)"
+            )
         path = parts.path
         if _PREFIXED.match(path):
             raise SopsError(f"hc_vault: a prefixed Vault URL is not supported: {uri!r}")
         if not _SHAPE.match(path):
-            raise SopsError(f"hc_vault: {uri!r} is not like https://vault.example.com:8200/v1/transit/keys/name")
+            raise SopsError(
+                f"hc_vault: {uri!r} is not like https://vault.example.com:8200/v1/transit/keys/name"
+            )
         dirs = path.strip("/").split("/")
         address = urlunsplit((parts.scheme, parts.netloc, "", "", ""))
         return cls(address, "/".join(dirs[1:-2]), dirs[-1])
@@ -98,17 +102,23 @@ class VaultKey(MasterKey):
                 verify = ssl.create_default_context(cafile=cacert)
             except (OSError, ssl.SSLError):
                 raise SopsError(f"hc_vault: VAULT_CACERT {cacert} cannot be loaded") from None
+        try:
+            import httpx
+        except ModuleNotFoundError:
+            raise SopsError("hc_vault keys need the httpx package: pip install 'kubeshield[sops]'") from None
         url = f"{self.vault_address.rstrip('/')}/v1/{self.engine_path}/{op}/{self.key_name}"
         try:
             with httpx.Client(verify=verify, timeout=15.0, trust_env=False) as client:
                 response = client.post(url, json=body, headers=headers)
         except httpx.HTTPError as exc:
             raise SopsError(
-                f"hc_vault {self.describe()}: cannot reach Vault ({type(exc).__name__})", code=ExitCode.COULD_NOT_RETRIEVE_KEY
+                f"hc_vault {self.describe()}: cannot reach Vault ({type(exc).__name__})",
+                code=ExitCode.COULD_NOT_RETRIEVE_KEY,
             ) from None
         if response.status_code != 200:
             raise SopsError(
-                f"hc_vault {self.describe()}: {op} answered HTTP {response.status_code}", code=ExitCode.COULD_NOT_RETRIEVE_KEY
+                f"hc_vault {self.describe()}: {op} answered HTTP {response.status_code}",
+                code=ExitCode.COULD_NOT_RETRIEVE_KEY,
             )
         try:
             data = response.json().get("data")

@@ -75,7 +75,9 @@ def _config_of(text: str, hrp: str) -> str:
         found, data = _bech32.decode(text.strip())
         path = data.decode("utf-8")
     except (ValueError, UnicodeDecodeError):
-        raise SopsError(f"not a valid kubeshield age {'recipient' if hrp == RECIPIENT_HRP else 'identity'}") from None
+        raise SopsError(
+            f"not a valid kubeshield age {'recipient' if hrp == RECIPIENT_HRP else 'identity'}"
+        ) from None
     if found != hrp.lower() or not path.startswith("/"):
         raise SopsError("not a kubeshield age recipient or identity")
     return path

@@ -30,7 +30,11 @@ class PgpKey(MasterKey):
 
     @classmethod
     def from_fields(cls, values: dict[str, Any]) -> PgpKey:
-        return cls(str(values.get("fp", "")), created_at=str(values.get("created_at", "")), enc=str(values.get("enc", "")))
+        return cls(
+            str(values.get("fp", "")),
+            created_at=str(values.get("created_at", "")),
+            enc=str(values.get("enc", "")),
+        )
 
     def fields(self) -> list[tuple[str, Any]]:
         return [("created_at", self.created_at), ("enc", self.enc), ("fp", self.fp)]
@@ -42,22 +46,44 @@ class PgpKey(MasterKey):
         binary = env.get("SOPS_GPG_EXEC") or "gpg"
         try:
             result = subprocess.run(
-                [binary, *args], input=data, capture_output=True, check=False, timeout=120, env=dict(env.environ)
+                [binary, *args],
+                input=data,
+                capture_output=True,
+                check=False,
+                timeout=120,
+                env=dict(env.environ),
             )
         except FileNotFoundError:
             raise SopsError(
-                f"pgp {self.fp}: the gpg binary {binary!r} was not found (install gnupg or set SOPS_GPG_EXEC)",
+                f"pgp {self.fp}: the gpg binary {binary!r} was not found "
+                "(install gnupg or set SOPS_GPG_EXEC)",
                 code=ExitCode.COULD_NOT_RETRIEVE_KEY,
             ) from None
         except (OSError, subprocess.TimeoutExpired) as exc:
-            raise SopsError(f"pgp {self.fp}: gpg failed to run ({type(exc).__name__})", code=ExitCode.COULD_NOT_RETRIEVE_KEY) from None
+            raise SopsError(
+                f"pgp {self.fp}: gpg failed to run ({type(exc).__name__})",
+                code=ExitCode.COULD_NOT_RETRIEVE_KEY,
+            ) from None
         if result.returncode != 0:
-            raise SopsError(f"pgp {self.fp}: gpg exited with {result.returncode}", code=ExitCode.COULD_NOT_RETRIEVE_KEY)
+            raise SopsError(
+                f"pgp {self.fp}: gpg exited with {result.returncode}", code=ExitCode.COULD_NOT_RETRIEVE_KEY
+            )
         return result.stdout
 
     def encrypt(self, data_key: bytes, *, env: KeyEnv) -> None:
         out = self._gpg(
-            ["--batch", "--no-default-recipient", "--yes", "--encrypt", "-a", "-r", self.fp, "--trusted-key", self.fp[-16:], "--no-encrypt-to"],
+            [
+                "--batch",
+                "--no-default-recipient",
+                "--yes",
+                "--encrypt",
+                "-a",
+                "-r",
+                self.fp,
+                "--trusted-key",
+                self.fp[-16:],
+                "--no-encrypt-to",
+            ],
             data_key,
             env,
         )

@@ -70,4 +70,6 @@ def store_for(name: str) -> Store:
         from kubeshield.sops.stores.json import BinaryStore
 
         return BinaryStore()
-    raise SopsError(f"unknown file format {name!r}; use one of {', '.join(FORMATS)}", code=ExitCode.ERROR_GENERIC)
+    raise SopsError(
+        f"unknown file format {name!r}; use one of {', '.join(FORMATS)}", code=ExitCode.ERROR_GENERIC
+    )

@@ -22,5 +22,7 @@ def decode_text(data: bytes, *, where: str) -> str:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise SopsError(f"{where}: not UTF-8 text (byte {exc.start})", code=ExitCode.COULD_NOT_READ_INPUT_FILE) from None
+        raise SopsError(
+            f"{where}: not UTF-8 text (byte {exc.start})", code=ExitCode.COULD_NOT_READ_INPUT_FILE
+        ) from None
     return text[1:] if text.startswith("\ufeff") else text

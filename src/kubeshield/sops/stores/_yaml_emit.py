@@ -61,33 +61,27 @@ class _Analysis:
             self.single_allowed = True
             self.block_allowed = False
             return
-        block_ind = flow_ind = line_breaks = special = False
+        block_ind = line_breaks = special = False
         leading_space = leading_break = trailing_space = trailing_break = False
         break_space = space_break = previous_space = previous_break = False
         if value.startswith(("---", "...")):
-            block_ind = flow_ind = True
+            block_ind = True
         preceded_ws = True
         n = len(value)
         followed_ws = n == 1 or value[1] in " \t\n\r\x85\u2028\u2029"
         for i, ch in enumerate(value):
             if i == 0:
                 if ch in "#,[]{}&*!|>'\"%@`":
-                    flow_ind = block_ind = True
-                if ch in "?:":
-                    flow_ind = True
-                    if followed_ws:
-                        block_ind = True
+                    block_ind = True
+                if ch in "?:" and followed_ws:
+                    block_ind = True
                 if ch == "-" and followed_ws:
-                    flow_ind = block_ind = True
+                    block_ind = True
             else:
-                if ch in ",?[]{}":
-                    flow_ind = True
-                if ch == ":":
-                    flow_ind = True
-                    if followed_ws:
-                        block_ind = True
+                if ch == ":" and followed_ws:
+                    block_ind = True
                 if ch == "#" and preceded_ws:
-                    flow_ind = block_ind = True
+                    block_ind = True
             if not _printable(ch) or ch == "\ufeff":
                 special = True
             if ch in _BREAKS:
@@ -134,10 +128,7 @@ class _Analysis:
 def _double(value: str) -> str:
     out = ['"']
     for ch in value:
-        if ch in _ESCAPES and (ch not in "\xa0" or True):
-            if ch == "\xa0":
-                out.append(ch)  # printable: go-yaml keeps it
-                continue
+        if ch in _ESCAPES and ch != "\xa0":  # NBSP is printable: go-yaml keeps it
             out.append(_ESCAPES[ch])
         elif not _printable(ch) or ch == "\ufeff":
             o = ord(ch)
@@ -157,7 +148,9 @@ def _string_style(value: str, *, key: bool) -> str:
     """'plain' | 'single' | 'double' | 'literal' as go-yaml chooses for a string."""
     if _SIMPLE_PLAIN.fullmatch(value) and not _goyaml.is_old_bool(value) and _goyaml.resolves_to_str(value):
         return "plain"
-    can_plain = _goyaml.resolves_to_str(value) and not (_goyaml.is_base60_float(value) or _goyaml.is_old_bool(value))
+    can_plain = _goyaml.resolves_to_str(value) and not (
+        _goyaml.is_base60_float(value) or _goyaml.is_old_bool(value)
+    )
     analysis = _Analysis(value)
     if "\n" in value:
         style = "literal"
@@ -256,7 +249,7 @@ class _Writer:
                     continue
                 self.comment(indent, key.value)
                 continue
-            style, key_text = _scalar_text(key, key=True)
+            _style, key_text = _scalar_text(key, key=True)
             head = (prefix if prefix is not None else " " * indent) + key_text + ":"
             prefix = None
             self.value_after(head, value, indent, in_seq_item=False)

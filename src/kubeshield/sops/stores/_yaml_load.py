@@ -98,8 +98,13 @@ class _Builder:
                 raise self.fail("a !!binary value is not base64", event.start_mark) from None
         if short in ("!!int", "!!float", "!!bool", "!!null", "!!timestamp"):
             resolved = _goyaml.resolve_plain(value)
-            expected = {"!!int": int, "!!float": (float, int), "!!bool": bool, "!!null": type(None)}.get(short)
-            if expected is not None and (not isinstance(resolved, expected) or (short == "!!int" and isinstance(resolved, bool))):
+            ok = {
+                "!!int": isinstance(resolved, int) and not isinstance(resolved, bool),
+                "!!float": isinstance(resolved, int | float) and not isinstance(resolved, bool),
+                "!!bool": isinstance(resolved, bool),
+                "!!null": resolved is None,
+            }.get(short, True)
+            if not ok:
                 raise self.fail(f"cannot decode {value!r} as a {short}", event.start_mark)
             if short == "!!float" and isinstance(resolved, int) and not isinstance(resolved, bool):
                 return float(resolved)
@@ -129,7 +134,7 @@ def load_documents(text: str, *, where: str) -> list[Branch]:
     """Every document of ``text`` as a Branch. ``SopsError`` (exit 2) names the line of a syntax error."""
     builder = _Builder(text, where)
     try:
-        events = list(yaml.parse(text, Loader=_Loader))
+        events: list[Any] = list(yaml.parse(text, Loader=_Loader))
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         raise builder.fail(f"invalid YAML: {exc.problem}", mark) from None
@@ -191,12 +196,16 @@ def load_documents(text: str, *, where: str) -> list[Branch]:
             from kubeshield.sops.tree import copy_value
 
             value, _ = anchors[event.anchor]
-            attach(copy_value(value), None, event.start_mark.index, event.start_mark.line, event.end_mark.index)
+            attach(
+                copy_value(value), None, event.start_mark.index, event.start_mark.line, event.end_mark.index
+            )
         elif name in ("MappingStartEvent", "SequenceStartEvent"):
             flow = bool(event.flow_style)
             spans.append((event.start_mark.index, event.end_mark.index if flow else event.start_mark.index))
             kind = "map" if name == "MappingStartEvent" else "seq"
-            coll = _Coll(kind, event.start_mark.column, event.start_mark.index, flow, Branch() if kind == "map" else [])
+            coll = _Coll(
+                kind, event.start_mark.column, event.start_mark.index, flow, Branch() if kind == "map" else []
+            )
             coll.anchor = event.anchor
             coll.start_line = event.start_mark.line
             stack.append(coll)
@@ -215,20 +224,20 @@ def load_documents(text: str, *, where: str) -> list[Branch]:
     spans.sort()
     comments = _comments(text, spans)
     branches: list[Branch] = []
-    for index, (start, end, coll, value) in enumerate(docs):
+    for index, (start, _end, root, value) in enumerate(docs):
         next_start = docs[index + 1][0] if index + 1 < len(docs) else len(text) + 1
         lo = 0 if index == 0 else start
         mine = [c for c in comments if lo <= c[0] < next_start]
-        if coll is None:
+        if root is None:
             if value is not None:
                 raise builder.fail("YAML documents that are values are not supported")
             branch = Branch((Comment(c[3]), None) for c in mine)
             branches.append(branch)
             continue
-        if coll.kind != "map":
+        if root.kind != "map":
             raise builder.fail("YAML documents that are sequences are not supported")
-        _place_all(coll, mine)
-        branches.append(coll.out)
+        _place_all(root, mine)
+        branches.append(root.out)
     return branches
 
 

@@ -60,7 +60,8 @@ class DotenvStore:
         for key, value in branches[0] if branches else ():
             if isinstance(value, Branch | list):
                 raise SopsError(
-                    f"cannot use a complex value in a dotenv file (key {key!r})", code=ExitCode.ERROR_DUMPING_TREE
+                    f"cannot use a complex value in a dotenv file (key {key!r})",
+                    code=ExitCode.ERROR_DUMPING_TREE,
                 )
             if isinstance(key, Comment):
                 out.append(f"#{key.value}\n")

@@ -37,7 +37,10 @@ class IniStore:
                 continue
             if line.startswith("["):
                 if not line.endswith("]"):
-                    raise SopsError(f"{where}: line {number}: unclosed section header", code=ExitCode.COULD_NOT_READ_INPUT_FILE)
+                    raise SopsError(
+                        f"{where}: line {number}: unclosed section header",
+                        code=ExitCode.COULD_NOT_READ_INPUT_FILE,
+                    )
                 current = Branch((Comment(c), None) for c in pending)
                 pending = []
                 root.append((line[1:-1].strip(), current))
@@ -46,7 +49,9 @@ class IniStore:
             if not sep:
                 key, sep, value = line.partition(":")
             if not sep:
-                raise SopsError(f"{where}: line {number} is not key = value", code=ExitCode.COULD_NOT_READ_INPUT_FILE)
+                raise SopsError(
+                    f"{where}: line {number} is not key = value", code=ExitCode.COULD_NOT_READ_INPUT_FILE
+                )
             for c in pending:
                 current.append((Comment(c), None))
             pending = []
@@ -79,7 +84,9 @@ class IniStore:
             if isinstance(name, Comment):
                 continue
             if not isinstance(section, Branch):
-                raise SopsError(f"INI values must be inside a section (key {name!r})", code=ExitCode.ERROR_DUMPING_TREE)
+                raise SopsError(
+                    f"INI values must be inside a section (key {name!r})", code=ExitCode.ERROR_DUMPING_TREE
+                )
             lines: list[str] = []
             items = list(section)
             leading: list[str] = []
@@ -97,14 +104,19 @@ class IniStore:
                     lines.append(f"; {key.value}")
                     continue
                 if isinstance(value, Branch | list):
-                    raise SopsError(f"INI values cannot be nested (key {key!r})", code=ExitCode.ERROR_DUMPING_TREE)
+                    raise SopsError(
+                        f"INI values cannot be nested (key {key!r})", code=ExitCode.ERROR_DUMPING_TREE
+                    )
                 text = "" if value is None else str(value).replace("\n", "\\n")
                 lines.append(f"{str(key).ljust(width)} = {text}")
             blocks.append("\n".join(lines))
         return ("\n\n".join(blocks) + ("\n" if blocks else "")).encode("utf-8", "surrogateescape")
 
     def emit_encrypted(self, branches: list[Branch], metadata: Metadata) -> bytes:
-        items = [(k, "" if v is None else (str(v).lower() if isinstance(v, bool) else str(v)).replace("\n", "\\n")) for k, v in flatten(metadata.to_plain())]
+        items = [
+            (k, "" if v is None else (str(v).lower() if isinstance(v, bool) else str(v)).replace("\n", "\\n"))
+            for k, v in flatten(metadata.to_plain())
+        ]
         root = branches[0] if branches else Branch()
         return self.emit_plain([Branch([*root, ("sops", Branch(items))])])
 

@@ -109,8 +109,12 @@ def _parse(text: str, where: str) -> Any:
             parse_constant=_reject_constant,
         )
     except ValueError as exc:
-        detail = f"line {exc.lineno}, column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else "value"
-        raise SopsError(f"{where}: invalid JSON at {detail}", code=ExitCode.COULD_NOT_READ_INPUT_FILE) from None
+        detail = (
+            f"line {exc.lineno}, column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else "value"
+        )
+        raise SopsError(
+            f"{where}: invalid JSON at {detail}", code=ExitCode.COULD_NOT_READ_INPUT_FILE
+        ) from None
 
 
 class JsonStore:
@@ -119,7 +123,9 @@ class JsonStore:
     def load_plain(self, data: bytes, *, where: str) -> list[Branch]:
         value = _parse(decode_text(data, where=where), where)
         if not isinstance(value, Branch):
-            raise SopsError(f"{where}: the JSON document must be an object", code=ExitCode.COULD_NOT_READ_INPUT_FILE)
+            raise SopsError(
+                f"{where}: the JSON document must be an object", code=ExitCode.COULD_NOT_READ_INPUT_FILE
+            )
         return [value]
 
     def load_encrypted(self, data: bytes, *, where: str) -> tuple[list[Branch], Any]:
