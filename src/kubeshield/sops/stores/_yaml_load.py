@@ -259,36 +259,72 @@ def _place_all(root: _Coll, comments: list[tuple[int, int, int, str, bool]]) -> 
                 return coll, i
         return None
 
-    def place(coll: _Coll, index: int, column: int, text: str) -> None:
-        items = coll.items
-        if not items or index < items[0].start:
-            add(coll, 0, text)
+    def chain_at(index: int) -> list[tuple[_Coll, int]]:
+        """(collection, index of the last item starting before ``index``) from the root down."""
+        chain: list[tuple[_Coll, int]] = []
+        coll = root
+        while True:
+            starts = [it.start for it in coll.items]
+            i = bisect_right(starts, index) - 1
+            chain.append((coll, i))
+            if i < 0:
+                return chain
+            item = coll.items[i]
+            nested = item.value
+            if nested is None or nested.flow or not nested.items or index < item.value_start:
+                return chain
+            coll = nested
+
+    run_key: tuple[int, int] | None = None
+    prev_col = 0
+    level = 0  # index into the chain of the collection the run currently fills
+
+    def place(index: int, column: int, text: str) -> None:
+        nonlocal run_key, prev_col, level
+        chain = chain_at(index)
+        coll, i = chain[-1]
+        if i < 0:
+            add(coll, 0, text)  # before the first item
+            run_key = None
             return
-        starts = [it.start for it in items]
-        i = bisect_right(starts, index) - 1
-        item = items[i]
-        nested = item.value
-        if nested is not None and index < item.value_start:
-            add(nested, 0, text)  # between a key and its collection: opens it
+        item = coll.items[i]
+        if index < item.value_start:  # between a key and its value
+            if item.value is not None:
+                add(item.value, 0, text)
+            else:
+                add(coll, i, text)
+            run_key = None
             return
-        if nested is not None and not nested.flow and nested.items and index <= item.end:
-            place(nested, index, column, text)
-            return
-        if nested is not None and not nested.flow and nested.items and column >= nested.column:
-            place(nested, index, column, text)  # a foot comment indented into the nested block
-            return
-        if nested is None and index < item.value_start:
-            add(coll, i, text)
-            return
-        add(coll, i + 1, text)
+        # after item i of the innermost collection: the next token is at the deepest level that has one
+        k = 0
+        next_col = 0
+        for depth in range(len(chain) - 1, -1, -1):
+            c, j = chain[depth]
+            if j + 1 < len(c.items):
+                k, next_col = depth, c.column
+                break
+        key = (id(chain[k][0]), chain[k][1])
+        if key != run_key:
+            run_key = key
+            level = k if column <= next_col else len(chain) - 1
+        elif column < prev_col and level > k:
+            if column <= next_col:
+                level = k
+            else:
+                while level > k and chain[level][0].column > column:
+                    level -= 1
+        prev_col = column
+        c, j = chain[level]
+        add(c, j + 1, text)
 
     for index, line, column, text, trailing in comments:
         if trailing:
             found = innermost_on_line(root, line)
             if found is not None:
                 add(found[0], found[1], text)
+                run_key = None
                 continue
-        place(root, index, column, text)
+        place(index, column, text)
 
     for key, entries in placements.items():
         coll = colls[key]
