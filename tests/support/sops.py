@@ -79,16 +79,24 @@ class Sops:
 
     def ok(self, *args: str, **kw: object) -> bytes:
         result = self.run(*args, **kw)  # type: ignore[arg-type]
-        assert result.returncode == 0, f"sops {' '.join(args)} failed ({result.returncode}): {result.stderr.decode()}"
+        assert result.returncode == 0, (
+            f"sops {' '.join(args)} failed ({result.returncode}): {result.stderr.decode()}"
+        )
         return result.stdout
 
 
-def kubeshield_cli(argv: list[str], *, env: Mapping[str, str], monkeypatch: pytest.MonkeyPatch, cwd: Path | None = None) -> int:
+def kubeshield_cli(
+    argv: list[str], *, env: Mapping[str, str], monkeypatch: pytest.MonkeyPatch, cwd: Path | None = None
+) -> int:
     """Run ``kubeshield`` in-process with exactly ``env`` as the environment; return its exit code."""
     from kubeshield.cli import main
 
     for name in list(os.environ):
-        if name.startswith(("SOPS_", "VAULT_", "AWS_", "KUBESHIELD_")) or name in ("HOME", "XDG_CONFIG_HOME", "GNUPGHOME"):
+        if name.startswith(("SOPS_", "VAULT_", "AWS_", "KUBESHIELD_")) or name in (
+            "HOME",
+            "XDG_CONFIG_HOME",
+            "GNUPGHOME",
+        ):
             monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)

@@ -166,17 +166,25 @@ def _is_secret(branches: list[Branch]) -> bool:
     return False
 
 
-def plaintext_secret_values(branches: list[Branch]) -> list[tuple[str, str]]:
-    """(Secret name, key) of every ``data``/``stringData`` value left in plaintext in Secret documents."""
+def plaintext_secret_values(
+    branches: list[Branch], encrypted: list[Branch] | None = None
+) -> list[tuple[str, str]]:
+    """(Secret name, key) of every ``data``/``stringData`` value left in plaintext in Secret documents.
+
+    ``branches`` tell which documents are Secrets (and their names); ``encrypted`` (default: the same
+    branches) is where the values are looked at, so a rule that also encrypts ``kind`` is handled.
+    """
     found: list[tuple[str, str]] = []
-    for branch in branches:
+    for index, branch in enumerate(branches):
         items = {k: v for k, v in branch if isinstance(k, str)}
         if items.get("kind") != "Secret":
             continue
         meta = items.get("metadata")
         name = meta.get_item("name") if isinstance(meta, Branch) and "name" in meta.keys_only() else "?"
+        target = encrypted[index] if encrypted is not None and index < len(encrypted) else branch
+        values_of = {k: v for k, v in target if isinstance(k, str)}
         for section in ("data", "stringData"):
-            values = items.get(section)
+            values = values_of.get(section)
             if not isinstance(values, Branch):
                 continue
             for key, value in values:
@@ -218,7 +226,7 @@ def encrypt_bytes(
     doc = encrypt_document(branches, metadata=metadata, data_key=data_key, clock=clock)
     warnings = [
         f"{where}: Secret {name}: {key} stays in plaintext (the selection rule leaves it clear)"
-        for name, key in plaintext_secret_values(doc.branches)
+        for name, key in plaintext_secret_values(branches, doc.branches)
     ]
     return store_out.emit_encrypted(doc.branches, doc.metadata), warnings
 

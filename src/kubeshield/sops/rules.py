@@ -8,7 +8,7 @@ path is tried as given and relative to the config file's directory. A rule holds
 ``shamir_threshold``, at most one selection rule, and ``mac_only_encrypted``.
 
 A rule that sets two selection rules, or both flat keys and ``key_groups``, is refused naming the rule
-(exit 5, as sops refuses a bad config).
+(exit 1, as sops).
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def find_config(start: Path) -> Path | None:
 
 
 def _bad(where: str, problem: str) -> SopsError:
-    return SopsError(f"{where}: {problem}", code=ExitCode.ERROR_READING_CONFIG)
+    return SopsError(f"{where}: {problem}", code=ExitCode.ERROR_GENERIC)  # sops exits 1 here
 
 
 def _split(value: Any, where: str) -> list[str]:

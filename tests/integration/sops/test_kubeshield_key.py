@@ -23,7 +23,9 @@ def backend_config(tmp_path: Path) -> Path:
     passphrase.write_bytes(PASSPHRASE)
     passphrase.chmod(0o600)
     config = tmp_path / "kubeshield.yaml"
-    config.write_text(f"keys:\n  backend: local\n  local: {{keyring: {keyring}, passphraseFile: {passphrase}}}\n")
+    config.write_text(
+        f"keys:\n  backend: local\n  local: {{keyring: {keyring}, passphraseFile: {passphrase}}}\n"
+    )
     return config
 
 
@@ -43,11 +45,15 @@ def test_recipient_and_identity_encode_the_config_path(backend_config: Path) -> 
     assert ks_key.config_of_identity(identity) == str(backend_config.resolve())
 
 
-def test_sops_decrypts_rotates_and_updatekeys_a_kubeshield_key(tmp_path, sops, ks, age_key, backend_config, plugin_identity) -> None:
+def test_sops_decrypts_rotates_and_updatekeys_a_kubeshield_key(
+    tmp_path, sops, ks, age_key, backend_config, plugin_identity
+) -> None:
     work = tmp_path / "repo"
     work.mkdir()
     recipient = ks_key.recipient_for(backend_config)
-    (work / ".sops.yaml").write_text(f"creation_rules:\n  - path_regex: .*\n    age: {recipient},{age_key.recipient}\n")
+    (work / ".sops.yaml").write_text(
+        f"creation_rules:\n  - path_regex: .*\n    age: {recipient},{age_key.recipient}\n"
+    )
     (work / "s.yaml").write_text(SECRET)
     assert ks(["sops", "encrypt", "-i", "s.yaml"], cwd=work) == 0
     plugin_only = {"SOPS_AGE_KEY_FILE": str(plugin_identity)}
@@ -70,17 +76,36 @@ def test_sops_decrypts_rotates_and_updatekeys_a_kubeshield_key(tmp_path, sops, k
     )
     sops.ok("updatekeys", "-y", "s.yaml", cwd=work)
     assert "recipient: " + recipient in (work / "s.yaml").read_text()
-    assert b"password: hunter2" in sops.ok("decrypt", "s.yaml", cwd=work, env={"SOPS_AGE_KEY_FILE": str(extra)})
+    assert b"password: hunter2" in sops.ok(
+        "decrypt", "s.yaml", cwd=work, env={"SOPS_AGE_KEY_FILE": str(extra)}
+    )
     out.unlink()
     assert ks(["sops", "decrypt", "--output", str(out), "s.yaml"], cwd=work, env={"SOPS_AGE_KEY": ""}) == 0
     assert b"password: hunter2" in out.read_bytes()
 
 
-def test_sops_without_the_plugin_refuses_and_leaves_the_file_intact(tmp_path, sops, ks, age_key, backend_config) -> None:
+def test_sops_without_the_plugin_refuses_and_leaves_the_file_intact(
+    tmp_path, sops, ks, age_key, backend_config
+) -> None:
     plain = tmp_path / "s.yaml"
     plain.write_text(SECRET)
     enc = tmp_path / "s.enc.yaml"
-    assert ks(["sops", "encrypt", "--kubeshield", str(backend_config), "--age", age_key.recipient, "--output", str(enc), str(plain)]) == 0
+    assert (
+        ks(
+            [
+                "sops",
+                "encrypt",
+                "--kubeshield",
+                str(backend_config),
+                "--age",
+                age_key.recipient,
+                "--output",
+                str(enc),
+                str(plain),
+            ]
+        )
+        == 0
+    )
     before = enc.read_bytes()
     result = sops.run("rotate", "-i", str(enc), plugin=False)
     assert result.returncode == 1, result.stderr.decode()  # sops: "Could not generate data key"
@@ -91,7 +116,9 @@ def test_sops_without_the_plugin_refuses_and_leaves_the_file_intact(tmp_path, so
     assert ks(["sops", "decrypt", "--output", str(out), str(enc)], env={"SOPS_AGE_KEY": ""}) == 0
 
 
-def test_sops_encrypts_to_the_kubeshield_key_and_kubeshield_rotates_it(tmp_path, sops, ks, backend_config, plugin_identity) -> None:
+def test_sops_encrypts_to_the_kubeshield_key_and_kubeshield_rotates_it(
+    tmp_path, sops, ks, backend_config, plugin_identity
+) -> None:
     recipient = ks_key.recipient_for(backend_config)
     plain = tmp_path / "s.yaml"
     plain.write_text(SECRET)
@@ -102,7 +129,9 @@ def test_sops_encrypts_to_the_kubeshield_key_and_kubeshield_rotates_it(tmp_path,
     assert ks(["sops", "decrypt", "--output", str(out), str(enc)], env={"SOPS_AGE_KEY": ""}) == 0
     assert b"password: hunter2" in out.read_bytes()
     assert ks(["sops", "rotate", "-i", str(enc)], env={"SOPS_AGE_KEY": ""}) == 0
-    assert b"password: hunter2" in sops.ok("decrypt", str(enc), env={"SOPS_AGE_KEY_FILE": str(plugin_identity)})
+    assert b"password: hunter2" in sops.ok(
+        "decrypt", str(enc), env={"SOPS_AGE_KEY_FILE": str(plugin_identity)}
+    )
 
 
 def test_a_wrong_backend_cannot_unwrap(tmp_path, ks, backend_config) -> None:

@@ -13,7 +13,9 @@ from tests.support.moto import MotoServer, create_kms_key, dummy_aws_env
 from tests.support.openbao import BaoServer, openbao, transit_key  # noqa: F401
 from tests.support.sops import age_identity
 
-SECRET = "apiVersion: v1\nkind: Secret\nmetadata:\n  name: s\nstringData:\n  password: hunter2\n  token: t0k3n\n"
+SECRET = (
+    "apiVersion: v1\nkind: Secret\nmetadata:\n  name: s\nstringData:\n  password: hunter2\n  token: t0k3n\n"
+)
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +35,9 @@ def _roundtrip(tmp_path, sops, ks, *, ks_flags, sops_flags, env) -> None:
     out = sops.ok("decrypt", str(ours), env=env)
     assert b"password: hunter2" in out
     theirs = tmp_path / "theirs.yaml"
-    theirs.write_bytes(sops.ok("encrypt", *sops_flags, "--encrypted-regex", "^(data|stringData)$", str(plain), env=env))
+    theirs.write_bytes(
+        sops.ok("encrypt", *sops_flags, "--encrypted-regex", "^(data|stringData)$", str(plain), env=env)
+    )
     got = tmp_path / "got.yaml"
     assert ks(["sops", "decrypt", "--output", str(got), str(theirs)], env=env) == 0
     assert got.read_bytes() == out == sops.ok("decrypt", str(theirs), env=env)
@@ -42,22 +46,41 @@ def _roundtrip(tmp_path, sops, ks, *, ks_flags, sops_flags, env) -> None:
 def test_hc_vault_transit_both_ways(tmp_path, sops, ks, openbao: BaoServer, transit_key: str) -> None:
     uri = f"{openbao.address}/v1/transit/keys/{transit_key}"
     env = {"VAULT_TOKEN": openbao.root_token}
-    _roundtrip(tmp_path, sops, ks, ks_flags=["--hc-vault-transit", uri], sops_flags=["--hc-vault-transit", uri], env=env)
+    _roundtrip(
+        tmp_path,
+        sops,
+        ks,
+        ks_flags=["--hc-vault-transit", uri],
+        sops_flags=["--hc-vault-transit", uri],
+        env=env,
+    )
     text = (tmp_path / "ours.yaml").read_text()
     assert "hc_vault:" in text and "enc: vault:v1:" in text and f"key_name: {transit_key}" in text
 
 
-def test_hc_vault_token_from_vault_token_file(tmp_path, home, sops, ks, openbao: BaoServer, transit_key: str) -> None:
+def test_hc_vault_token_from_vault_token_file(
+    tmp_path, home, sops, ks, openbao: BaoServer, transit_key: str
+) -> None:
     (home / ".vault-token").write_text(openbao.root_token + "\n")
     uri = f"{openbao.address}/v1/transit/keys/{transit_key}"
-    _roundtrip(tmp_path, sops, ks, ks_flags=["--hc-vault-transit", uri], sops_flags=["--hc-vault-transit", uri], env={})
+    _roundtrip(
+        tmp_path,
+        sops,
+        ks,
+        ks_flags=["--hc-vault-transit", uri],
+        sops_flags=["--hc-vault-transit", uri],
+        env={},
+    )
 
 
 def test_hc_vault_wrong_token_is_exit_128(tmp_path, ks, openbao: BaoServer, transit_key: str) -> None:
     uri = f"{openbao.address}/v1/transit/keys/{transit_key}"
     plain = tmp_path / "s.yaml"
     plain.write_text(SECRET)
-    assert ks(["sops", "encrypt", "--hc-vault-transit", uri, str(plain)], env={"VAULT_TOKEN": "not-a-token"}) == 128
+    assert (
+        ks(["sops", "encrypt", "--hc-vault-transit", uri, str(plain)], env={"VAULT_TOKEN": "not-a-token"})
+        == 128
+    )
 
 
 def test_kms_with_encryption_context_both_ways(tmp_path, sops, ks, moto: MotoServer, monkeypatch) -> None:
@@ -79,7 +102,11 @@ def test_kms_with_encryption_context_both_ways(tmp_path, sops, ks, moto: MotoSer
 
 def _gpg(home: Path, *args: str, input: bytes | None = None) -> bytes:
     result = subprocess.run(
-        ["gpg", "--batch", "--homedir", str(home), *args], input=input, capture_output=True, check=False, timeout=120
+        ["gpg", "--batch", "--homedir", str(home), *args],
+        input=input,
+        capture_output=True,
+        check=False,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr.decode()
     return result.stdout
@@ -88,14 +115,25 @@ def _gpg(home: Path, *args: str, input: bytes | None = None) -> bytes:
 def test_pgp_both_ways(tmp_path, sops, ks) -> None:
     gnupg = tmp_path / "gnupg"
     gnupg.mkdir(mode=0o700)
-    _gpg(gnupg, "--passphrase", "", "--quick-gen-key", "kubeshield test <test@example.invalid>", "default", "default", "never")
+    _gpg(
+        gnupg,
+        "--passphrase",
+        "",
+        "--quick-gen-key",
+        "kubeshield test <test@example.invalid>",
+        "default",
+        "default",
+        "never",
+    )
     listing = _gpg(gnupg, "--with-colons", "--list-keys").decode()
     fp = next(line.split(":")[9] for line in listing.splitlines() if line.startswith("fpr:"))
     env = {"GNUPGHOME": str(gnupg)}
     try:
         _roundtrip(tmp_path, sops, ks, ks_flags=["--pgp", fp], sops_flags=["--pgp", fp], env=env)
     finally:
-        subprocess.run(["gpgconf", "--homedir", str(gnupg), "--kill", "all"], check=False, capture_output=True)
+        subprocess.run(
+            ["gpgconf", "--homedir", str(gnupg), "--kill", "all"], check=False, capture_output=True
+        )
     assert "BEGIN PGP MESSAGE" in (tmp_path / "ours.yaml").read_text()
 
 

@@ -50,7 +50,10 @@ def test_binary_store_both_ways(tmp_path: Path, sops, ks, age_key) -> None:
     blob.write_bytes(os.urandom(5000) + b"\n\x00tail")
     ours = tmp_path / "ours.bin"
     assert ks(["sops", "encrypt", "--age", age_key.recipient, "--output", str(ours), str(blob)]) == 0
-    assert sops.ok("decrypt", "--input-type", "binary", "--output-type", "binary", str(ours)) == blob.read_bytes()
+    assert (
+        sops.ok("decrypt", "--input-type", "binary", "--output-type", "binary", str(ours))
+        == blob.read_bytes()
+    )
     theirs = tmp_path / "theirs.bin"
     theirs.write_bytes(sops.ok("encrypt", "--age", age_key.recipient, str(blob)))
     out = tmp_path / "out.bin"
@@ -119,7 +122,9 @@ def test_tampering_is_refused_by_both(name, tamper, writer, tmp_path: Path, sops
     enc = tmp_path / f"enc.{name}"
     rule = ["--encrypted-regex", "^(data|stringData)$"] if name == "secret.yaml" else []
     if writer == "kubeshield":
-        assert ks(["sops", "encrypt", "--age", age_key.recipient, *rule, "--output", str(enc), str(plain)]) == 0
+        assert (
+            ks(["sops", "encrypt", "--age", age_key.recipient, *rule, "--output", str(enc), str(plain)]) == 0
+        )
     else:
         enc.write_bytes(sops.ok("encrypt", "--age", age_key.recipient, *rule, str(plain)))
     tampered = tamper(enc.read_text())
