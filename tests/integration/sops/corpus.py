@@ -86,7 +86,8 @@ stringData:
 
 JSON_DOC = (
     '{"a": 1, "b": [1, 2.5, true, null, "x", {"c": "d"}], "e": {}, "f": [], "g": 1e20, "h": 1.0,'
-    ' "i": "\\u00e9<>&\\u2028", "j": 12345678901234567890, "k": -0.0, "l": 1.5e-7, "nested": {"deep": {"k": "v"}}}\n'
+    ' "i": "\\u00e9<>&\\u2028", "j": 12345678901234567890, "k": -0.0, "l": 1.5e-7,'
+    ' "nested": {"deep": {"k": "v"}}}\n'
 )
 
 DOTENV = 'A=1\n# comment\nB="quoted value"\nC=multi\\nline\nexport D=x\nE=\nSPACED = v \n'

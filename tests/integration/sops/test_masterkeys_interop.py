@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (pytest fixtures imported from tests.support.openbao are re-bound as arguments)
 """Master keys against real servers, both directions with the real sops binary:
 hc_vault (OpenBao Transit), kms (moto, with an encryption context), pgp (gpg), Shamir key groups,
 and ``sops updatekeys`` / ``sops -r`` on kubeshield-written files (and the reverse)."""

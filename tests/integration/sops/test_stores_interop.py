@@ -20,7 +20,7 @@ pytestmark = pytest.mark.usefixtures("sops")
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_kubeshield_encrypts_sops_decrypts_the_same(name, tmp_path: Path, sops, ks, age_key) -> None:
-    fmt, text = CASES[name]
+    _fmt, text = CASES[name]
     plain = tmp_path / name
     plain.write_text(text)
     ours = tmp_path / f"ours.{name}"
@@ -35,7 +35,7 @@ def test_kubeshield_encrypts_sops_decrypts_the_same(name, tmp_path: Path, sops, 
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_sops_encrypts_kubeshield_decrypts_the_same(name, tmp_path: Path, sops, ks, age_key) -> None:
-    fmt, text = CASES[name]
+    _fmt, text = CASES[name]
     plain = tmp_path / name
     plain.write_text(text)
     enc = tmp_path / f"enc.{name}"
