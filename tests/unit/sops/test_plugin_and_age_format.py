@@ -48,7 +48,7 @@ def _script(*stanzas: tuple[str, list[str], bytes]) -> io.BytesIO:
 
 
 def _run(machine: str, commands: list[tuple[str, list[str], bytes]], pool: ks.BackendPool, oks: int) -> list:
-    replies = [("ok", [], b"")] * oks
+    replies: list[tuple[str, list[str], bytes]] = [("ok", [], b"")] * oks
     reader = _script(*commands, *replies)
     writer = io.BytesIO()
     assert run_plugin(machine, Channel(reader, writer), pool_factory=lambda: pool) == 0

@@ -27,10 +27,10 @@ from kubeshield.sops.metadata import Metadata
 from kubeshield.sops.stores import store_for
 from kubeshield.sops.tree import Branch, Comment
 
-_KEYS = st.text(st.characters(blacklist_categories=("Cs", "Cc")), min_size=1, max_size=12).filter(
+_KEYS = st.text(st.characters(blacklist_categories=["Cs", "Cc"]), min_size=1, max_size=12).filter(
     lambda k: k != "sops" and k.strip() == k and k not in ("<<",)
 )
-_TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=30)
+_TEXT = st.text(st.characters(blacklist_categories=["Cs"]), max_size=30)
 _LEAF = st.one_of(
     _TEXT,
     st.integers(-(2**63), 2**63 - 1),
@@ -39,7 +39,7 @@ _LEAF = st.one_of(
     st.none(),
 )
 _COMMENT = st.text(
-    st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters="\n\r"), max_size=20
+    st.characters(blacklist_categories=["Cs", "Cc"], blacklist_characters="\n\r"), max_size=20
 ).map(lambda t: Comment(" " + t.strip()))
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Final
 
 from kubeshield.config.loader import load_config
-from kubeshield.errors import InvalidCiphertext, KubeshieldError
+from kubeshield.errors import InvalidCiphertext, KeyNotFound, KubeshieldError
 from kubeshield.keys.base import KeyBackend, Wrapped
 from kubeshield.keys.registry import open_primary
 from kubeshield.sops.errors import ExitCode, SopsError
@@ -172,8 +172,8 @@ def unwrap_stanza(stanza: _age_format.Stanza, *, config: str, pool: BackendPool)
     except (InvalidCiphertext, KubeshieldError) as exc:
         if isinstance(exc, SopsError):
             raise
-        if isinstance(exc, InvalidCiphertext):
-            return None
+        if isinstance(exc, InvalidCiphertext | KeyNotFound):
+            return None  # wrapped by another backend or KEK: not ours
         raise SopsError(
             f"kubeshield key {config}: the key backend failed: {exc}", code=ExitCode.COULD_NOT_RETRIEVE_KEY
         ) from exc

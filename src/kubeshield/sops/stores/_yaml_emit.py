@@ -31,6 +31,9 @@ __all__ = ["emit_documents", "emit_value"]
 
 _INDENT: Final = 4
 _SIMPLE_PLAIN: Final = re.compile(r"[A-Za-z_/][A-Za-z0-9_./=+-]*(?: [A-Za-z0-9_./=+()-]+)*")
+_ENC_PLAIN: Final = re.compile(
+    r"ENC\[AES256_GCM,data:[A-Za-z0-9+/=]*,iv:[A-Za-z0-9+/=]*,tag:[A-Za-z0-9+/=]*,type:[a-z0-9]+\]"
+)
 _ESCAPES: Final = {
     "\0": "\\0", "\a": "\\a", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\v": "\\v", "\f": "\\f",
     "\r": "\\r", "\x1b": "\\e", '"': '\\"', "\\": "\\\\", "\x85": "\\N", "\xa0": "\\_",
@@ -146,6 +149,8 @@ def _double(value: str) -> str:
 
 def _string_style(value: str, *, key: bool) -> str:
     """'plain' | 'single' | 'double' | 'literal' as go-yaml chooses for a string."""
+    if _ENC_PLAIN.fullmatch(value):  # every encrypted value: block-plain, resolves to a string
+        return "plain"
     if _SIMPLE_PLAIN.fullmatch(value) and not _goyaml.is_old_bool(value) and _goyaml.resolves_to_str(value):
         return "plain"
     can_plain = _goyaml.resolves_to_str(value) and not (
@@ -170,8 +175,11 @@ def _string_style(value: str, *, key: bool) -> str:
     return style
 
 
+_SURROGATE: Final = re.compile("[\udc80-\udcff]")
+
+
 def _is_surrogate_escaped(value: str) -> bool:
-    return any("\udc80" <= ch <= "\udcff" for ch in value)
+    return value.isascii() is False and _SURROGATE.search(value) is not None
 
 
 def _scalar_text(value: Any, *, key: bool = False) -> tuple[str, str]:

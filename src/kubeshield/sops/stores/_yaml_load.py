@@ -37,8 +37,12 @@ try:
 except AttributeError:  # pragma: no cover - PyYAML without libyaml
     _Loader = yaml.SafeLoader
 
+# plain scalars that go-yaml certainly reads as strings (a letter first, then no special words)
+_SIMPLE_STR: Final = re.compile(r"[A-Za-z_/][A-Za-z0-9_./+=-]*(?: [A-Za-z0-9_./+=()-]+)*")
+_WORDS: Final = frozenset("true True TRUE false False FALSE null Null NULL".split())
 _COMMENT_RE: Final = re.compile(r"(?:^|(?<=[ \t]))#[^\n]*", re.M)
 _STR_TAGS: Final = {"tag:yaml.org,2002:str", "!"}
+_EVENT_NAMES: dict[type, str] = {}
 
 
 @dataclass(slots=True)
@@ -83,7 +87,14 @@ class _Builder:
         tag = event.tag
         value: str = event.value
         style = event.style or ""
-        if tag in (None, "!") and style == "" and event.implicit[0]:
+        if tag is None and style == "" and event.implicit[0]:
+            if value not in _WORDS and _SIMPLE_STR.fullmatch(value):
+                return value
+            resolved = _goyaml.resolve_plain(value)
+            if isinstance(resolved, float) and math.isnan(resolved):
+                return math.nan
+            return resolved
+        if tag == "!" and style == "" and event.implicit[0]:
             resolved = _goyaml.resolve_plain(value)
             if isinstance(resolved, float) and math.isnan(resolved):
                 return math.nan
@@ -176,19 +187,21 @@ def load_documents(text: str, *, where: str) -> list[Branch]:
     while pos < n:
         event = events[pos]
         pos += 1
-        name = type(event).__name__
-        if name == "DocumentStartEvent":
+        cls = type(event)
+        name = _EVENT_NAMES.get(cls) or cls.__name__
+        if name == "ScalarEvent":
+            start_mark = event.start_mark
+            spans.append((start_mark.index, event.end_mark.index))
+            value = builder.scalar(event)
+            if event.anchor:
+                anchors[event.anchor] = (value, None)
+            attach(value, None, start_mark.index, start_mark.line, event.end_mark.index)
+        elif name == "DocumentStartEvent":
             doc_start = event.start_mark.index
             root_value, root_coll = None, None
             stack.clear()
         elif name == "DocumentEndEvent":
             docs.append((doc_start, event.end_mark.index, root_coll, root_value))
-        elif name == "ScalarEvent":
-            spans.append((event.start_mark.index, event.end_mark.index))
-            value = builder.scalar(event)
-            if event.anchor:
-                anchors[event.anchor] = (value, None)
-            attach(value, None, event.start_mark.index, event.start_mark.line, event.end_mark.index)
         elif name == "AliasEvent":
             spans.append((event.start_mark.index, event.end_mark.index))
             if event.anchor not in anchors:
