@@ -138,3 +138,18 @@ def test_tampering_is_refused_by_both(name, tamper, writer, tmp_path: Path, sops
     # --ignore-mac is the documented way past the check, for both
     assert sops.run("decrypt", "--ignore-mac", str(enc)).returncode == 0
     assert ks(["sops", "decrypt", "--ignore-mac", "--output", str(out), str(enc)]) == 0
+
+
+def test_characters_go_yaml_escapes_print_as_sops_prints(tmp_path: Path, sops, ks, age_key) -> None:
+    """Regression: go-yaml treats NEL and characters past U+FFFF as unprintable (double quotes with
+    escapes) and indents after a raw line separator inside single quotes."""
+    source = tmp_path / "chars.json"
+    source.write_text(
+        '{"nel": "x\\u0085y", "ls": "p\\u2028q", "emoji": "smile \\ud83d\\ude00", "nbsp": "\\u00a0x",'
+        ' "ctl": "tab\\tx\\u0001", "list": ["a\\u2029b"]}'
+    )
+    enc = tmp_path / "chars.enc.json"
+    enc.write_bytes(sops.ok("encrypt", "--age", age_key.recipient, str(source)))
+    out = tmp_path / "out.yaml"
+    assert ks(["sops", "decrypt", "--output-type", "yaml", "--output", str(out), str(enc)]) == 0
+    assert out.read_bytes() == sops.ok("decrypt", "--output-type", "yaml", str(enc))

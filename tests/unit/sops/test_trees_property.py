@@ -30,7 +30,9 @@ from kubeshield.sops.tree import Branch, Comment
 _KEYS = st.text(st.characters(blacklist_categories=["Cs", "Cc"]), min_size=1, max_size=12).filter(
     lambda k: k != "sops" and k.strip() == k and k not in ("<<",)
 )
-_TEXT = st.text(st.characters(blacklist_categories=["Cs"]), max_size=30)
+# U+2028/U+2029 are printable line breaks that go-yaml writes raw in single quotes and folds when it reads
+# them back: sops itself does not round-trip them, so neither can a byte-compatible writer.
+_TEXT = st.text(st.characters(blacklist_categories=["Cs"], blacklist_characters="\u2028\u2029"), max_size=30)
 _LEAF = st.one_of(
     _TEXT,
     st.integers(-(2**63), 2**63 - 1),
@@ -85,7 +87,7 @@ def _normal(value):
     return value
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_trees(comments=False))
 def test_yaml_store_round_trips_any_tree(tree) -> None:
     store = store_for("yaml")

@@ -40,18 +40,13 @@ _ESCAPES: Final = {
     "\u2028": "\\L", "\u2029": "\\P",
 }  # fmt: skip
 _BREAKS: Final = "\n\r\x85\u2028\u2029"
+_BREAK_RUN: Final = re.compile("[\n\r\x85\u2028\u2029]+(?=[^\n\r\x85\u2028\u2029])")
 
 
 def _printable(ch: str) -> bool:
+    """go-yaml's ``is_printable``: unlike libyaml it excludes NEL (U+0085) and everything past U+FFFF."""
     o = ord(ch)
-    return (
-        o == 0x0A
-        or 0x20 <= o <= 0x7E
-        or o == 0x85
-        or (0xA0 <= o <= 0xD7FF)
-        or (0xE000 <= o <= 0xFFFD and o != 0xFEFF)
-        or 0x10000 <= o <= 0x10FFFF
-    )
+    return o == 0x0A or 0x20 <= o <= 0x7E or (0xA0 <= o <= 0xD7FF) or (0xE000 <= o <= 0xFFFD and o != 0xFEFF)
 
 
 class _Analysis:
@@ -286,6 +281,9 @@ class _Writer:
             self.sequence(value, _next_indent(indent, in_seq_item))
             return
         style, text = _scalar_text(value)
+        if style == "single" and any(ch in _BREAKS for ch in text):
+            # go-yaml writes a line-break character and then indents the next character
+            text = _BREAK_RUN.sub(lambda m: m.group(0) + " " * _next_indent(indent, in_seq_item), text)
         if style == "literal":
             block_indent = _next_indent(indent, in_seq_item)
             header, *body = _literal(text, block_indent)
