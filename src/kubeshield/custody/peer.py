@@ -22,9 +22,10 @@ that once connected. The mechanism, and why each piece is there:
    connection on which bytes were already waiting (they may have been written before an exec, by
    code that was never measured). Every accepted byte was therefore written after the tracker was
    armed, by the tracked image.
-5. Per request, before the operation: the pidfd, the tracker, the executable's ``(st_dev, st_ino)``
-   and the cgroup are compared with the admitted ones; after the operation and before the answer,
-   the pidfd and the tracker again (the answer is dropped if the caller exec'd or exited meanwhile).
+5. Per request, before the operation: the pidfd and the tracker, and what the caller's rule pins
+   beyond uid/gid (which every message carries): the executable's ``(st_dev, st_ino)`` for an
+   ``exeSha256`` rule, the cgroup for a ``cgroupPrefix`` rule; after the operation and before the
+   answer, the pidfd and the tracker again (the answer is dropped if the caller exec'd or exited).
 
 Limits (docs/custody.md says them in full): root can forge ``SCM_CREDENTIALS`` and ptrace anything; a
 process that can ptrace the caller (same uid without Yama, or ``CAP_SYS_PTRACE``) can make it send
@@ -133,7 +134,7 @@ class Peer:
             if tracker is None:
                 identity = identity.unmeasured_exe()
             peer = cls(identity=identity, creds=(pid, uid, gid), pidfd=pidfd, tracker=tracker)
-            reason = peer.changed(full=False)
+            reason = peer.changed()
             if reason is None and process_start_time(pid) != identity.start_time:
                 reason = "its pid now names another process"
             if reason is not None:
@@ -147,11 +148,11 @@ class Peer:
             what = "exited while it was measured" if _is_gone(exc) else "could not be measured"
             raise PeerRefused(f"the caller {what} (pid={pid} uid={uid}: {_brief(exc)})") from None
 
-    def changed(self, *, full: bool) -> str | None:
+    def changed(self, *, exe: bool = False, cgroup: bool = False) -> str | None:
         """Why the caller is no longer the admitted process, or ``None`` if it still is.
 
-        Always: the pidfd (alive) and the exec tracker (same image). With ``full``: also the
-        executable's identity and the cgroup.
+        Always: the pidfd (alive) and the exec tracker (same image). With ``exe``/``cgroup``: also
+        the executable's identity and the cgroup (the server asks for what the caller's rule pins).
         """
         if not _alive(self.pidfd):
             return "it exited"
@@ -162,15 +163,13 @@ class Peer:
                 return "it exited"
             if not image:
                 return "it called execve after it was measured"
-        if not full:
-            return None
         pid = self.identity.pid
         try:
-            if self.identity.exe_id is not None:
+            if exe and self.identity.exe_id is not None:
                 info = os.stat(f"/proc/{pid}/exe")
                 if (info.st_dev, info.st_ino) != self.identity.exe_id:
                     return "its executable changed"
-            if read_cgroup(pid) != self.identity.cgroup:
+            if cgroup and read_cgroup(pid) != self.identity.cgroup:
                 return "its cgroup changed"
         except OSError as exc:
             return "it exited" if _is_gone(exc) else f"it can no longer be measured ({_brief(exc)})"

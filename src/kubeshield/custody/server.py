@@ -13,9 +13,9 @@ One thread per connection, at most ``max_connections`` at once (a connection bey
    from the admitted process (``SCM_CREDENTIALS``); each request is decoded strictly
    (:mod:`kubeshield.keys._custody_protocol`; a protocol error is answered with ``PROTOCOL_ERROR``
    and the connection is closed) and its op checked against the rule;
-3. before the operation the caller is re-checked (alive, no exec since it was measured, same
-   executable, same cgroup); after it and before the answer, alive and no exec again. If not, the
-   request is refused or the answer dropped, and the connection closed.
+3. before the operation the caller is re-checked (alive, no exec since it was measured, and the
+   same executable and cgroup where its rule pins them); after it and before the answer, alive and
+   no exec again. If not, the request is refused or the answer dropped, and the connection closed.
 
 Backend calls are serialised by one lock: the custody process values simplicity over parallelism.
 ``accept()`` errors (``EMFILE`` and the like) are logged and retried with a backoff; only a listener
@@ -295,7 +295,7 @@ class CustodyServer:
             log.warning("custody: PERMISSION DENIED for op %s: %s", op_name, peer.identity.describe())
             self._send(conn, Response(Status.PERMISSION_DENIED, (b"operation not allowed by policy",)))
             return False
-        reason = peer.changed(full=True)
+        reason = peer.changed(exe=rule.exe_sha256 is not None, cgroup=rule.cgroup_prefix is not None)
         if reason is not None:
             log.warning(
                 "custody: PERMISSION DENIED, the caller changed (%s): %s", reason, peer.identity.describe()
@@ -303,7 +303,7 @@ class CustodyServer:
             self._send(conn, _DENIED)
             return False
         response = self._dispatch(request)
-        reason = peer.changed(full=False)
+        reason = peer.changed()
         if reason is not None:
             log.warning(
                 "custody: answer dropped, the caller changed during the operation (%s): pid=%d",

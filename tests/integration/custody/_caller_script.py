@@ -12,6 +12,8 @@ MODE       plain               connect, (greeting), KEY_ID, record
                                parent execs EXE
            exec-after-admit    connect, greeting, KEY_ID (recorded as first=...), then exec this same
                                interpreter, which sends KEY_ID on the inherited socket (second=...)
+           move-cgroup         connect, greeting, KEY_ID (first=...), write its pid to the cgroup.procs
+                               file EXE, KEY_ID again (second=...)
 VERSION    the protocol version byte to send (2 today; 1 to probe an old custody process)
 GREETING   1 to read the server's greeting before sending, 0 not to (an old custody process sends none)
 """
@@ -109,6 +111,16 @@ def main() -> None:
         os.execv(
             sys.executable, [sys.executable, me, "after-exec", str(sock.fileno()), result, version, first]
         )
+    elif mode == "move-cgroup":
+        first = ask(sock, v, g).split("answer=")[1]
+        with open(exe_argv[0], "w") as procs:
+            procs.write(str(os.getpid()))
+        try:
+            sock.sendall(key_id_frame(v))
+            second = read_status(sock)
+        except OSError:
+            second = "closed"
+        write(result, f"first={first} second={second}")
     else:
         raise SystemExit(f"unknown mode {mode}")
 

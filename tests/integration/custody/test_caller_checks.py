@@ -186,3 +186,38 @@ def test_an_exec_after_admission_is_refused_even_of_the_same_binary(workdir: Pat
         assert "called execve after it was measured" in custody.wait_log("called execve")
     finally:
         custody.stop()
+
+
+def _writable_cgroup2() -> Path:
+    """The cgroup v2 hierarchy (pure v2 or the hybrid 'unified' mount); fails loudly if absent."""
+    for root in (Path("/sys/fs/cgroup/unified"), Path("/sys/fs/cgroup")):
+        if (root / "cgroup.procs").exists() and (root / "cgroup.subtree_control").exists():
+            return root
+    raise AssertionError("no cgroup v2 hierarchy at /sys/fs/cgroup or /sys/fs/cgroup/unified")
+
+
+def test_a_caller_that_moves_to_another_cgroup_after_admission_is_refused(workdir: Path) -> None:
+    root = _writable_cgroup2()
+    ours = root / f"ks-test-{os.getpid()}-a"
+    other = root / f"ks-test-{os.getpid()}-b"
+    ours.mkdir()
+    other.mkdir()
+    custody = _serve(workdir, f"    uid: 0\n    cgroupPrefix: /{ours.name}\n")
+    try:
+
+        def join_ours() -> None:
+            (ours / "cgroup.procs").write_text(str(os.getpid()))
+
+        caller = subprocess.Popen(
+            [SYSTEM_PYTHON, str(workdir / "caller.py"), "move-cgroup", str(workdir / "custody.sock"),
+             str(workdir / "out" / "result"), "2", "1", str(other / "cgroup.procs")],
+            preexec_fn=join_ours,
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        with _reaped(caller):
+            assert _result(workdir) == "first=OK second=PERMISSION_DENIED"
+        assert "its cgroup changed" in custody.wait_log("its cgroup changed")
+    finally:
+        custody.stop()
+        for group in (ours, other):
+            group.rmdir()
