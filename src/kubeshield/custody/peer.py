@@ -68,8 +68,19 @@ _UCRED = struct.Struct("3i")
 _ANCILLARY = socket.CMSG_SPACE(_UCRED.size)
 
 
+_TRANSIENT = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+
+
 class PeerRefused(Exception):
-    """The caller cannot be admitted or kept; the message says why (safe to log)."""
+    """The caller cannot be admitted; the message says why (safe to log).
+
+    ``transient`` is true when the reason is a shortage on our side (no file descriptors, no memory),
+    not something about the caller: the caller is told UNAVAILABLE, not PERMISSION_DENIED.
+    """
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 class ForeignSender(Exception):
@@ -123,7 +134,7 @@ class Peer:
             what = (
                 "exited before it was measured" if _is_gone(exc) else f"could not be pinned ({_brief(exc)})"
             )
-            raise PeerRefused(f"the caller {what} (pid={pid} uid={uid})") from None
+            raise PeerRefused(f"the caller {what} (pid={pid} uid={uid})", transient=_is_short(exc)) from None
         tracker: int | None = None
         try:
             try:
@@ -146,7 +157,9 @@ class Peer:
         except OSError as exc:
             cls._close_fds(pidfd, tracker)
             what = "exited while it was measured" if _is_gone(exc) else "could not be measured"
-            raise PeerRefused(f"the caller {what} (pid={pid} uid={uid}: {_brief(exc)})") from None
+            raise PeerRefused(
+                f"the caller {what} (pid={pid} uid={uid}: {_brief(exc)})", transient=_is_short(exc)
+            ) from None
 
     def changed(self, *, exe: bool = False, cgroup: bool = False) -> str | None:
         """Why the caller is no longer the admitted process, or ``None`` if it still is.
@@ -187,6 +200,10 @@ class Peer:
 
 def _is_gone(exc: OSError) -> bool:
     return isinstance(exc, ProcessLookupError | FileNotFoundError) or exc.errno == errno.ESRCH
+
+
+def _is_short(exc: OSError) -> bool:
+    return exc.errno in _TRANSIENT
 
 
 def _brief(exc: OSError) -> str:

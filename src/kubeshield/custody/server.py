@@ -221,8 +221,14 @@ class CustodyServer:
         try:
             peer = Peer.open(conn, measure=self._measure)
         except PeerRefused as exc:
-            log.warning("custody: PERMISSION DENIED, %s", exc)
-            self._send(conn, _DENIED)
+            if exc.transient:
+                log.warning("custody: UNAVAILABLE, %s", exc)
+                self._send(
+                    conn, Response(Status.UNAVAILABLE, (b"the custody process is short of resources",))
+                )
+            else:
+                log.warning("custody: PERMISSION DENIED, %s", exc)
+                self._send(conn, _DENIED)
             return None
         rule = self._policy.match(peer.identity)
         if rule is None:

@@ -2,8 +2,10 @@
 
 The child serves an in-memory key store. On request, a helper thread in it (not the server) opens
 ``/dev/null`` until the kernel says EMFILE and holds every descriptor, so the server's next
-``accept()`` fails with EMFILE; a client that connects meanwhile waits in the backlog. Once the
-helper lets go, the same ``serve_forever`` accepts that client and serves it, and a new one too.
+``accept()`` fails with EMFILE; a client that connects meanwhile waits in the backlog. With one
+descriptor given back, ``accept()`` succeeds but pinning the caller (its pidfd) fails: that client is
+told UNAVAILABLE, not PERMISSION_DENIED. Once the helper lets go of all, the same ``serve_forever``
+serves a new client.
 """
 
 from __future__ import annotations
@@ -50,6 +52,9 @@ _SERVER = textwrap.dedent("""
                 except OSError as exc:
                     assert exc.errno == errno.EMFILE
                 print("full", flush=True)
+            elif line.strip() == "free1":  # room for accept(), none for the pidfd after it
+                os.close(held.pop())
+                print("freed1", flush=True)
             elif line.strip() == "free":
                 for fd in held:
                     os.close(fd)
@@ -106,14 +111,19 @@ def test_emfile_at_accept_is_survived(tmp_path: Path) -> None:
             time.sleep(0.02)
         assert any("accept failed (EMFILE)" in line for line in lines), "".join(lines)
         assert proc.poll() is None  # serve_forever did not return
+        proc.stdin.write("free1\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline().strip() == "freed1"
+        with waiting:  # accepted, but no descriptor left to pin it: told UNAVAILABLE, not DENIED
+            refusal = read_greeting(waiting)
+            assert refusal is not None and refusal.status == Status.UNAVAILABLE, "".join(lines)
         proc.stdin.write("free\n")
         proc.stdin.flush()
         assert proc.stdout.readline().strip() == "freed"
-        with waiting:
-            assert _served(waiting)  # the client that waited through the outage
         with _client(path) as after:
-            assert _served(after)
+            assert _served(after)  # the same serve_forever, serving again
         assert proc.poll() is None
+        assert any("UNAVAILABLE, the caller could not be pinned" in line for line in lines), "".join(lines)
     finally:
         proc.terminate()
         proc.wait(10)
