@@ -250,8 +250,13 @@ def read_frame(conn: socket.socket, *, sender: tuple[int, int, int]) -> bytes | 
     return body
 
 
-def pending_input(conn: socket.socket) -> bool:
-    """Whether bytes (or an end of stream) are already waiting on ``conn``, without reading them."""
+def pending_input(conn: socket.socket) -> str | None:
+    """What is already waiting on ``conn``, without consuming it: ``"data"``, ``"closed"`` or ``None``."""
     poller = select.poll()
     poller.register(conn.fileno(), select.POLLIN)
-    return bool(poller.poll(0))
+    if not poller.poll(0):
+        return None
+    try:
+        return "data" if conn.recv(1, socket.MSG_PEEK) else "closed"  # readable: returns at once
+    except OSError:
+        return "closed"

@@ -236,7 +236,14 @@ class CustodyServer:
             peer.close()
             self._send(conn, _DENIED)
             return None
-        if pending_input(conn):
+        waiting = pending_input(conn)
+        if waiting == "closed":  # e.g. another server's liveness probe of this socket
+            log.info(
+                "custody: the caller closed the connection before its greeting: pid=%d", peer.identity.pid
+            )
+            peer.close()
+            return None
+        if waiting == "data":
             log.warning(
                 "custody: PROTOCOL ERROR, the caller wrote before the greeting (a protocol-1 client, or "
                 "bytes written before an exec): %s",

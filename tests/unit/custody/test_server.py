@@ -322,3 +322,23 @@ def test_wrong_arguments_are_type_errors(tmp_path: Path) -> None:
     assert b.check_health().ok is False
     with pytest.raises(ValueError):
         EnclaveKeyBackend(socket="")
+
+
+def test_a_probe_that_connects_and_closes_is_not_logged_as_a_protocol_error(serve, caplog) -> None:
+    """A liveness probe (e.g. another server checking the socket) closes before its greeting."""
+    import logging
+
+    gate = threading.Event()
+
+    def measure_after_the_close(pid: int, uid: int, gid: int) -> PeerIdentity:
+        assert gate.wait(30)
+        return measure_pid(pid, uid, gid)
+
+    caplog.set_level(logging.INFO, logger="kubeshield.custody")
+    path, _ = serve(_policy(), measure=measure_after_the_close)
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.connect(path)
+    probe.close()
+    gate.set()
+    assert _wait_until(lambda: "closed the connection before its greeting" in caplog.text)
+    assert "PROTOCOL ERROR" not in caplog.text
