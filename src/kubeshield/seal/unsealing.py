@@ -37,7 +37,7 @@ from kubeshield.seal.objects import (
 from kubeshield.seal.scope import ANNOTATION_PREFIX, label_for, scope_of
 from kubeshield.seal.template import render
 
-__all__ = ["SKIP_OWNER_REFERENCES_ANNOTATION", "Unsealed", "owner_reference", "unseal"]
+__all__ = ["SKIP_OWNER_REFERENCES_ANNOTATION", "Unsealed", "decrypt_values", "owner_reference", "unseal"]
 
 SKIP_OWNER_REFERENCES_ANNOTATION = ANNOTATION_PREFIX + "skip-set-owner-references"
 
@@ -83,22 +83,9 @@ def unseal(ss: SealedSecret, keys: KeySet, *, accept_v1_data: bool = True) -> Un
         secret_type = secret_type or legacy.type
     elif ss.legacy_data is not None:
         raise SealError(f"{ss.where}: spec: cannot use encryptedData and the deprecated data field together")
-    for key, text in sorted(ss.encrypted_data.items()):
-        where = f"spec.encryptedData.{key}"
-        try:
-            blob = b64decode_std(text)
-        except ValueError:
-            problems[where] = "not standard base64 (alphabet +/ with = padding)"
-            continue
-        try:
-            opened = keys.open(blob, label=label, prefer=_merge(prefer, used))
-        except InvalidCiphertext:
-            problems[where] = "truncated or malformed" if _too_short(blob) else _NO_KEY
-            continue
-        values[key] = opened.plaintext
-        used.add(opened.fingerprint)
-    if problems:
-        raise UnsealFailed(ss.ref, problems)
+    opened_values, opened_by = decrypt_values(ss, keys, label=label, prefer=prefer + sorted(used))
+    values.update(opened_values)
+    used |= opened_by
     data = dict(values)
     for key, template in sorted(ss.template_data.items()):
         if template is None:
@@ -122,6 +109,39 @@ def unseal(ss: SealedSecret, keys: KeySet, *, accept_v1_data: bool = True) -> Un
         secret["immutable"] = immutable
     secret["data"] = {k: b64encode_std(v) for k, v in sorted(data.items())}
     return Unsealed(secret=secret, fingerprints=frozenset(used))
+
+
+def decrypt_values(
+    ss: SealedSecret, keys: KeySet, *, label: bytes | None = None, prefer: Sequence[str] | None = None
+) -> tuple[dict[str, bytes], set[str]]:
+    """Decrypt ``spec.encryptedData`` only (no template). Raises ``UnsealFailed`` naming each bad field."""
+    if label is None:
+        label = label_for(namespace=ss.namespace, name=ss.name, scope=scope_of(ss.annotations))
+    if prefer is None:
+        hint = ss.annotations.get(HINT_ANNOTATION)
+        prefer = [hint] if hint else []
+    problems: dict[str, str] = {}
+    values: dict[str, bytes] = {}
+    used: set[str] = set()
+    for key, text in sorted(ss.encrypted_data.items()):
+        where = f"spec.encryptedData.{key}"
+        try:
+            blob = b64decode_std(text)
+        except ValueError:
+            problems[where] = "not standard base64 (alphabet +/ with = padding)"
+            continue
+        try:
+            opened = keys.open(blob, label=label, prefer=_merge(prefer, used))
+        except InvalidCiphertext:
+            problems[where] = "truncated or malformed" if _too_short(blob) else _NO_KEY
+            continue
+        values[key] = opened.plaintext
+        used.add(opened.fingerprint)
+    if problems:
+        raise UnsealFailed(ss.ref, problems)
+    if problems:
+        raise UnsealFailed(ss.ref, problems)
+    return values, used
 
 
 def _merge(first: Sequence[str], then: set[str]) -> list[str]:
