@@ -667,14 +667,14 @@ def unseal_command(in_file: Path | None, config_file: Path, fmt: str, audit_log:
         data, source = _read_input(in_file)
         docs = load_documents(data, source=source)
         sealed = [parse_sealed_secret(d) for d in docs]
-        with open_registry(_settings(config_file)) as opened:
-            keys = opened.registry.keyset()
         results = []
         outcome = "ok"
         try:
-            for ss in sealed:
-                results.append(unseal(ss, keys))
-        except SealError:
+            with open_registry(_settings(config_file)) as opened:
+                keys = opened.registry.keyset()
+                for ss in sealed:
+                    results.append(unseal(ss, keys))
+        except BaseException:
             outcome = "failed"
             raise
         finally:

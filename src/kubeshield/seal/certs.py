@@ -53,8 +53,14 @@ def make_certificate(
     common_name: str = "",
     now: datetime | None = None,
     rng: Callable[[int], bytes] = os.urandom,
+    public_key: rsa.RSAPublicKey | None = None,
 ) -> x509.Certificate:
-    """The self-signed certificate the sealed-secrets controller makes for a new key."""
+    """The self-signed certificate the sealed-secrets controller makes for a new key.
+
+    ``public_key`` (for keys on a token) puts another key in the certificate than the one that signs;
+    the caller then signs the TBS part again with the right key (:mod:`kubeshield.seal.token`).
+    """
+    subject_key = public_key or private_key.public_key()
     now = (now or datetime.now(UTC)).replace(microsecond=0)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]) if common_name else x509.Name([])
     serial = int.from_bytes(rng(16), "big") or 1  # Go: rand.Int(r, 2**128)
@@ -62,7 +68,7 @@ def make_certificate(
         x509.CertificateBuilder()
         .subject_name(name)
         .issuer_name(name)
-        .public_key(private_key.public_key())
+        .public_key(subject_key)
         .serial_number(serial)
         .not_valid_before(now)
         .not_valid_after(now + valid_for)
@@ -73,7 +79,7 @@ def make_certificate(
             x509.UnrecognizedExtension(ExtensionOID.KEY_USAGE, _KEY_USAGE_ENCIPHER_ONLY), critical=True
         )
         # Go adds a SubjectKeyId (RFC 5280 method 1) to every CA certificate it creates
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(private_key.public_key()), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(subject_key), critical=False)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
     )
     return builder.sign(private_key, hashes.SHA256())

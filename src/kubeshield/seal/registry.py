@@ -81,9 +81,15 @@ class TokenStore(Protocol):
     label: str
 
     def generate(
-        self, *, key_size: int, make_cert: Callable[..., x509.Certificate]
+        self,
+        *,
+        key_size: int,
+        valid_for: timedelta,
+        common_name: str,
+        now: datetime,
+        rng: Callable[[int], bytes],
     ) -> tuple[str, x509.Certificate]:
-        """Make a key pair on the token and its certificate; returns (hex CKA_ID, certificate)."""
+        """Make a key pair on the token and its self-signed certificate; returns (hex CKA_ID, certificate)."""
         ...
 
     def decrypter(self, key_id: str, public_key: rsa.RSAPublicKey) -> SessionKeyDecrypter:
@@ -334,7 +340,13 @@ class Registry:
         if self._private_keys == "token":
             if self._token is None:
                 raise RegistryError("seal.privateKeys is token but no PKCS#11 token is configured")
-            key_id, cert = self._token.generate(key_size=self._key_size, make_cert=make_cert)
+            key_id, cert = self._token.generate(
+                key_size=self._key_size,
+                valid_for=valid_for,
+                common_name=self._common_name,
+                now=now,
+                rng=self._rng,
+            )
             pub = cert.public_key()
             assert isinstance(pub, rsa.RSAPublicKey)
             return KeyRecord(
