@@ -86,14 +86,14 @@ def test_outside_the_subset_is_a_named_error(template: str, message: str) -> Non
         assert secret.decode() not in str(info.value)
 
 
-@settings(max_examples=60)
+@settings(max_examples=60, deadline=None)
 @given(value=st.binary(max_size=256))
 def test_values_survive_byte_for_byte(value: bytes) -> None:
     assert r("{{ .v }}", {"v": value}) == value
     assert r("{{ .v | b64enc }}", {"v": value}) == base64.b64encode(value)
 
 
-@settings(max_examples=80)
+@settings(max_examples=80, deadline=None)
 @given(template=st.text(alphabet='{}.|()"` abcx$-/*=:', max_size=40))
 def test_arbitrary_templates_only_ever_raise_template_error(template: str) -> None:
     try:
