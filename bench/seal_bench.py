@@ -80,7 +80,7 @@ def _rate(keys: KeySet, blobs: list[tuple[bytes, str]], *, hint: bool) -> tuple[
 
 
 def bench_unseal(n_values: int) -> None:
-    print(f"generating 20 RSA-4096 keys ...", flush=True)
+    print("generating 20 RSA-4096 keys ...", flush=True)
     pool = [rsa.generate_private_key(public_exponent=65537, key_size=4096) for _ in range(20)]
     rows = []
     for size in (1, 5, 20):
@@ -145,10 +145,13 @@ from kubeshield.seal.token import Pkcs11TokenStore
 value = os.urandom(1024)
 label = b"bench/value"
 store = Pkcs11TokenStore(module={SOFTHSM_MODULE!r}, token="bench", pin=b"bench-pin")
-key_id, cert = store.generate(key_size=4096, valid_for=timedelta(days=10), common_name="", now=datetime.now(UTC), rng=os.urandom)
+key_id, cert = store.generate(
+    key_size=4096, valid_for=timedelta(days=10), common_name="", now=datetime.now(UTC), rng=os.urandom
+)
 token = KeySet([SealingKey(cert, store.decrypter(key_id, cert.public_key()))])
 mem_key = rsa.generate_private_key(public_exponent=65537, key_size=4096)
-memory = KeySet([SealingKey(make_certificate(mem_key, valid_for=timedelta(days=10)), MemoryDecrypter(mem_key))])
+mem_cert = make_certificate(mem_key, valid_for=timedelta(days=10))
+memory = KeySet([SealingKey(mem_cert, MemoryDecrypter(mem_key))])
 out = {{"mechanism": store.probe.mechanism}}
 for name, keys in (("memory", memory), ("token", token)):
     pub = keys.latest.public_key
@@ -174,19 +177,22 @@ print(json.dumps(out))
         print("custody-held vs in-memory sealing key, 1 key, RSA-4096, 1 KiB values, values/s on one core")
         print(f"{'in-memory (floor)':>18}  {'SoftHSM2 token':>15}  {'token/memory':>12}  mechanism")
         print(
-            f"{res['memory']:>18.1f}  {res['token']:>15.1f}  {res['token'] / res['memory']:>11.2f}x  {res['mechanism']}"
+            f"{res['memory']:>18.1f}  {res['token']:>15.1f}  "
+            f"{res['token'] / res['memory']:>11.2f}x  {res['mechanism']}"
         )
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
 
 def bench_controller(n_objects: int) -> None:
+    import importlib
+
     try:
-        from bench._seal_controller import run as run_controller
+        module = importlib.import_module("bench._seal_controller")
     except ModuleNotFoundError as exc:
         print(f"controller: {exc.name} is not available in this build; not measured")
         raise SystemExit(1) from None
-    run_controller(n_objects)
+    module.run(n_objects)
 
 
 def main() -> int:

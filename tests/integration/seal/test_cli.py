@@ -182,12 +182,12 @@ def test_bad_input_is_named(env: Path, capsys: pytest.CaptureFixture[str]) -> No
     from cryptography.hazmat.primitives import hashes
     from cryptography.x509.oid import NameOID
 
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ec")])
+    ec_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ec")])
     now = datetime.now(UTC)
     ec_cert = (
         x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
+        .subject_name(ec_name)
+        .issuer_name(ec_name)
         .public_key(ec_key.public_key())
         .serial_number(1)
         .not_valid_before(now)

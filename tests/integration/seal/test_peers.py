@@ -185,9 +185,12 @@ process.stdin.on("data", (d) => (input += d));
 process.stdin.on("end", async () => {
   const req = JSON.parse(input);
   const out = {};
-  for (const [k, v] of Object.entries(req.values)) out[k] = await encryptSecretItem(req.spki, req.namespace, v);
+  for (const [k, v] of Object.entries(req.values)) {
+    out[k] = await encryptSecretItem(req.spki, req.namespace, v);
+  }
   let refused = null;
-  try { await encryptSecretItem(req.cert, req.namespace, "x"); } catch (e) { refused = String(e.message || e); }
+  try { await encryptSecretItem(req.cert, req.namespace, "x"); }
+  catch (e) { refused = String(e.message || e); }
   process.stdout.write(JSON.stringify({ values: out, certRefused: refused }));
 });
 """

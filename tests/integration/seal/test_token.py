@@ -111,7 +111,8 @@ def test_token_keys_seal_and_unseal_and_never_leave_the_token(token_env: dict[st
                 out["exponent"] = type(exc).__name__
             ct = cert.public_key().encrypt(b"k" * 32, _hybrid.oaep(b"ns/name"))
             try:
-                priv.decrypt(ct, mechanism=Mechanism.RSA_PKCS_OAEP, mechanism_param=(Mechanism.SHA256, MGF.SHA256, b"ns/name"))
+                param = (Mechanism.SHA256, MGF.SHA256, b"ns/name")
+                priv.decrypt(ct, mechanism=Mechanism.RSA_PKCS_OAEP, mechanism_param=param)
                 out["oaep_sha256_label"] = "ok"
             except PKCS11Error as exc:
                 out["oaep_sha256_label"] = type(exc).__name__

@@ -210,6 +210,7 @@ def test_seal_chart_wires_a_valid_config_and_real_flags() -> None:
         assert str(settings.seal.registry.parent) in mounts
         if backend == "transit":
             assert settings.keys.transit is not None and settings.keys.transit.auth.method == "kubernetes"
+            assert settings.keys.transit.auth.jwt_file is not None
             assert str(settings.keys.transit.auth.jwt_file.parent) in mounts
     service = next(d for d in _seal_render() if d["kind"] == "Service")
     assert service["metadata"]["name"] == "sealed-secrets-controller"  # kubeseal's default name

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from kubeshield.seal.objects import Document, parse_sealed_secret
@@ -143,4 +145,4 @@ def test_synced_status_transitions() -> None:
 def test_backoff_grows_and_is_capped() -> None:
     delays = [backoff(n) for n in range(0, 14)]
     assert delays[0] == 0 and delays[1] == 0.5 and delays[2] == 1.0
-    assert all(a <= b for a, b in zip(delays, delays[1:], strict=False)) and delays[-1] == 300.0
+    assert all(a <= b for a, b in itertools.pairwise(delays)) and delays[-1] == 300.0
