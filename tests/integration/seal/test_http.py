@@ -118,3 +118,33 @@ def test_verify_and_rotate_are_rate_limited(tmp_path: Path) -> None:
         assert _call(base + "/v1/verify", body)[0] == 200
     finally:
         server.stop()
+
+
+def test_cli_talks_to_the_controller_api(api, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from kubeshield.cli import main
+
+    service, base, _metrics, registry = api
+    (tmp_path / "s.json").write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": "db", "namespace": "prod"},
+                "stringData": {"password": "hunter2"},
+            }
+        )
+    )
+    assert main(["seal", "--fetch-cert", "--controller-url", base]) == 0
+    assert capsys.readouterr().out.encode() == pem_of(registry.load()[-1].certificate)
+    sealed = tmp_path / "sealed.yaml"
+    assert main(["seal", "--controller-url", base, "-f", str(tmp_path / "s.json"), "-w", str(sealed)]) == 0
+    assert main(["seal", "--validate", "--controller-url", base, "-f", str(sealed)]) == 0
+    registry.rotate()
+    service.reload()
+    assert main(["seal", "--re-encrypt", "--controller-url", base, "-f", str(sealed)]) == 0
+    assert service.keys.latest.fingerprint in sealed.read_text()
+    text = sealed.read_text().replace("name: db", "name: other")
+    (tmp_path / "moved.yaml").write_text(text)
+    capsys.readouterr()
+    assert main(["seal", "--validate", "--controller-url", base, "-f", str(tmp_path / "moved.yaml")]) == 1
+    assert "unable to decrypt sealed secret: other" in capsys.readouterr().err
