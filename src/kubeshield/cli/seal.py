@@ -250,8 +250,13 @@ def group(ctx: click.Context, /, **kw: Any) -> None:
       kubeshield seal unseal --config kubeshield.yaml -f sealed.yaml -o yaml
     """
     if ctx.invoked_subcommand is not None:
-        if any(v for v in kw.values()):
-            raise click.UsageError("seal options go either before nothing (sealing) or after the subcommand")
+        from click.core import ParameterSource
+
+        given = [k for k in kw if ctx.get_parameter_source(k) is ParameterSource.COMMANDLINE]
+        if given:  # values from KUBESHIELD_* variables are for sealing only and are ignored here
+            raise click.UsageError(
+                f"seal options ({', '.join(given)}) go after the subcommand, or without one to seal"
+            )
         return
     with _errors():
         _seal_main(**kw)

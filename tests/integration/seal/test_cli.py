@@ -402,3 +402,15 @@ def test_import_controller_keys_backup_and_recovery(env: Path, capsys: pytest.Ca
     )
     assert code == 0 and "Imported 2 key(s)" in out, err
     assert _run(capsys, "seal", "unseal", "--config", cfg, "-f", str(env / "legacy.json"))[0] == 0
+
+
+def test_env_flags_for_sealing_do_not_break_subcommands(env: Path, capsys, monkeypatch) -> None:
+    cfg = str(env / "kubeshield.yaml")
+    monkeypatch.setenv("KUBESHIELD_CONFIG", cfg)  # read by `seal` and by every subcommand's --config
+    monkeypatch.setenv("KUBESHIELD_SCOPE", "namespace-wide")
+    assert _run(capsys, "seal", "keys", "init")[0] == 0
+    code, out, err = _run(capsys, "seal", "keys", "list", "-o", "json")
+    assert code == 0, err
+    assert len(json.loads(out)["keys"]) == 1
+    code, _, err = _run(capsys, "seal", "--scope", "strict", "keys", "list")
+    assert code == 2 and "go after the subcommand" in err
