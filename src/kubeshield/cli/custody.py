@@ -207,3 +207,76 @@ def verify_cmd(statement_file: str, nonce: str, ak_public: str | None) -> None:
         raise_cli_error(exc)
     note = "" if pinned else " (attestation key NOT pinned: pass --ak-public to trust only your TPM's AK)"
     click.echo(f"verified: quote over PCRs {','.join(map(str, info.pcrs))} with our nonce{note}")
+
+
+@group.command("serve-attested")
+@option(
+    "--release-url",
+    required=True,
+    help="The release server (kubeshield attest release-server), http(s)://HOST:PORT.",
+)
+@option("--resource", required=True, help="The keyring resource to request, as named in the server's config.")
+@option(
+    "--tcti",
+    required=True,
+    help="The TPM that quotes, e.g. device:/dev/tpmrm0 or swtpm:host=127.0.0.1,port=2321.",
+)
+@option(
+    "--pcrs", default="0-23", show_default=True, help="PCRs the quote covers (the server's policy pins some)."
+)
+@option(
+    "--cafile", type=click.Path(dir_okay=False, exists=True), help="CA bundle for an https:// release server."
+)
+@option("--socket", required=True, type=click.Path(dir_okay=False), help="Unix socket to listen on.")
+@option("--policy", required=True, type=click.Path(dir_okay=False), help="Caller allow-list (YAML).")
+@option("--user", help="Drop to this user (name or uid) after start when started as root.")
+@option("--require-mlock", is_flag=True, help="Refuse to start if memory cannot be locked.")
+@option("--socket-mode", default="0660", show_default=True, help="Permission bits of the socket file.")
+def serve_attested_cmd(
+    release_url: str,
+    resource: str,
+    tcti: str,
+    pcrs: str,
+    cafile: str | None,
+    socket: str,
+    policy: str,
+    user: str | None,
+    require_mlock: bool,
+    socket_mode: str,
+) -> int:
+    """Like `custody serve`, but the KEKs come from a release server after a TPM quote, not from a file.
+
+    \b
+    The keys live only in this process's (locked) memory. The release server checks the quote (its AK
+    and PCRs, per its policy) and refuses when a bound PCR changed; then this command fails to start.
+      kubeshield custody serve-attested --release-url http://10.0.0.5:8443 --resource custody-keyring \\
+          --tcti device:/dev/tpmrm0 --socket /run/kubeshield/custody.sock --policy custody-policy.yaml
+    """
+    from kubeshield.attest_release.client import request_resource
+    from kubeshield.attest_release.keysource import ReleasedKeyBackend
+    from kubeshield.cli.attest import parse_pcrs
+    from kubeshield.keys.tpm_attest import TpmAttester
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
+    attester = TpmAttester(tcti=tcti, pcrs=parse_pcrs(pcrs))
+
+    def open_released(_: KeysSettings) -> ReleasedKeyBackend:
+        return ReleasedKeyBackend(request_resource(release_url, resource, attester=attester, cafile=cafile))
+
+    def ready(key_id: str) -> None:
+        click.echo(f"ready key_id={key_id}")
+        sys.stdout.flush()
+
+    try:
+        options = ServeOptions(
+            socket=socket,
+            policy=policy,
+            keys=KeysSettings(),
+            user=user,
+            require_mlock=require_mlock,
+            socket_mode=_octal(socket_mode),
+        )
+        return serve(options, ready=ready, open_backend=open_released)
+    except KubeshieldError as exc:
+        raise_cli_error(exc)
+        raise  # unreachable

@@ -14,7 +14,8 @@ The body is every field except ``quote``, ``signature`` and ``akPublicKey``. The
     binding(nonce, body) = SHA-256(nonce || canonical_json(body))          (32 bytes)
     canonical_json = JSON with keys sorted, separators "," and ":", ASCII only, UTF-8 bytes
 
-``verify_statement`` needs only ``cryptography``: the signature over the TPMS_ATTEST bytes with the AK
+``verify_statement`` is a thin wrapper over :mod:`kubeshield.attest.tpm` (which parses TPMS_ATTEST and
+checks the signature with ``cryptography``): the signature over the TPMS_ATTEST bytes with the AK
 public key (pinned by the verifier when given), magic 0xFF544347, type 0x8018 (quote), the statement's
 nonce == the verifier's nonce (a replayed statement fails), extraData == binding(verifier's nonce,
 body) (so a measurement, key_id or PCR list edited after quoting fails), and the quoted PCR selection
@@ -28,15 +29,14 @@ import base64
 import hashlib
 import json
 import socket
-import struct
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
+from kubeshield.attest import tpm as _tpm
+from kubeshield.attest.errors import AttestationError
 from kubeshield.custody.measure import measure_pid, peer_credentials
 from kubeshield.errors import BackendUnavailable, PolicyDenied
 from kubeshield.keys._custody_protocol import Op, Request, Status, decode_response, encode_request, read_body
@@ -56,13 +56,9 @@ __all__ = [
 STATEMENT_VERSION = 2
 _EVIDENCE_FIELDS = ("quote", "signature", "akPublicKey")
 
-TPM_GENERATED = 0xFF544347
-TPM_ST_ATTEST_QUOTE = 0x8018
+TPM_GENERATED = _tpm.TPM_GENERATED
+TPM_ST_ATTEST_QUOTE = _tpm.TPM_ST_ATTEST_QUOTE
 _SHA256 = 0x000B
-
-
-class AttestationError(PolicyDenied):
-    """Evidence does not verify. The message names the failed check."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,32 +72,12 @@ class QuoteInfo:
 
 def parse_quote(attest: bytes) -> QuoteInfo:
     """Parse a TPMS_ATTEST of a quote (TPM 2.0 Part 2, 10.12.12); raises AttestationError."""
-    try:
-        magic, typ = struct.unpack_from(">IH", attest, 0)
-        pos = 6
-        (n,) = struct.unpack_from(">H", attest, pos)
-        pos += 2 + n  # qualifiedSigner
-        (n,) = struct.unpack_from(">H", attest, pos)
-        extra = attest[pos + 2 : pos + 2 + n]
-        pos += 2 + n
-        pos += 17 + 8  # clockInfo, firmwareVersion
-        (count,) = struct.unpack_from(">I", attest, pos)
-        pos += 4
-        pcrs: list[int] = []
-        for _ in range(count):
-            alg, size = struct.unpack_from(">HB", attest, pos)
-            bitmap = attest[pos + 3 : pos + 3 + size]
-            pos += 3 + size
-            if alg != _SHA256:
-                raise AttestationError("the quote covers a PCR bank other than sha256")
-            pcrs += [i * 8 + b for i, byte in enumerate(bitmap) for b in range(8) if byte >> b & 1]
-        (n,) = struct.unpack_from(">H", attest, pos)
-        digest = attest[pos + 2 : pos + 2 + n]
-        if pos + 2 + n != len(attest) or len(extra) > MAX_NONCE:
-            raise AttestationError("malformed TPMS_ATTEST")
-    except struct.error:
-        raise AttestationError("malformed TPMS_ATTEST (truncated)") from None
-    return QuoteInfo(magic, typ, bytes(extra), tuple(sorted(pcrs)), bytes(digest))
+    quote = _tpm.parse_attest(attest)
+    if any(sel.hash_alg != _SHA256 for sel in quote.selections):
+        raise AttestationError("the quote covers a PCR bank other than sha256")
+    if len(quote.extra_data) > MAX_NONCE:
+        raise AttestationError("malformed TPMS_ATTEST")
+    return QuoteInfo(quote.magic, quote.type, quote.extra_data, quote.pcrs, quote.pcr_digest)
 
 
 def statement_body(statement: dict[str, Any]) -> dict[str, Any]:
@@ -199,15 +175,8 @@ def verify_statement(
     key = load_pem_public_key(pem)
     if not isinstance(key, ec.EllipticCurvePublicKey):
         raise AttestationError("the attestation key is not an ECC key")
-    try:
-        key.verify(signature, attest, ec.ECDSA(hashes.SHA256()))
-    except InvalidSignature:
-        raise AttestationError("the quote signature does not verify") from None
+    _tpm.verify_quote(message=attest, signature=_tpm.TpmSignature.ecdsa_der(signature), ak_public=key)
     info = parse_quote(attest)
-    if info.magic != TPM_GENERATED:
-        raise AttestationError(f"magic is 0x{info.magic:08x}, not TPM_GENERATED 0xff544347")
-    if info.type != TPM_ST_ATTEST_QUOTE:
-        raise AttestationError(f"type is 0x{info.type:04x}, not a quote (0x8018)")
     if statement.get("nonce") != nonce.hex():
         raise AttestationError("the statement's nonce is not our nonce (replayed or foreign evidence)")
     if info.extra_data != binding(nonce, statement_body(statement)):

@@ -17,14 +17,16 @@ generation or another aad is refused (InvalidCiphertextException). The aad is bo
 SHA-256 rather than in full because the context is logged in clear in CloudTrail and is limited in
 size; a collision-resistant digest binds it just as firmly.
 
-key_id (:func:`make_key_id`): ``awskms:<key ARN>:<n>`` with ``n`` = 1 + the number of completed
-rotations AWS lists for the key (ListKeyRotations).
+key_id (:func:`make_key_id`, :func:`parse_key_id`): ``awskms:<key ARN>:<n>`` with ``n`` = 1 + the
+number of completed rotations AWS lists for the key (ListKeyRotations). The ARN in a stored key_id is
+the key that wrapped, so Decrypt names that key even after an alias has moved to another one.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import re
 import struct
 
 from kubeshield.errors import InvalidCiphertext
@@ -36,18 +38,39 @@ __all__ = [
     "encode_ciphertext",
     "encryption_context",
     "make_key_id",
+    "parse_key_arn",
+    "parse_key_id",
 ]
 
 FORMAT_V1 = 0x01
 MAX_GENERATION = 0xFFFFFFFF
 _HEADER = struct.Struct(">BI")
 _CONTEXT_FORMAT = "awskms/v1"
+_KEY_ARN = re.compile(r"arn:(aws[a-z-]*):kms:([a-z0-9-]+):([0-9]{12}):key/([A-Za-z0-9-]{1,128})")
+_KEY_ID = re.compile(r"awskms:(.+):([1-9][0-9]{0,9})")
 
 
 def make_key_id(*, arn: str, generation: int) -> str:
     if not 1 <= generation <= MAX_GENERATION:
         raise ValueError("generation out of range")
     return f"awskms:{arn}:{generation}"
+
+
+def parse_key_arn(arn: str) -> tuple[str, str, str] | None:
+    """(partition, region, account) of a KMS *key* ARN, or None for anything else (an alias ARN, junk)."""
+    match = _KEY_ARN.fullmatch(arn)
+    return None if match is None else (match.group(1), match.group(2), match.group(3))
+
+
+def parse_key_id(key_id: str) -> tuple[str, int] | None:
+    """(key ARN, generation) of a key_id made by :func:`make_key_id`, or None if it is not one."""
+    match = _KEY_ID.fullmatch(key_id)
+    if match is None or parse_key_arn(match.group(1)) is None:
+        return None
+    generation = int(match.group(2))
+    if generation > MAX_GENERATION:
+        return None
+    return match.group(1), generation
 
 
 def encryption_context(*, key_id: str, aad: bytes) -> dict[str, str]:

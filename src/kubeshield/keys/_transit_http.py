@@ -9,6 +9,7 @@ token, a request body or a URL query: only the operation name, the path template
 from __future__ import annotations
 
 import ssl
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, Final
@@ -83,6 +84,7 @@ class TransitHTTP:
             raise ConfigError("transit address must start with http:// or https://")
         if timeout <= 0:
             raise ConfigError("transit timeout must be positive")
+        self._timeout = timeout
         verify: ssl.SSLContext | bool = True
         if ca_file is not None:
             try:
@@ -111,11 +113,24 @@ class TransitHTTP:
         token: str | None,
         body: Mapping[str, Any] | None = None,
         decrypt: bool = False,
+        deadline: float | None = None,
     ) -> dict[str, Any]:
-        """Send one request; return the decoded JSON object (``{}`` for 204). Raise mapped errors."""
+        """Send one request; return the decoded JSON object (``{}`` for 204). Raise mapped errors.
+
+        Each network phase (connect, write, read, pool) waits at most ``timeout`` seconds, and at most
+        until ``deadline`` (a ``time.monotonic()`` instant) when one is given: a call that has used up its
+        budget is ``BackendTimeout`` without being sent.
+        """
         headers = {"X-Vault-Token": token} if token is not None else {}
+        limit = self._timeout
+        if deadline is not None:
+            limit = min(limit, deadline - time.monotonic())
+            if limit <= 0:
+                raise BackendTimeout(f"transit {op}: no time left in this call's budget")
         with _map_transport_errors(op):
-            response = self._client.request(method, path, json=body, headers=headers)
+            response = self._client.request(
+                method, path, json=body, headers=headers, timeout=httpx.Timeout(limit)
+            )
         if response.status_code == 204:
             return {}
         if not 200 <= response.status_code < 300:

@@ -26,6 +26,8 @@ from typing import Protocol, runtime_checkable
 __all__ = [
     "Exportable",
     "Health",
+    "InitCheck",
+    "InitReport",
     "KeyBackend",
     "KeyVersionInfo",
     "Refreshable",
@@ -65,6 +67,33 @@ class KeyVersionInfo:
     key_id: str
     created: float
     state: str  # "primary" | "active" | "decrypt-only" | "retired"
+
+
+@dataclass(frozen=True, slots=True)
+class InitCheck:
+    """One thing ``keys init`` checked. ``ok`` is None when it could not be checked (``detail`` says why).
+
+    A ``required`` check that failed means the plugin could not work with this set-up.
+    """
+
+    what: str
+    ok: bool | None
+    detail: str
+    required: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class InitReport:
+    """What ``keys init`` did for a key service or token backend (``kubeshield.keys.provisioning``).
+
+    No field holds a secret: ``location`` names the token, the Transit key or the AWS key.
+    """
+
+    backend: str
+    created: bool
+    key_id: str
+    location: str
+    checks: tuple[InitCheck, ...] = ()
 
 
 class KeyBackend(Protocol):

@@ -20,7 +20,19 @@ except at once for a version newer than any it knows).
 Threads: python-pkcs11 initialises the module with ``C_Initialize(NULL)``, which tells the module
 that the application will not call it from several threads at once (SoftHSM2 then takes no locks and
 crashes under concurrent calls, even on separate sessions). So every PKCS#11 call of every backend in
-this process goes through one process-wide lock; each backend keeps one read-write session.
+this process goes through one process-wide gate (:class:`~kubeshield.keys._pkcs11_gate.TokenGate`);
+each backend keeps one read-write session. The gate bounds the wait: a caller waits at most
+``lock_timeout`` seconds for the token (then ``BackendTimeout``, gRPC DEADLINE_EXCEEDED) and at most
+``max_waiting`` callers wait at once (the next gets ``BackendUnavailable`` at once), so a hung token
+call cannot take every gRPC worker with it. :meth:`Pkcs11KeyBackend.key_id` never waits for the gate:
+it returns the primary key_id recorded at the last listing, so Status answers while the token is busy.
+
+A token that is not there (not plugged in, not initialised yet, its directory not restored yet) is
+``BackendUnavailable``, the same as a token that goes away later, so ``kms serve`` can start during the
+outage and connect when it comes (``kubeshield.keys.lazy``). SoftHSM2 reads its token directory at
+``C_Initialize`` only; so when no token has the label and no session of this process uses the module,
+the module is re-initialised once (``C_Finalize`` + ``C_Initialize``) before the lookup is retried, and
+a token created by another process (``softhsm2-util --init-token``) is found without a restart.
 
 PINs: PKCS#11 login is per process and token. While one backend is logged in, a second ``C_Login``
 answers "already logged in" without checking the PIN, so this module remembers a SHA-256 digest of
@@ -62,16 +74,22 @@ from kubeshield.errors import (
     BackendUnavailable,
     ConfigError,
     InvalidCiphertext,
+    InvalidRequest,
     KeyNotFound,
 )
 from kubeshield.keys import _pkcs11_format as fmt
-from kubeshield.keys.base import Health, KeyVersionInfo, Wrapped
+from kubeshield.keys._pkcs11_gate import TokenGate
+from kubeshield.keys.base import Health, InitCheck, InitReport, KeyVersionInfo, Wrapped
 from kubeshield.keys.health import round_trip
 
 __all__ = ["PIN_ENV", "Pkcs11KeyBackend", "map_exceptions", "read_pin"]
 
 PIN_ENV = "KUBESHIELD_PKCS11_PIN"
 _RELIST_INTERVAL = 1.0
+#: default bound on the wait for the token gate: well inside kube-apiserver's 3 s KMS deadline
+DEFAULT_LOCK_TIMEOUT = 1.0
+#: default number of callers that may wait for the token at once (the one holding it not counted)
+DEFAULT_MAX_WAITING = 16
 
 _AUTH_ERRORS: tuple[type[Exception], ...] = (
     p11e.PinIncorrect,
@@ -174,9 +192,15 @@ class _Login:
 
 
 _LOGINS_LOCK = threading.Lock()
-# see "Threads" in the module docstring: one lock for every call into the PKCS#11 module
-_MODULE_LOCK = threading.RLock()
+# see "Threads" in the module docstring: one gate for every call into any PKCS#11 module
+_MODULE_GATE = TokenGate()
 _LOGINS: dict[tuple[str, bytes], _Login] = {}
+
+
+def _module_in_use(module: str) -> bool:
+    """Whether any backend of this process holds a session of ``module``."""
+    with _LOGINS_LOCK:
+        return any(key[0] == module and login.sessions > 0 for key, login in _LOGINS.items())
 
 
 def _open_session(token: Any, *, module: str, pin: bytes) -> Any:
@@ -246,7 +270,11 @@ class Pkcs11KeyBackend:
         create_if_missing: bool = False,
         rng: Callable[[int], bytes] = os.urandom,
         clock: Callable[[], float] = time.time,
+        lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+        max_waiting: int = DEFAULT_MAX_WAITING,
     ) -> None:
+        if lock_timeout <= 0 or max_waiting < 0:
+            raise ValueError("lock_timeout must be > 0 and max_waiting >= 0")
         if not isinstance(pin, bytes):
             raise TypeError("pin must be bytes")
         if not pin:
@@ -264,7 +292,8 @@ class Pkcs11KeyBackend:
         self._pin = pin
         self._rng = rng
         self._clock = clock
-        self._lock = _MODULE_LOCK
+        self._lock_timeout = lock_timeout
+        self._max_waiting = max_waiting
         self._closed = False
         self._session: Any = None
         self._token: Any = None
@@ -272,9 +301,10 @@ class Pkcs11KeyBackend:
         self._serial = ""
         self._keys: dict[tuple[int, bytes], Any] = {}
         self._primary: tuple[int, bytes] | None = None
+        self._primary_key_id: str | None = None  # read without the gate (key_id)
         self._last_relist = float("-inf")
         self._missed = 0
-        with self._lock:
+        with self._hold():
             self._connect()
             if self._primary is None and create_if_missing and not self._keys:
                 self._create_version()
@@ -283,7 +313,7 @@ class Pkcs11KeyBackend:
                 self.close()
                 raise KeyNotFound(
                     f"no usable key labelled {label!r} in token {tok!r}; "
-                    "create one with `kubeshield keys init`"
+                    "create one with `kubeshield keys init --config` (docs/backends.md)"
                 )
 
     @classmethod
@@ -296,6 +326,7 @@ class Pkcs11KeyBackend:
         key_label: str,
         rng: Callable[[int], bytes] = os.urandom,
         clock: Callable[[], float] = time.time,
+        **kwargs: Any,
     ) -> Pkcs11KeyBackend:
         """Open the backend, generating KEK version 1 in the token when no key with this label exists."""
         return cls(
@@ -306,6 +337,7 @@ class Pkcs11KeyBackend:
             create_if_missing=True,
             rng=rng,
             clock=clock,
+            **kwargs,
         )
 
     @classmethod
@@ -326,19 +358,90 @@ class Pkcs11KeyBackend:
             create_if_missing=create_if_missing,
         )
 
-    # -- session and key listing (call with the lock held) ---------------------------------------------
+    @classmethod
+    def initialize(
+        cls,
+        settings: Pkcs11Settings,
+        *,
+        exist_ok: bool = False,
+        environ: Mapping[str, str] | None = None,
+    ) -> InitReport:
+        """``kubeshield keys init``: generate KEK version 1 in the token (see :mod:`..provisioning`).
+
+        A key object with ``keyLabel`` already in the token is refused (``InvalidRequest``) unless
+        ``exist_ok``, and then only checked: nothing in the token is ever replaced or deleted.
+        """
+        try:
+            backend = cls.from_settings(settings, environ=environ)
+        except KeyNotFound:
+            backend = cls.from_settings(settings, environ=environ, create_if_missing=True)
+            created = True
+        else:
+            created = False
+            if not exist_ok:
+                key_id = backend.key_id()
+                backend.close()
+                raise InvalidRequest(
+                    f"token {settings.token!r} already holds a key labelled {settings.key_label!r} "
+                    f"(primary key_id {key_id}); `kubeshield keys rotate` adds a version, --exist-ok "
+                    "accepts the existing key (kubeshield never deletes key objects)"
+                )
+        try:
+            health = backend.check_health()
+            versions = len(backend.key_versions())
+            return InitReport(
+                backend="pkcs11",
+                created=created,
+                key_id=backend.key_id(),
+                location=(
+                    f"PKCS#11 token {settings.token!r} (serial {backend._serial}), "
+                    f"key label {settings.key_label!r}, {versions} version(s)"
+                ),
+                checks=(
+                    InitCheck(
+                        "key object",
+                        True,
+                        "AES-256, sensitive, not extractable, encrypt/decrypt only (read from the token)",
+                    ),
+                    InitCheck("encrypt and decrypt in the token", health.ok, health.detail, required=True),
+                ),
+            )
+        finally:
+            backend.close()
+
+    # -- session and key listing (call with the gate held) ---------------------------------------------
+
+    def _hold(self, *, timeout: float | None = None) -> contextlib.AbstractContextManager[None]:
+        """The process-wide token gate, with this backend's bounds."""
+        return _MODULE_GATE.hold(
+            timeout=self._lock_timeout if timeout is None else timeout, max_waiting=self._max_waiting
+        )
+
+    def _find_token(self) -> Any:
+        with map_exceptions():
+            try:
+                lib = pkcs11.lib(self._module)
+            except p11e.PKCS11Error as exc:
+                # SoftHSM2 fails C_Initialize while its token directory does not exist: an absent token
+                raise BackendUnavailable(
+                    f"module: cannot initialise PKCS#11 module {self._module!r} ({type(exc).__name__}); "
+                    "is the token there?"
+                ) from exc
+            try:
+                return lib.get_token(token_label=self._token_label)
+            except p11e.NoSuchToken:
+                if _module_in_use(self._module):
+                    raise
+            # nothing of ours uses the module: re-read its slots (see the module docstring)
+            lib.reinitialize()
+            return lib.get_token(token_label=self._token_label)
 
     def _connect(self) -> None:
         if self._closed:
             raise BackendUnavailable("the PKCS#11 backend is closed")
         if self._session is not None:
             return
-        with map_exceptions():
-            try:
-                lib = pkcs11.lib(self._module)
-            except p11e.PKCS11Error as exc:
-                raise BackendUnavailable(f"module: cannot load PKCS#11 module {self._module!r}") from exc
-            token = lib.get_token(token_label=self._token_label)
+        token = self._find_token()
         session = _open_session(token, module=self._module, pin=self._pin)
         self._token = token
         self._serial_raw = bytes(token.serial)
@@ -376,6 +479,7 @@ class Pkcs11KeyBackend:
                 keys.setdefault(ident, obj)
         self._keys = keys
         self._primary = max(keys, key=_primary_order) if keys else None
+        self._primary_key_id = self._key_id(self._primary) if self._primary is not None else None
         self._last_relist = self._clock()
 
     def _check_key_object(self, obj: Any, version: int) -> None:
@@ -455,17 +559,17 @@ class Pkcs11KeyBackend:
         return fmt.make_key_id(serial=self._serial, label=self._label, version=ident[0], tag=ident[1])
 
     def key_id(self) -> str:
-        """The primary key_id as last listed (no token call)."""
-        with self._lock:
-            if self._primary is None:
-                raise KeyNotFound(f"no usable key labelled {self._label!r} in the token")
-            return self._key_id(self._primary)
+        """The primary key_id as last listed: no token call, and no wait for the token gate."""
+        key_id = self._primary_key_id
+        if key_id is None:
+            raise KeyNotFound(f"no usable key labelled {self._label!r} in the token")
+        return key_id
 
     def wrap(self, plaintext: bytes, *, aad: bytes = b"") -> Wrapped:
         """AES-GCM inside the token; the result's layout is in :mod:`._pkcs11_format`."""
         if not isinstance(plaintext, bytes) or not isinstance(aad, bytes):
             raise TypeError("plaintext and aad must be bytes")
-        with self._lock:
+        with self._hold():
             self._ensure()
             if self._primary is None:
                 raise KeyNotFound(f"no usable key labelled {self._label!r} in the token")
@@ -489,7 +593,7 @@ class Pkcs11KeyBackend:
             raise TypeError("unwrap takes a Wrapped and bytes aad")
         version, tag, iv, sealed = fmt.decode_ciphertext(wrapped.ciphertext)
         ident = (version, tag)
-        with self._lock:
+        with self._hold():
             self._ensure()
             key_id = self._key_id(ident)
             if wrapped.key_id and wrapped.key_id != key_id:
@@ -516,23 +620,28 @@ class Pkcs11KeyBackend:
         return round_trip(self, clock=self._clock, rng=self._rng)
 
     def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            self._drop_session()
+        self._closed = True
+        self._primary_key_id = None
+        try:
+            with self._hold(timeout=max(self._lock_timeout, 5.0)):
+                self._drop_session()
+                self._primary = None
+        except BackendError:
+            # the token is hung in another thread's call: leave the session to the process's end
             self._primary = None
-            self._pin = b""
+        self._pin = b""
 
     # -- optional abilities ----------------------------------------------------------------------------
 
     def rotate(self) -> str:
         """Generate a new KEK version inside the token, make it primary and return its key_id."""
-        with self._lock:
+        with self._hold():
             self._ensure()
             return self._key_id(self._run(self._create_version))
 
     def refresh(self) -> bool:
         """Re-list the key objects (another process may have rotated); True if the primary changed."""
-        with self._lock:
+        with self._hold():
             self._ensure()
             before = self._primary
             self._run(self._relist)
@@ -540,7 +649,7 @@ class Pkcs11KeyBackend:
 
     def key_versions(self) -> list[KeyVersionInfo]:
         """Public description of every version in the token, oldest first (``created`` is unknown: 0)."""
-        with self._lock:
+        with self._hold():
             self._ensure()
             self._run(self._relist)
             return [

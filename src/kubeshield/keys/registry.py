@@ -50,6 +50,7 @@ __all__ = [
     "EXTRAS",
     "NETWORK_BACKENDS",
     "BackendStack",
+    "backend_section",
     "hierarchy_enabled",
     "known_backends",
     "load_backend_class",
@@ -119,17 +120,13 @@ def load_backend_class(
     return cls
 
 
-def open_primary(settings: KeysSettings) -> KeyBackend:
-    """Build the bare backend that ``settings.backend`` selects from its own section (``keys.<backend>``).
+def backend_section(settings: KeysSettings) -> Any:
+    """The settings section of the selected backend (``keys.<backend>``), defaults filled in.
 
-    A section left out of the file gets its defaults when it has them (``tpm``, ``custody``). This is
-    what ``kubeshield keys rotate|list`` use: no hierarchy, no break-glass.
+    A section left out of the file gets its defaults when it has them (``tpm``, ``custody``); else
+    ``ConfigError`` naming it.
     """
     name = settings.backend
-    cls = load_backend_class(name)
-    factory = getattr(cls, "from_settings", None)
-    if factory is None:
-        raise ConfigError(f"key backend {name!r} is not available in this build (no from_settings)")
     section = getattr(settings, name, None)
     if section is None:
         section_type = typing.get_args(typing.get_type_hints(KeysSettings)[name])[0]
@@ -137,8 +134,30 @@ def open_primary(settings: KeysSettings) -> KeyBackend:
             section = section_type()
         except TypeError:
             raise ConfigError(f"keys.{name}: required when keys.backend is {name}") from None
-    backend: KeyBackend = factory(section)
-    return backend
+    return section
+
+
+def open_primary(settings: KeysSettings, *, during_outage: bool = False) -> KeyBackend:
+    """Build the bare backend that ``settings.backend`` selects from its own section (``keys.<backend>``).
+
+    This is what ``kubeshield keys rotate|list`` use: no hierarchy, no break-glass. With
+    ``during_outage`` (``kms serve``) a key service that cannot be reached now gives a
+    :class:`~kubeshield.keys.lazy.LazyBackend` that connects when it comes back, instead of an error.
+    """
+    from kubeshield.keys.lazy import open_during_outage
+
+    name = settings.backend
+    cls = load_backend_class(name)
+    factory = getattr(cls, "from_settings", None)
+    if factory is None:
+        raise ConfigError(f"key backend {name!r} is not available in this build (no from_settings)")
+    section = backend_section(settings)
+
+    def opener() -> KeyBackend:
+        backend: KeyBackend = factory(section)
+        return backend
+
+    return open_during_outage(opener, name=name) if during_outage else opener()
 
 
 def hierarchy_enabled(settings: KeysSettings) -> bool:

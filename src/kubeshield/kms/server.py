@@ -22,6 +22,14 @@ errors never hold secrets (errors.py contract). The server is grpc's sync server
 with a thread pool: backend calls may block (remote key services), and ``bench/kms_bench.py`` measured it
 against grpc.aio for this workload (see the numbers in the bench output and the module ``SERVER_NOTE``).
 
+Status always finds a free worker. Each gRPC server runs its handlers on a pool of ``max_workers``
+threads, and a key backend call may block for as long as the backend's own bound (a slow HSM, a hung
+network). So at most ``max_workers - status_reserve`` Encrypt/Decrypt calls may be inside the key
+backend at once (:class:`CallLimit`, one per server); a call beyond that is answered UNAVAILABLE at
+once instead of waiting for a worker, and the reserved workers keep answering Status (which reads
+cached state only, :mod:`kubeshield.kms.service`) however slow the backend is.
+``bench/status_bench.py`` measures Status p99 under Decrypt load with a slow backend.
+
 Service mode (``listen="tcp://HOST:PORT"`` with ``tls``): the same v2 and v1 services are also served on
 a TCP port with TLS that *requires* a client certificate signed by the client CA
 (:class:`~kubeshield.kms.tls.ReloadingServerCredentials`, reloaded without restart). When an
@@ -34,9 +42,9 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent import futures
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import grpc
@@ -52,12 +60,14 @@ from kubeshield.errors import (
     KeyNotFound,
     PolicyDenied,
 )
+from kubeshield.keys.identity import KeyringIdentity
 from kubeshield.kms._socket import (
     SocketListener,
     grpc_address,
     parse_endpoint,
     prepare_socket_path,
     private_umask,
+    refuse_abstract,
     resolve_group,
 )
 from kubeshield.kms.api.v1beta1 import api_pb2 as v1_pb2
@@ -70,11 +80,15 @@ from kubeshield.kms.service import EncryptReply, StatusReply
 from kubeshield.kms.shutdown import DEFAULT_GRACE
 from kubeshield.kms.tls import AllowList, ReloadingServerCredentials, peer_identities
 
+if TYPE_CHECKING:
+    from kubeshield.kms.peer_attest import PeerAttestationGate
+
 __all__ = [
     "DEFAULT_GRACE",
     "KMSAPI",
     "MAX_MESSAGE_BYTES",
     "RUNTIME_NAME",
+    "CallLimit",
     "KMSServer",
     "KMSv1Servicer",
     "KMSv2Servicer",
@@ -107,6 +121,27 @@ def map_error(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     if isinstance(exc, (BackendAuthError, PolicyDenied)):
         return grpc.StatusCode.PERMISSION_DENIED, str(exc) or "permission denied"
     return grpc.StatusCode.INTERNAL, "internal error"
+
+
+class CallLimit:
+    """How many calls may be inside the key backend at once; one more is refused, never queued."""
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError("the call limit must be at least 1")
+        self.limit = limit
+        self._slots = threading.BoundedSemaphore(limit)
+
+    def run(self, call: Callable[[], _T]) -> _T:
+        """Run ``call`` in a slot; raise BackendUnavailable at once when every slot is taken."""
+        if not self._slots.acquire(blocking=False):
+            raise BackendUnavailable(
+                f"the plugin is busy: {self.limit} key backend calls are in progress; retry"
+            )
+        try:
+            return call()
+        finally:
+            self._slots.release()
 
 
 class KMSAPI(Protocol):
@@ -200,12 +235,26 @@ def v1_handler(servicer: KMSv1Servicer) -> grpc.GenericRpcHandler[Any, Any]:
 
 class _Servicer:
     def __init__(
-        self, service: KMSAPI, *, metrics: KMSMetrics | None, api: str, allow: AllowList | None = None
+        self,
+        service: KMSAPI,
+        *,
+        metrics: KMSMetrics | None,
+        api: str,
+        allow: AllowList | None = None,
+        limit: CallLimit | None = None,
     ) -> None:
         self._service = service
         self._metrics = metrics
         self._api = api
         self._allow = allow
+        self._limit = limit
+
+    def _backend_call(self, call: Callable[[], _T]) -> Callable[[], _T]:
+        """``call`` run within the server's :class:`CallLimit` (Encrypt and Decrypt reach the backend)."""
+        limit = self._limit
+        if limit is None:
+            return call
+        return lambda: limit.run(call)
 
     def _admit(self, context: grpc.ServicerContext, operation: str, start: float) -> None:
         """TLS peers must present a certificate whose identity is allowed (before any KMS call)."""
@@ -246,19 +295,40 @@ class _Servicer:
 
 
 class KMSv2Servicer(_Servicer, v2_grpc.KeyManagementServiceServicer):  # type: ignore[misc]
-    """``/v2.KeyManagementService/{Status,Encrypt,Decrypt}``."""
+    """``/v2.KeyManagementService/{Status,Encrypt,Decrypt}``.
+
+    ``keyring`` (cheap, no I/O) names the keys served: every Status reply, an error included, carries
+    it as trailing metadata (``kubeshield-keyring-id``, ``kubeshield-keyring-versions``), which
+    kube-apiserver ignores and ``kubeshield kms status`` prints (kubeshield.keys.identity).
+    """
 
     def __init__(
-        self, service: KMSAPI, *, metrics: KMSMetrics | None = None, allow: AllowList | None = None
+        self,
+        service: KMSAPI,
+        *,
+        metrics: KMSMetrics | None = None,
+        allow: AllowList | None = None,
+        limit: CallLimit | None = None,
+        keyring: Callable[[], KeyringIdentity] | None = None,
     ) -> None:
-        super().__init__(service, metrics=metrics, api="v2", allow=allow)
+        super().__init__(service, metrics=metrics, api="v2", allow=allow, limit=limit)
+        self._keyring = keyring
 
     def Status(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802 - gRPC method name
         def call() -> Any:
+            self._send_keyring(context)  # after the caller was admitted, before Status can fail
             reply = self._service.status()
             return v2_pb2.StatusResponse(version=reply.version, healthz=reply.healthz, key_id=reply.key_id)
 
         return self._run(context, "Status", call, request)
+
+    def _send_keyring(self, context: grpc.ServicerContext) -> None:
+        if self._keyring is None:
+            return
+        try:
+            context.set_trailing_metadata(self._keyring().metadata())
+        except Exception:  # a closed backend has no identity; Status itself reports why
+            _log.debug("no keyring identity for Status", exc_info=True)
 
     def Encrypt(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
         def call() -> Any:
@@ -267,7 +337,7 @@ class KMSv2Servicer(_Servicer, v2_grpc.KeyManagementServiceServicer):  # type: i
                 ciphertext=reply.ciphertext, key_id=reply.key_id, annotations=dict(reply.annotations)
             )
 
-        return self._run(context, "Encrypt", call, request)
+        return self._run(context, "Encrypt", self._backend_call(call), request)
 
     def Decrypt(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
         def call() -> Any:
@@ -279,16 +349,21 @@ class KMSv2Servicer(_Servicer, v2_grpc.KeyManagementServiceServicer):  # type: i
             )
             return v2_pb2.DecryptResponse(plaintext=plaintext)
 
-        return self._run(context, "Decrypt", call, request)
+        return self._run(context, "Decrypt", self._backend_call(call), request)
 
 
 class KMSv1Servicer(_Servicer, v1_grpc.KeyManagementServiceServicer):  # type: ignore[misc]
     """``/v1beta1.KeyManagementService/{Version,Encrypt,Decrypt}`` (deprecated KMS v1)."""
 
     def __init__(
-        self, service: KMSAPI, *, metrics: KMSMetrics | None = None, allow: AllowList | None = None
+        self,
+        service: KMSAPI,
+        *,
+        metrics: KMSMetrics | None = None,
+        allow: AllowList | None = None,
+        limit: CallLimit | None = None,
     ) -> None:
-        super().__init__(service, metrics=metrics, api="v1beta1", allow=allow)
+        super().__init__(service, metrics=metrics, api="v1beta1", allow=allow, limit=limit)
 
     def Version(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
         def call() -> Any:
@@ -302,7 +377,9 @@ class KMSv1Servicer(_Servicer, v1_grpc.KeyManagementServiceServicer):  # type: i
         return self._run(
             context,
             "Encrypt",
-            lambda: v1_pb2.EncryptResponse(cipher=self._service.v1_encrypt(request.plain)),
+            self._backend_call(
+                lambda: v1_pb2.EncryptResponse(cipher=self._service.v1_encrypt(request.plain))
+            ),
             request,
         )
 
@@ -310,7 +387,9 @@ class KMSv1Servicer(_Servicer, v1_grpc.KeyManagementServiceServicer):  # type: i
         return self._run(
             context,
             "Decrypt",
-            lambda: v1_pb2.DecryptResponse(plain=self._service.v1_decrypt(request.cipher)),
+            self._backend_call(
+                lambda: v1_pb2.DecryptResponse(plain=self._service.v1_decrypt(request.cipher))
+            ),
             request,
         )
 
@@ -333,14 +412,24 @@ class KMSServer:
         tls: ReloadingServerCredentials | None = None,
         allow: AllowList | None = None,
         max_workers: int = 32,
+        status_reserve: int = 8,
         metrics: KMSMetrics | None = None,
+        peer_attestation: PeerAttestationGate | None = None,
+        keyring: Callable[[], KeyringIdentity] | None = None,
     ) -> None:
+        if not 0 <= status_reserve < max_workers:
+            raise ValueError("status_reserve must be >= 0 and below max_workers (0: no reserve)")
         self.service = service
+        self._peer_attestation = peer_attestation  # kubeshield.kms.peer_attest: guards TCP Decrypt
         self.metrics = metrics
+        self.keyring = keyring
         self.socket_path = parse_endpoint(socket) if socket else None
         self.v1_socket_path = parse_endpoint(v1_socket) if v1_socket else None
         if self.v1_socket_path is not None and self.v1_socket_path == self.socket_path:
             raise ConfigError("the v1 socket must differ from the v2 socket")
+        for what, path in (("socket", self.socket_path), ("v1 socket", self.v1_socket_path)):
+            if path is not None:
+                refuse_abstract(path, what=what)  # before anything is bound
         self.listen = parse_listen(listen) if listen else None
         if self.listen is not None and tls is None:
             raise ConfigError("--listen requires TLS: give --tls-cert, --tls-key and --client-ca")
@@ -353,14 +442,20 @@ class KMSServer:
         self.listen_port: int | None = None
         self._gid = resolve_group(socket_group) if socket_group else None
         self._max_workers = max_workers
+        self._call_limit = max_workers - status_reserve
         self._servers: list[grpc.Server] = []
         self._listeners: list[SocketListener] = []
         self._stopped = threading.Event()
         self.serving = False
 
-    def _new_server(self) -> grpc.Server:
+    def _limit(self) -> CallLimit:
+        """A fresh :class:`CallLimit` for one server (each server has its own worker pool)."""
+        return CallLimit(self._call_limit)
+
+    def _new_server(self, interceptors: Sequence[grpc.ServerInterceptor[Any, Any]] = ()) -> grpc.Server:
         return grpc.server(
             futures.ThreadPoolExecutor(max_workers=self._max_workers, thread_name_prefix="kubeshield-grpc"),
+            interceptors=list(interceptors),
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -376,7 +471,16 @@ class KMSServer:
                 (
                     self.socket_path,
                     lambda s: s.add_generic_rpc_handlers(
-                        (v2_handler(KMSv2Servicer(self.service, metrics=self.metrics)),)
+                        (
+                            v2_handler(
+                                KMSv2Servicer(
+                                    self.service,
+                                    metrics=self.metrics,
+                                    limit=self._limit(),
+                                    keyring=self.keyring,
+                                )
+                            ),
+                        )
                     ),
                 )
             )
@@ -385,7 +489,7 @@ class KMSServer:
                 (
                     self.v1_socket_path,
                     lambda s: s.add_generic_rpc_handlers(
-                        (v1_handler(KMSv1Servicer(self.service, metrics=self.metrics)),)
+                        (v1_handler(KMSv1Servicer(self.service, metrics=self.metrics, limit=self._limit())),)
                     ),
                 )
             )
@@ -416,11 +520,23 @@ class KMSServer:
         """Serve v2 and v1 on TCP with mTLS (and the allow-list checked on every RPC)."""
         assert self._tls is not None  # checked in __init__
         host, port = listen
-        server = self._new_server()
+        gate = self._peer_attestation
+        server = self._new_server(() if gate is None else (gate.interceptor(),))
+        if gate is not None:  # peer attestation (kubeshield.kms.peer_attest): the exchange service
+            server.add_generic_rpc_handlers((gate.handler(),))
+        limit = self._limit()  # one pool, one limit for both APIs
         server.add_generic_rpc_handlers(
             (
-                v2_handler(KMSv2Servicer(self.service, metrics=self.metrics, allow=self._allow)),
-                v1_handler(KMSv1Servicer(self.service, metrics=self.metrics, allow=self._allow)),
+                v2_handler(
+                    KMSv2Servicer(
+                        self.service,
+                        metrics=self.metrics,
+                        allow=self._allow,
+                        limit=limit,
+                        keyring=self.keyring,
+                    )
+                ),
+                v1_handler(KMSv1Servicer(self.service, metrics=self.metrics, allow=self._allow, limit=limit)),
             )
         )
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

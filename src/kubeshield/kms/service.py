@@ -4,11 +4,17 @@ The gRPC servicers (``server.py``) only translate protobuf <-> these calls and m
 
 What this layer guarantees (kms-contract §2.4, §2.5, §2.9):
 
-* **Status is cheap.** It returns ``backend.key_id()`` (no remote call) plus the *cached* result of a
-  periodic deep health round trip (``backend.check_health()`` every ``health_interval`` seconds, each
-  bounded by ``health_timeout``, in a background thread). When the last deep check failed or is too old,
-  Status raises :class:`BackendUnavailable`: a gRPC error is the only thing that makes kube-apiserver stop
-  extending its write DEK (contract §2.4 quirk, kubernetes#138950), a ``healthz`` text does not.
+* **Status is cheap and never waits for the key backend.** It returns ``backend.key_id()`` (by the
+  KeyBackend contract an answer from memory: no remote call, no wait for a device lock) plus the *cached*
+  result of a periodic deep health round trip (``backend.check_health()`` every ``health_interval``
+  seconds, every ``unhealthy_interval`` seconds while the last one failed, each bounded by
+  ``health_timeout``, in a background thread). When the last deep check failed or is too old, Status
+  raises :class:`BackendUnavailable`: a gRPC error is the only thing that makes kube-apiserver stop
+  extending its write DEK (contract §2.4 quirk, kubernetes#138950), a ``healthz`` text does not. (Only
+  before :meth:`KMSService.start` does the first Status run the first deep check itself.)
+* **A backend that was down at start heals without a restart.** The quicker re-checks while unhealthy
+  are what drive a :class:`~kubeshield.keys.lazy.LazyBackend`'s connection attempts (its backoff spaces
+  them), so Status turns healthy within about ``unhealthy_interval`` of the backend connecting.
 * **Encrypt's key_id is the one Status reports.** We wrap, then compare with ``backend.key_id()``; if the
   keyring rotated in between we report the key_id the wrap really used (Status follows at once, and the
   apiserver re-primes on its next Status).
@@ -103,11 +109,14 @@ class KMSService:
         health_interval: float = 10.0,
         health_timeout: float = 2.0,
         refresh_interval: float = 5.0,
+        unhealthy_interval: float = 1.0,
         metrics: KMSMetrics | None = None,
         v1_backend: KeyBackend | None = None,
     ) -> None:
-        if health_interval <= 0 or health_timeout <= 0 or refresh_interval <= 0:
-            raise ValueError("health_interval, health_timeout and refresh_interval must be > 0")
+        if min(health_interval, health_timeout, refresh_interval, unhealthy_interval) <= 0:
+            raise ValueError(
+                "health_interval, health_timeout, refresh_interval and unhealthy_interval must be > 0"
+            )
         self._backend = backend
         # KMS v1 has no annotations, so it must not go through layers that need them (the local-KEK
         # hierarchy, break-glass escrow): the caller passes the bare backend for v1.
@@ -117,6 +126,7 @@ class KMSService:
         self.health_interval = health_interval
         self.health_timeout = health_timeout
         self.refresh_interval = refresh_interval
+        self.unhealthy_interval = min(unhealthy_interval, health_interval)
         self.metrics = metrics
         self._health: HealthState | None = None
         self._health_lock = threading.Lock()
@@ -206,8 +216,13 @@ class KMSService:
             thread.join(self.health_timeout + 1.0)
         self._threads = []
 
+    def next_health_check_in(self) -> float:
+        """Seconds the health loop waits before the next deep check: sooner while unhealthy."""
+        state = self._health
+        return self.health_interval if state is not None and state.ok else self.unhealthy_interval
+
     def _health_loop(self) -> None:
-        while not self._stop.wait(self.health_interval):
+        while not self._stop.wait(self.next_health_check_in()):
             self.check_health_now()
 
     def _refresh_loop(self) -> None:

@@ -70,6 +70,12 @@ def _config(tmp_path: Path, server: BaoServer, key: str) -> Path:
     return config
 
 
+def _transit_key_id(server: BaoServer, key: str, version: int) -> str:
+    """The key_id the backend must report: version and its creation time as the key service has it."""
+    created = server.api("GET", f"transit/keys/{key}")["data"]["keys"][str(version)]
+    return f"transit:transit/{key}:v{version}-{created}"
+
+
 def test_transit_from_config_builds_the_hierarchy(
     openbao: BaoServer, transit_key: str, tmp_path: Path
 ) -> None:
@@ -77,7 +83,7 @@ def test_transit_from_config_builds_the_hierarchy(
     backend = open_backend(settings)
     try:
         assert isinstance(backend, HierarchicalBackend)
-        assert backend.key_id() == f"transit:transit/{transit_key}:v1"
+        assert backend.key_id() == _transit_key_id(openbao, transit_key, 1)
         wrapped = backend.wrap(b"s" * 32, aad=b"a")
         assert LOCAL_KEK_ANNOTATION in wrapped.annotations
         assert backend.unwrap(wrapped, aad=b"a") == b"s" * 32
@@ -101,14 +107,14 @@ def test_transit_rotation_is_picked_up_by_a_running_service(
     service = KMSService(stack.v2, refresh_interval=0.05, health_timeout=5.0)
     service.start()
     try:
-        v1_id = f"transit:transit/{transit_key}:v1"
+        v1_id = _transit_key_id(openbao, transit_key, 1)
         assert service.status().key_id == v1_id
         seed = os.urandom(32)
         old = service.encrypt(seed, uid=_uid())
         assert old.key_id == v1_id
 
         assert main(["keys", "rotate", "--config", str(config)]) == 0
-        v2_id = f"transit:transit/{transit_key}:v2"
+        v2_id = _transit_key_id(openbao, transit_key, 2)
         _wait_for(lambda: service.status().key_id == v2_id)
         fresh = service.encrypt(os.urandom(32), uid=_uid())
         assert fresh.key_id == v2_id

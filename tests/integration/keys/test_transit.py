@@ -8,6 +8,7 @@ import base64
 import re
 import secrets
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -100,8 +101,13 @@ class TestTransitContract(BackendContractTests):
         with pytest.raises(InvalidCiphertext):
             backend.unwrap(wrapped)
 
-    def test_key_id_names_mount_key_and_version(self, backend: TransitKeyBackend) -> None:
-        assert re.fullmatch(r"transit:transit/k-[0-9a-f]{12}:v1", backend.key_id())
+    def test_key_id_names_mount_key_version_and_its_creation_time(
+        self, backend: TransitKeyBackend, openbao: BaoServer
+    ) -> None:
+        match = re.fullmatch(r"transit:transit/(k-[0-9a-f]{12}):v1-([0-9]+)", backend.key_id())
+        assert match is not None
+        created = openbao.api("GET", f"transit/keys/{match.group(1)}")["data"]["keys"]["1"]
+        assert int(match.group(2)) == created
 
     def test_same_plaintext_gives_different_ciphertexts(self, backend: TransitKeyBackend) -> None:
         seed = secrets.token_bytes(32)
@@ -133,7 +139,9 @@ class TestTransitContract(BackendContractTests):
         for other in (
             "transit:transit/other:v1",
             "memory:v1:abc",
-            backend.key_id()[:-1] + "01",
+            backend.key_id().replace(":v1-", ":v01-"),
+            backend.key_id() + "x",
+            backend.key_id().replace(":v1-", ":v1--"),
             "transit:other/k:v1",
         ):
             with pytest.raises(KeyNotFound):
@@ -238,7 +246,8 @@ class TestRotation:
             seen.add(new_id)
             wrapped.append(backend.wrap(bytes([len(wrapped)]) * 32))
         info = openbao.api("GET", f"transit/keys/{transit_key}")["data"]
-        assert backend.key_id().endswith(f":v{info['latest_version']}")
+        latest = info["latest_version"]
+        assert backend.key_id().endswith(f":v{latest}-{info['keys'][str(latest)]}")
         for i, w in enumerate(wrapped):
             assert backend.unwrap(w) == bytes([i]) * 32
 
@@ -253,20 +262,44 @@ class TestRotation:
         wrapped = stale.wrap(b"k" * 32)
         assert wrapped.key_id == stale.key_id() and wrapped.ciphertext.startswith(b"vault:v1:")
 
-    def test_key_recreated_under_the_same_name_fails_closed(
+    def test_a_key_recreated_under_the_same_name_gets_new_key_ids(
         self,
         openbao: BaoServer,
         transit_key: str,
         new_backend,
     ) -> None:
-        backend = new_backend(openbao, transit_key)
-        backend.rotate()
+        """Issue 15 item 5: v1 of a re-created key must not reuse the deleted key's v1 key_id."""
+        before = new_backend(openbao, transit_key)
+        old = before.wrap(b"o" * 32, aad=b"a")
+        old_ids = {before.key_id(), before.rotate()}
         openbao.api("POST", f"transit/keys/{transit_key}/config", {"deletion_allowed": True})
         openbao.api("DELETE", f"transit/keys/{transit_key}")
+        time.sleep(1.1)  # Transit records creation times in whole seconds (see the module docstring)
         openbao.create_key(transit_key)
-        with pytest.raises(KeyNotFound, match="re-created"):
-            backend.refresh(force=True)
-        assert backend.key_id().endswith(":v2")  # the old view is kept, not overwritten
+
+        restarted = new_backend(openbao, transit_key)  # a plugin restarted after the re-creation
+        assert restarted.key_id() not in old_ids
+        assert re.search(r":v1-[0-9]+$", restarted.key_id())
+        fresh = restarted.wrap(b"n" * 32, aad=b"a")
+        assert restarted.unwrap(fresh, aad=b"a") == b"n" * 32
+        with pytest.raises(KeyNotFound, match="deleted"):
+            restarted.unwrap(old, aad=b"a")
+
+        assert before.refresh(force=True) is True  # a running plugin moves to the new key's ids
+        assert before.key_id() == restarted.key_id()
+
+    def test_key_ids_of_the_previous_release_still_decrypt(
+        self, backend: TransitKeyBackend, transit_key: str
+    ) -> None:
+        """Stored data of the release before creation times were added: ``transit:<mount>/<key>:vN``."""
+        seed = secrets.token_bytes(32)
+        wrapped = backend.wrap(seed, aad=b"/registry/secrets/ns/s")
+        legacy = Wrapped(wrapped.ciphertext, f"transit:transit/{transit_key}:v1")
+        assert backend.unwrap(legacy, aad=b"/registry/secrets/ns/s") == seed
+        with pytest.raises(InvalidCiphertext):
+            backend.unwrap(Wrapped(wrapped.ciphertext, f"transit:transit/{transit_key}:v2"))
+        backend.rotate()
+        assert backend.unwrap(legacy, aad=b"/registry/secrets/ns/s") == seed
 
 
 class TestMinDecryptionVersion:

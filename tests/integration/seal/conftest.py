@@ -1,4 +1,5 @@
-"""Sealing keys shared by the sealed-secrets integration tests: made once per session, at test time."""
+"""Sealing keys shared by the sealed-secrets integration tests (made once per session, at test time), and
+the Kubernetes API stand-in fixtures (tests/support/kubeapi)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from kubeshield.seal.certs import make_certificate, pem_of
 from kubeshield.seal.keyset import KeySet, MemoryDecrypter, SealingKey
+from tests.support.kubeapi.fixtures import kube, kube_api, kube_ns, kubectl  # noqa: F401
 
 
 @dataclass(frozen=True)

@@ -132,12 +132,13 @@ def test_bad_config_is_reported_with_the_field(tmp_path: Path) -> None:
     assert "keys.local.passphraseFlie: unknown field" in result.stderr
 
 
-def test_init_with_a_remote_backend_config_is_refused(tmp_path: Path) -> None:
-    # (keys.backend: tpm is not refused: it creates a TPM-sealed keyring, tests/integration/custody)
+def test_init_never_replaces_keys_of_a_key_service(tmp_path: Path) -> None:
+    # keys init creates or checks the key of every backend (tests/integration/keys/test_keys_init.py);
+    # --force, which replaces a local keyring, is refused before anything is contacted
     (tmp_path / "kubeshield.yaml").write_text("keys:\n  backend: awskms\n  awskms: {keyId: alias/ks}\n")
-    result = run("keys", "init", "--config", str(tmp_path / "kubeshield.yaml"))
-    assert result.exit_code == 1
-    assert "creates local keyrings only" in result.stderr
+    result = run("keys", "init", "--config", str(tmp_path / "kubeshield.yaml"), "--force")
+    assert result.exit_code == 2
+    assert "never replaces or deletes keys in the awskms backend" in result.stderr
 
 
 @pytest.mark.parametrize("command", ["init", "rotate", "list"])
