@@ -77,6 +77,7 @@ class Controller:
         workers: int = 2,
         max_retries: int = 8,
         resync: float = 600.0,
+        housekeeping_interval: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._kube = kube
@@ -86,6 +87,8 @@ class Controller:
         self._workers = max(1, workers)
         self._max_retries = max_retries
         self._resync = resync
+        self._housekeeping_interval = housekeeping_interval
+        self._busy = 0
         self._clock = clock
         self._cache: dict[Key, dict[str, Any]] = {}
         self._failures: dict[Key, int] = {}
@@ -131,8 +134,6 @@ class Controller:
         """Nothing queued (the benchmark and tests wait for this after ``synced``)."""
         with self._cond:
             return not self._queued and self._busy == 0
-
-    _busy = 0
 
     # --- run -----------------------------------------------------------------------------------------
 
@@ -247,17 +248,22 @@ class Controller:
 
     def _housekeeping(self) -> None:
         last_resync = self._clock()
-        while not self._stop.wait(60.0):
+        while not self._stop.wait(self._housekeeping_interval):
             try:
                 if self._service.renew_if_due() is not None or self._service.reload():
-                    for key in list(self._cache):
-                        self._enqueue(key)
+                    self._requeue_all()
             except KubeshieldError as exc:
                 _log.warning("sealing-key registry reload/renewal failed: %s", exc)
             if self._clock() - last_resync >= self._resync:
                 last_resync = self._clock()
-                for key in list(self._cache):
-                    self._enqueue(key)
+                self._requeue_all()
+
+    def _requeue_all(self) -> None:
+        """Reconcile everything again, synced or not (a deleted or edited Secret is put back)."""
+        self._done.clear()
+        self._failures.clear()
+        for key in list(self._cache):
+            self._enqueue(key)
 
     # --- one object ----------------------------------------------------------------------------------
 

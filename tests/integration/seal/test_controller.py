@@ -369,3 +369,26 @@ def test_controller_process_serves_the_api_and_stops_on_sigterm(
     assert proc.returncode == 0, out
     assert "stopping" in out and "process-secret-value" not in out
     assert (tmp_path / "seal-keys.json").stat().st_mode & 0o777 == 0o600
+
+
+def test_resync_puts_back_a_deleted_or_edited_secret(
+    kube: KubeClient, kube_ns: str, crd: None, registry: Registry
+) -> None:
+    c = Controller(kube=kube, service=SealService(registry), namespaces=[kube_ns], resync=0.5,
+                   housekeeping_interval=0.2).start()  # fmt: skip
+    try:
+        kube.create(_sealed(registry, kube_ns, "kept", password="orig"), resource=resources.SEALED_SECRETS,
+                    namespace=kube_ns)  # fmt: skip
+        _wait("the Secret", lambda: kube.get(resources.SECRETS, "kept", namespace=kube_ns))
+        kube.delete(resources.SECRETS, "kept", namespace=kube_ns)
+        _wait("the Secret again", lambda: kube.get(resources.SECRETS, "kept", namespace=kube_ns))
+        kube.patch(resources.SECRETS, "kept", {"data": {"password": base64.b64encode(b"edited").decode()}},
+                   namespace=kube_ns)  # fmt: skip
+
+        def restored() -> bool:
+            data = kube.get(resources.SECRETS, "kept", namespace=kube_ns)["data"]
+            return base64.b64decode(data["password"]) == b"orig"
+
+        _wait("the original value", restored)
+    finally:
+        c.stop()
