@@ -348,7 +348,8 @@ def _seal_main(
 def _raw_value(from_file: str | None) -> bytes:
     if from_file is None:
         return sys.stdin.buffer.read()
-    _key, _, path = from_file.rpartition("=")
+    # kubectl's --from-file=[key=]path: the key ends at the first "="
+    path = from_file.partition("=")[2] if "=" in from_file else from_file
     try:
         return Path(path).read_bytes()
     except OSError as exc:

@@ -414,3 +414,18 @@ def test_env_flags_for_sealing_do_not_break_subcommands(env: Path, capsys, monke
     assert len(json.loads(out)["keys"]) == 1
     code, _, err = _run(capsys, "seal", "--scope", "strict", "keys", "list")
     assert code == 2 and "go after the subcommand" in err
+
+
+def test_raw_from_file_key_ends_at_the_first_equals_sign(env: Path, capsys) -> None:
+    cfg = str(env / "kubeshield.yaml")
+    assert _run(capsys, "seal", "keys", "init", "--config", cfg)[0] == 0
+    (env / "odd=name").write_bytes(b"value-with-odd-path")
+    code, raw, err = _run(capsys, "seal", "--config", cfg, "--raw", "--scope", "cluster-wide",
+                          "--from-file", f"key={env / 'odd=name'}")  # fmt: skip
+    assert code == 0, err
+    obj = {"apiVersion": "bitnami.com/v1alpha1", "kind": "SealedSecret",
+           "metadata": {"name": "x", "namespace": "y", "annotations": {"sealedsecrets.bitnami.com/cluster-wide": "true"}},
+           "spec": {"encryptedData": {"k": raw}}}  # fmt: skip
+    (env / "raw.json").write_text(json.dumps(obj))
+    code, out, _ = _run(capsys, "seal", "unseal", "--config", cfg, "-f", str(env / "raw.json"), "-o", "json")
+    assert code == 0 and base64.b64decode(json.loads(out)["data"]["k"]) == b"value-with-odd-path"
