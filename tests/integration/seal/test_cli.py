@@ -423,8 +423,9 @@ def test_raw_from_file_key_ends_at_the_first_equals_sign(env: Path, capsys) -> N
     code, raw, err = _run(capsys, "seal", "--config", cfg, "--raw", "--scope", "cluster-wide",
                           "--from-file", f"key={env / 'odd=name'}")  # fmt: skip
     assert code == 0, err
+    wide = {"sealedsecrets.bitnami.com/cluster-wide": "true"}
     obj = {"apiVersion": "bitnami.com/v1alpha1", "kind": "SealedSecret",
-           "metadata": {"name": "x", "namespace": "y", "annotations": {"sealedsecrets.bitnami.com/cluster-wide": "true"}},
+           "metadata": {"name": "x", "namespace": "y", "annotations": wide},
            "spec": {"encryptedData": {"k": raw}}}  # fmt: skip
     (env / "raw.json").write_text(json.dumps(obj))
     code, out, _ = _run(capsys, "seal", "unseal", "--config", cfg, "-f", str(env / "raw.json"), "-o", "json")
