@@ -5,6 +5,7 @@ the status and advisory IDs) equals dcap-qvl's."""
 from __future__ import annotations
 
 import json
+import os
 from datetime import timedelta
 
 import pytest
@@ -26,7 +27,15 @@ TDX = vector("tdx_quote_4.dat")
 OCCLUM = vector("occlum_quote.dat")
 COLLATERAL = collateral_json()
 NOW = at(SGX_AT)
-SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# derandomize: CI explores the same 150 variants every run (a found disagreement is a bug to fix, not a
+# flaky run); set KUBESHIELD_DCAP_EXAMPLES to explore more, with random seeds, on a workstation.
+_EXTRA = int(os.environ.get("KUBESHIELD_DCAP_EXAMPLES", "0"))
+SETTINGS = settings(
+    max_examples=_EXTRA or 150,
+    derandomize=not _EXTRA,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 
 
 def oracle(quote: bytes, collateral: dict, when) -> tuple:
