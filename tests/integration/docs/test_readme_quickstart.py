@@ -333,8 +333,8 @@ def test_the_readme_quick_start(nodes: Path, tmp_path: Path, tls_etcd: EtcdServe
         records = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
         assert records and not [r for r in records if r["level"] in ("error", "critical")], log[-3000:]
         assert f"serving KMS v2 on {services.socket(node)}" in log
-        for passphrase in passphrases:
-            assert passphrase.strip().decode() not in log
+        for secret in passphrases:
+            assert secret.strip().decode() not in log
 
 
 def _serve_the_configuration_reference(
