@@ -283,3 +283,16 @@ def test_bash_structure_is_followed() -> None:
         ["kubeshield", "keys", "age-keygen", "--out", "k"]
     ]
     assert invocations("cat > f.yaml <<'EOF'\nkubeshield is data here\nEOF") == []
+
+
+def test_one_path_for_the_encryption_configuration_everywhere() -> None:
+    """Every guide and manifest names the apiserver's EncryptionConfiguration at the same place."""
+    texts = {p: p.read_text() for p in GUIDES}
+    texts.update({p: p.read_text() for p in (REPO / "deploy").rglob("*") if p.is_file()})
+    texts.update({p: p.read_text() for p in (REPO / "src" / "kubeshield" / "cli").glob("*.py")})  # --help
+    found = {
+        (p.relative_to(REPO), m[0])
+        for p, text in texts.items()
+        for m in re.finditer(r"/etc/kubernetes/[\w./-]*(?:enc|encryption)[\w./-]*\.ya?ml", text)
+    }
+    assert found and {path for _, path in found} == {"/etc/kubernetes/enc/enc.yaml"}, sorted(found)
