@@ -10,12 +10,19 @@ commands below it run; other comments are prose. Continuation lines (``\\``) are
 runs in ``bash -euo pipefail`` with the venv's ``kubeshield`` first on PATH, after these rewrites, so
 that what runs is the text of the guide and nothing else:
 
-* the absolute paths of a node (``/etc/kubeshield``, ``/etc/kubernetes``, ``/var/lib/kubeshield``,
-  ``/var/run/kubeshield``, ``/root``) move under that node's root directory;
+* the absolute paths of a node (``/etc/kubeshield``, ``/etc/kubernetes``, ``/etc/systemd``,
+  ``/var/lib/kubeshield``, ``/var/run/kubeshield``, ``/root``) move under that node's root directory;
 * ``scp SRC node-b:DST`` becomes a copy into node-b's root;
 * ``age1...node-b`` (and ``age1...NAME`` in general) becomes the recipient that ``kubeshield keys
   age-keygen`` printed on that node, or one registered with :meth:`Cluster.add_recipient`;
-* ``substitutions`` given by the test replace placeholders such as an etcd endpoint.
+* ``substitutions`` given by the test replace placeholders such as an etcd endpoint (``node_substitutions``
+  per node, e.g. a health port that must differ between nodes on one machine);
+* a command matched by a pattern of ``instead`` is handed to the test's function rather than to bash (a
+  ``systemctl`` line, where no systemd runs).
+
+A heredoc (``cat > F <<'EOF'`` ... ``EOF``) is one command with its body. :func:`fenced_blocks` lists every
+fenced block of a guide (marked or not) and :func:`shell_commands` the commands of a shell block, for the
+tests that check every example of every guide.
 """
 
 from __future__ import annotations
@@ -24,18 +31,25 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["Block", "Cluster", "doc_blocks"]
+__all__ = ["Block", "Cluster", "FencedBlock", "doc_blocks", "fenced_blocks", "shell_commands"]
+
+Instead = Callable[[str, str], "subprocess.CompletedProcess[str]"]
 
 _MARK = re.compile(
     r"<!-- test: (?P<name>\S+)(?: (?P<target>\S+))? -->\n```(?P<lang>\w*)\n(?P<body>.*?)```", re.S
 )
 _NODE_PATHS = re.compile(
-    r"(?<![\w.:/-])(/etc/kubeshield|/etc/kubernetes|/var/lib/kubeshield|/var/run/kubeshield|/root)(?=[/\s\"']|$)"
+    r"(?<![\w.:/-])(/etc/kubeshield|/etc/kubernetes|/etc/systemd|/var/lib/kubeshield|/var/run/kubeshield|/root)"
+    r"(?=[/\s\"']|$)",
+    re.M,
 )
+_FENCE = re.compile(r"^(?P<indent> *)```(?P<lang>[\w-]*)[^\n]*\n(?P<body>.*?)^(?P=indent)```", re.S | re.M)
+_MARK_BEFORE = re.compile(r"<!-- test: (?P<name>\S+)(?: (?P<target>\S+))? -->\n\Z")
+_HEREDOC = re.compile(r"<<-?\s*(['\"]?)(?P<word>[A-Za-z_]\w*)\1")
 _REMOTE = re.compile(r"\b(node-[a-z0-9]+):(/\S*)")
 _RECIPIENT = re.compile(r"age1\.\.\.([\w-]+)")
 
@@ -59,11 +73,68 @@ def doc_blocks(path: Path) -> dict[str, Block]:
     return found
 
 
+@dataclass(frozen=True)
+class FencedBlock:
+    """A fenced block of a guide: where it is, its language, its text (dedented when nested in a list)."""
+
+    path: Path
+    line: int
+    lang: str
+    body: str
+    mark: str | None  # the NAME of a ``<!-- test: NAME -->`` just before it
+
+    @property
+    def where(self) -> str:
+        return f"{self.path.name}:{self.line}"
+
+
+def fenced_blocks(path: Path) -> list[FencedBlock]:
+    """Every fenced block of the guide at ``path``, in order."""
+    text = path.read_text()
+    blocks = []
+    for m in _FENCE.finditer(text):
+        indent = len(m["indent"])
+        body = "".join(line[indent:] for line in m["body"].splitlines(keepends=True))
+        mark = _MARK_BEFORE.search(text, 0, m.start())
+        line = text.count("\n", 0, m.start()) + 1
+        blocks.append(FencedBlock(path, line, m["lang"], body, mark["name"] if mark else None))
+    return blocks
+
+
+def _lines(body: str) -> list[str]:
+    """Logical lines: continuations (``\\``) joined, a heredoc kept with its body as one entry."""
+    raw = body.splitlines()
+    out: list[str] = []
+    i = 0
+    while i < len(raw):
+        line = raw[i]
+        while line.endswith("\\") and i + 1 < len(raw):
+            i += 1
+            line = line[:-1].rstrip() + " " + raw[i].strip()
+        i += 1
+        heredoc = _HEREDOC.search(line) if not line.lstrip().startswith("#") else None
+        if heredoc:
+            end = heredoc["word"]
+            start = i
+            while i < len(raw) and raw[i].strip() != end:
+                i += 1
+            if i == len(raw):
+                raise AssertionError(f"heredoc {end!r} is not closed: {line!r}")
+            line = "\n".join([line, *raw[start:i], raw[i]])
+            i += 1
+        out.append(line)
+    return out
+
+
+def shell_commands(body: str) -> list[str]:
+    """The commands of a shell block (comments and blank lines dropped; see :func:`_lines`)."""
+    return [line.strip() for line in _lines(body) if line.strip() and not line.lstrip().startswith("#")]
+
+
 def _steps(body: str, every: list[str]) -> list[tuple[list[str], str]]:
-    text = re.sub(r"\\\n\s*", " ", body)
     nodes = list(every)
     steps: list[tuple[list[str], str]] = []
-    for raw in text.splitlines():
+    for raw in _lines(body):
         line = raw.strip()
         if not line:
             continue
@@ -84,6 +155,7 @@ class Cluster:
     base: Path
     names: list[str]
     recipients: dict[str, str] = field(default_factory=dict)
+    cwd: Path | None = None  # where commands run (a checkout of the repository, for deploy/ paths)
 
     def __post_init__(self) -> None:
         for name in self.names:
@@ -92,6 +164,7 @@ class Cluster:
             for sub, mode in (
                 ("root", 0o700),
                 ("etc/kubernetes", 0o755),
+                ("etc/systemd/system", 0o755),
                 ("var/lib", 0o755),
                 ("var/run", 0o755),
             ):
@@ -144,6 +217,7 @@ class Cluster:
             capture_output=True,
             text=True,
             env=self.env(env),
+            cwd=self.cwd,
             timeout=300,
             check=False,
         )
@@ -156,11 +230,15 @@ class Cluster:
         block: Block,
         *,
         substitutions: Mapping[str, str] = {},
+        node_substitutions: Mapping[str, Mapping[str, str]] = {},
         env: Mapping[str, Mapping[str, str]] | None = None,
+        instead: Mapping[str, Instead] = {},
         check: bool = True,
     ) -> list[tuple[str, str, subprocess.CompletedProcess[str]]]:
         """Run every command of ``block``; with ``check``, the first failure raises with its output.
 
+        ``instead`` maps a regular expression to a function ``(node, command) -> CompletedProcess``: a
+        command it matches (``re.match``, the command as written) is given to that function, not to bash.
         Without ``check`` the run stops at the first failure, which is the last entry returned.
         """
         if block.lang != "sh":
@@ -168,7 +246,14 @@ class Cluster:
         done: list[tuple[str, str, subprocess.CompletedProcess[str]]] = []
         for nodes, command in _steps(block.body, self.names):
             for node in nodes:
-                result = self.run(node, command, substitutions=substitutions, env=(env or {}).get(node, {}))
+                if node not in self.names:
+                    raise AssertionError(f"{block.name}: `{command}` is for {node}, not one of {self.names}")
+                handler = next((f for pattern, f in instead.items() if re.match(pattern, command)), None)
+                if handler is not None:
+                    result = handler(node, command)
+                else:
+                    subs = {**substitutions, **node_substitutions.get(node, {})}
+                    result = self.run(node, command, substitutions=subs, env=(env or {}).get(node, {}))
                 done.append((node, command, result))
                 if result.returncode != 0:
                     if check:
@@ -179,11 +264,11 @@ class Cluster:
                     return done
         return done
 
-    def write_file(self, block: Block) -> None:
+    def write_file(self, block: Block, *, node_substitutions: Mapping[str, Mapping[str, str]] = {}) -> None:
         """Write a file block to its target path on every node (paths inside moved to the node)."""
         if block.target is None:
             raise AssertionError(f"block {block.name} names no target file")
         for node in self.names:
             target = self.path(node, block.target)
             target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            target.write_text(self.rewrite(node, block.body))
+            target.write_text(self.rewrite(node, block.body, node_substitutions.get(node, {})))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -145,8 +146,19 @@ def _read_all(socket: str, stored: dict[str, bytes]) -> int:
         return sum(api.read(key)[0].startswith(b"k8s\x00secret ") for key in stored)
 
 
+PKI = {  # where kubeadm leaves the apiserver's etcd client files; rotation.md uses these paths
+    "ca": "/etc/kubernetes/pki/etcd/ca.crt",
+    "client_cert": "/etc/kubernetes/pki/apiserver-etcd-client.crt",
+    "client_key": "/etc/kubernetes/pki/apiserver-etcd-client.key",
+}
+
+
 def test_the_cluster_keyring_guide(tmp_path: Path, tls_etcd: EtcdServer) -> None:
     cluster = Cluster(tmp_path / "nodes", NODES)
+    for node in NODES:
+        for attr, pki_path in PKI.items():
+            cluster.path(node, pki_path).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(getattr(tls_etcd.tls, attr), cluster.path(node, pki_path))
     cluster.run_block(BACKUP["cluster-prepare"])
     cluster.write_file(BACKUP["cluster-config"])
     ops = cluster.run("node-a", f"kubeshield keys age-keygen --out {tmp_path / 'ops.agekey'}")
@@ -201,12 +213,10 @@ def test_the_cluster_keyring_guide(tmp_path: Path, tls_etcd: EtcdServer) -> None
                 " > /etc/kubernetes/enc/enc.yaml",
             )  # fmt: skip
             assert made.returncode == 0, made.stderr
-            subs = {
-                "https://10.0.0.1:2379": tls_etcd.endpoint,
-                "ca.crt": str(tls.ca),
-                "client.crt": str(tls.client_cert),
-                "client.key": str(tls.client_key),
-            }
+            subs = {"https://127.0.0.1:2379": tls_etcd.endpoint}
+            # --- see what is stale (rotation.md step 3): every value written before the rotation ---
+            ((_, _, audit),) = cluster.run_block(ROTATION["audit"], substitutions=subs)
+            assert f"{2 * SECRETS} keys" in audit.stdout and f"stale: {SECRETS}  errors: 0" in audit.stdout
             runs = cluster.run_block(ROTATION["retire"], substitutions=subs, check=False)
             node, command, refused = runs[-1]
             assert "keys retire" in command and refused.returncode == 1
@@ -214,13 +224,13 @@ def test_the_cluster_keyring_guide(tmp_path: Path, tls_etcd: EtcdServer) -> None
             assert "/registry/secrets/default/a0" in refused.stderr
             assert [v.key_id for v in KeyringFile(keyrings["node-a"]).read_info().versions] == [v1, v2]
 
-            rewrite = cluster.run(
-                "node-a",
-                f"kubeshield etcd rewrite --endpoints {tls_etcd.endpoint} --cacert {tls.ca} --cert "
-                f"{tls.client_cert} --key {tls.client_key} --encryption-config /etc/kubernetes/enc/enc.yaml "
-                "--to kubeshield --yes",
-            )
-            assert rewrite.returncode == 0, rewrite.stdout + rewrite.stderr
+            # --- rewrite, verify (rotation.md steps 4 and 5) ---
+            (_, _, plan), (_, _, applied) = cluster.run_block(ROTATION["rewrite"], substitutions=subs)
+            assert f"rewrite to kubeshield: {SECRETS} skipped, {SECRETS} would-rewrite" in plan.stderr
+            assert f"rewrite to kubeshield: {SECRETS} rewritten, {SECRETS} skipped" in applied.stderr
+            ((_, _, verified),) = cluster.run_block(ROTATION["verify"], substitutions=subs)
+            assert verified.stdout.rstrip().endswith("nothing uses the old key")
+            assert "stale: 0  errors: 0" in verified.stdout
             for earlier in cluster.path("node-a", "/root").glob("before-retire-*.age"):
                 earlier.unlink()  # the first run's backup (same second as the second run, maybe)
             done = cluster.run_block(ROTATION["retire"], substitutions=subs)
