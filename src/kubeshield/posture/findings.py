@@ -100,6 +100,7 @@ class Finding:
 class Report:
     findings: list[Finding] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # inputs or checks left out, and why
 
     def add(self, finding: Finding) -> None:
         self.findings.append(finding)
@@ -111,7 +112,12 @@ class Report:
 
 def to_json(report: Report) -> str:
     return json.dumps(
-        {"findings": [f.to_json() for f in report.sorted()], "errors": list(report.errors)}, indent=2
+        {
+            "findings": [f.to_json() for f in report.sorted()],
+            "errors": list(report.errors),
+            "skipped": list(report.skipped),
+        },
+        indent=2,
     )
 
 

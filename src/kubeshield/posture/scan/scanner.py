@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from kubeshield.posture.findings import Finding, Report, fingerprint, redact
@@ -33,7 +33,6 @@ class ScanOptions:
 
 @dataclass
 class ScanReport(Report):
-    skipped: list[str] = field(default_factory=list)
     files: int = 0
     bytes: int = 0
 
