@@ -117,10 +117,14 @@ class Scanner:
                 for hit in scan_kubernetes(where, text, root=root, helm_template=_is_helm_template(path)):
                     out.append(self._from_k8s(hit, where, commit=commit))
                     k8s_lines.add(hit.line)
-        for generic in self.detector.scan(data, where, commit=commit):
-            if generic.line in k8s_lines:
-                continue
-            out.append(self._from_hit(generic, where, commit=commit))
+        hits = [h for h in self.detector.scan(data, where, commit=commit) if h.line not in k8s_lines]
+        specific = [h for h in hits if "generic" not in h.rule.id]
+        for hit in hits:
+            if "generic" in hit.rule.id and any(
+                s.line == hit.line and (s.secret in hit.secret or hit.secret in s.secret) for s in specific
+            ):
+                continue  # a specific rule found the same secret (gitleaks drops the generic one too)
+            out.append(self._from_hit(hit, where, commit=commit))
         return out
 
     # -- the tree ---------------------------------------------------------------------------------------
