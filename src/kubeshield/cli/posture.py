@@ -61,13 +61,14 @@ _OUTPUT = click.Choice(["table", "json", "sarif"])
 )
 @option("-o", "--output", type=_OUTPUT, default="table", show_default=True)
 @click.pass_context
-def group(ctx: click.Context, **params: Any) -> int | None:
+def group(ctx: click.Context, /, **params: Any) -> int | None:
     """Show every way the cluster's Secrets can leak: encryption at rest, audit logging, RBAC, pods,
     kubelets and the kubeshield pieces. Exit 1 when there are findings or errors.
 
     \b
     Examples:
-      kubectl get ns,pods,sa,roles,rolebindings,clusterroles,clusterrolebindings -A -o yaml > dump/objects.yaml
+      kubectl get ns,pods,deploy,sa,roles,rolebindings -A -o yaml > dump/objects.yaml
+      kubectl get clusterroles,clusterrolebindings -o yaml > dump/rbac.yaml
       cp /etc/kubernetes/manifests/kube-apiserver.yaml /etc/kubernetes/enc/*.yaml dump/node/
       kubeshield posture --from-dir dump/ -o sarif > posture.sarif
     """

@@ -95,13 +95,19 @@ def _restricted_container(name: str, **extra: Any) -> dict[str, Any]:
     }
 
 
-def write_cluster(root: Path, *, fixed: bool = False) -> Path:  # noqa: PLR0915 - one scenario, read top to bottom
+def write_cluster(root: Path, *, fixed: bool = False) -> Path:
     key = base64.b64encode(os.urandom(32)).decode()
     node = root / "node"
     # -- control-plane node files ----------------------------------------------------------------------
     providers: list[dict[str, Any]] = (
         [
-            {"kms": {"apiVersion": "v2", "name": "kubeshield", "endpoint": "unix:///var/run/kubeshield/kms.sock"}},
+            {
+                "kms": {
+                    "apiVersion": "v2",
+                    "name": "kubeshield",
+                    "endpoint": "unix:///var/run/kubeshield/kms.sock",
+                }
+            },
             {"identity": {}},
         ]
         if fixed
@@ -122,7 +128,11 @@ def write_cluster(root: Path, *, fixed: bool = False) -> Path:  # noqa: PLR0915 
         {
             "apiVersion": "audit.k8s.io/v1",
             "kind": "Policy",
-            "rules": [{"level": "None", "users": ["system:kube-proxy"]}, *([secrets_rule] if fixed else []), catch_all],
+            "rules": [
+                {"level": "None", "users": ["system:kube-proxy"]},
+                *([secrets_rule] if fixed else []),
+                catch_all,
+            ],
         },
     )
     flags = [
@@ -142,7 +152,13 @@ def write_cluster(root: Path, *, fixed: bool = False) -> Path:  # noqa: PLR0915 
             "metadata": _meta("kube-apiserver", "kube-system", labels={"component": "kube-apiserver"}),
             "spec": {
                 "hostNetwork": True,
-                "containers": [{"name": "kube-apiserver", "image": "registry.k8s.io/kube-apiserver:v1.33.0", "command": flags}],
+                "containers": [
+                    {
+                        "name": "kube-apiserver",
+                        "image": "registry.k8s.io/kube-apiserver:v1.33.0",
+                        "command": flags,
+                    }
+                ],
                 "volumes": [{"name": "k8s", "hostPath": {"path": "/etc/kubernetes"}}],
             },
         },
@@ -189,7 +205,11 @@ def write_cluster(root: Path, *, fixed: bool = False) -> Path:  # noqa: PLR0915 
     namespaces = [
         {"apiVersion": "v1", "kind": "Namespace", "metadata": _meta("kube-system")},
         {"apiVersion": "v1", "kind": "Namespace", "metadata": _meta("shop", labels={enforce: "baseline"})},
-        {"apiVersion": "v1", "kind": "Namespace", "metadata": _meta("monitoring", labels={enforce: "restricted"})},
+        {
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": _meta("monitoring", labels={enforce: "restricted"}),
+        },
         {
             "apiVersion": "v1",
             "kind": "Namespace",
@@ -200,9 +220,22 @@ def write_cluster(root: Path, *, fixed: bool = False) -> Path:  # noqa: PLR0915 
 
     # -- RBAC ----------------------------------------------------------------------------------------
     def cluster_role(name: str, rules: list[dict[str, Any]], **meta: Any) -> dict[str, Any]:
-        return {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": _meta(name, **meta), "rules": rules}
+        return {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": _meta(name, **meta),
+            "rules": rules,
+        }
 
-    def binding(kind: str, name: str, ns: str | None, role_kind: str, role: str, subjects: list[dict[str, Any]], **meta: Any) -> dict[str, Any]:
+    def binding(
+        kind: str,
+        name: str,
+        ns: str | None,
+        role_kind: str,
+        role: str,
+        subjects: list[dict[str, Any]],
+        **meta: Any,
+    ) -> dict[str, Any]:
         return {
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": kind,
@@ -219,45 +252,120 @@ def write_cluster(root: Path, *, fixed: bool = False) -> Path:  # noqa: PLR0915 
 
     bootstrap = {"labels": {"kubernetes.io/bootstrapping": "rbac-defaults"}}
     roles = [
-        cluster_role("cluster-admin", [{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}], **bootstrap),
-        cluster_role("view", [{"apiGroups": [""], "resources": ["pods", "services"], "verbs": ["get", "list"]}]),
-        cluster_role("secret-reader", [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list"]}]),
+        cluster_role(
+            "cluster-admin", [{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}], **bootstrap
+        ),
+        cluster_role(
+            "view", [{"apiGroups": [""], "resources": ["pods", "services"], "verbs": ["get", "list"]}]
+        ),
+        cluster_role(
+            "secret-reader", [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list"]}]
+        ),
         cluster_role(
             "monitoring-view",
             [],
             labels={},
         )
-        | {"aggregationRule": {"clusterRoleSelectors": [{"matchLabels": {"rbac.example.com/aggregate-to-monitoring": "true"}}]}},
+        | {
+            "aggregationRule": {
+                "clusterRoleSelectors": [
+                    {"matchLabels": {"rbac.example.com/aggregate-to-monitoring": "true"}}
+                ]
+            }
+        },
         cluster_role(
             "monitoring-everything",
             [{"apiGroups": [""], "resources": ["*"] if not fixed else ["pods"], "verbs": ["get"]}],
             labels={"rbac.example.com/aggregate-to-monitoring": "true"},
         ),
-        cluster_role("role-manager", [{"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["roles"], "verbs": ["get", "escalate", "bind"] if not fixed else ["get"]}]),
-        cluster_role("impersonator", [{"apiGroups": [""], "resources": ["users"], "verbs": ["impersonate"] if not fixed else ["get"]}]),
+        cluster_role(
+            "role-manager",
+            [
+                {
+                    "apiGroups": ["rbac.authorization.k8s.io"],
+                    "resources": ["roles"],
+                    "verbs": ["get", "escalate", "bind"] if not fixed else ["get"],
+                }
+            ],
+        ),
+        cluster_role(
+            "impersonator",
+            [{"apiGroups": [""], "resources": ["users"], "verbs": ["impersonate"] if not fixed else ["get"]}],
+        ),
     ]
     shop_role = {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "Role",
         "metadata": _meta("lister", "shop"),
-        "rules": [{"apiGroups": [""], "resources": ["secrets" if not fixed else "configmaps"], "verbs": ["list"]}],
+        "rules": [
+            {"apiGroups": [""], "resources": ["secrets" if not fixed else "configmaps"], "verbs": ["list"]}
+        ],
     }
     debugger = {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "Role",
         "metadata": _meta("debugger", "shop"),
-        "rules": [{"apiGroups": [""], "resources": ["pods/exec" if not fixed else "pods/log"], "verbs": ["create", "get"]}],
+        "rules": [
+            {
+                "apiGroups": [""],
+                "resources": ["pods/exec" if not fixed else "pods/log"],
+                "verbs": ["create", "get"],
+            }
+        ],
     }
     bindings = [
-        binding("ClusterRoleBinding", "cluster-admin", None, "ClusterRole", "cluster-admin", [group("system:masters")], **bootstrap),
-        binding("ClusterRoleBinding", "everyone-views", None, "ClusterRole", "view", [group("system:authenticated")]),
-        binding("ClusterRoleBinding", "alice-secrets", None, "ClusterRole", "secret-reader" if not fixed else "view", [user("alice")]),
-        binding("RoleBinding", "monitoring", "monitoring", "ClusterRole", "monitoring-view", [group("monitoring-team")]),
+        binding(
+            "ClusterRoleBinding",
+            "cluster-admin",
+            None,
+            "ClusterRole",
+            "cluster-admin",
+            [group("system:masters")],
+            **bootstrap,
+        ),
+        binding(
+            "ClusterRoleBinding",
+            "everyone-views",
+            None,
+            "ClusterRole",
+            "view",
+            [group("system:authenticated")],
+        ),
+        binding(
+            "ClusterRoleBinding",
+            "alice-secrets",
+            None,
+            "ClusterRole",
+            "secret-reader" if not fixed else "view",
+            [user("alice")],
+        ),
+        binding(
+            "RoleBinding",
+            "monitoring",
+            "monitoring",
+            "ClusterRole",
+            "monitoring-view",
+            [group("monitoring-team")],
+        ),
         binding("ClusterRoleBinding", "bob-roles", None, "ClusterRole", "role-manager", [user("bob")]),
         binding("ClusterRoleBinding", "support", None, "ClusterRole", "impersonator", [group("support")]),
-        binding("RoleBinding", "lister", "shop", "Role", "lister", [{"kind": "ServiceAccount", "name": "default", "namespace": "shop"}]),
+        binding(
+            "RoleBinding",
+            "lister",
+            "shop",
+            "Role",
+            "lister",
+            [{"kind": "ServiceAccount", "name": "default", "namespace": "shop"}],
+        ),
         binding("RoleBinding", "debug", "shop", "Role", "debugger", [user("carol")]),
-        binding("RoleBinding", "web", "shop", "ClusterRole", "view", [{"kind": "ServiceAccount", "name": "web", "namespace": "shop"}]),
+        binding(
+            "RoleBinding",
+            "web",
+            "shop",
+            "ClusterRole",
+            "view",
+            [{"kind": "ServiceAccount", "name": "web", "namespace": "shop"}],
+        ),
     ]
     if not fixed:
         bindings.append(binding("RoleBinding", "ghost", "shop", "Role", "missing-role", [user("dave")]))
@@ -269,15 +377,26 @@ def write_cluster(root: Path, *, fixed: bool = False) -> Path:  # noqa: PLR0915 
 
     # -- workloads -----------------------------------------------------------------------------------
     sas = [
-        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(n, ns), **({"automountServiceAccountToken": False} if n == "default" else {})}
-        for ns, n in (("shop", "default"), ("shop", "web"), ("shop", "batch"), ("legacy", "default"), ("monitoring", "agent"))
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": _meta(n, ns),
+            **({"automountServiceAccountToken": False} if n == "default" else {}),
+        }
+        for ns, n in (
+            ("shop", "default"),
+            ("shop", "web"),
+            ("shop", "batch"),
+            ("legacy", "default"),
+            ("monitoring", "agent"),
+        )
     ]
     env = (
         [{"name": "DB_PASSWORD", "valueFrom": {"secretKeyRef": {"name": "db", "key": "password"}}}]
         if not fixed
         else []
     )
-    web = {
+    web: dict[str, Any] = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": _meta("web", "shop"),
@@ -287,7 +406,14 @@ def write_cluster(root: Path, *, fixed: bool = False) -> Path:  # noqa: PLR0915 
                 "metadata": {"labels": {"app": "web"}},
                 "spec": {
                     "serviceAccountName": "web",
-                    "containers": [{"name": "app", "image": "registry.example/web:1", "env": env, "volumeMounts": [{"name": "db", "mountPath": "/etc/db"}]}],
+                    "containers": [
+                        {
+                            "name": "app",
+                            "image": "registry.example/web:1",
+                            "env": env,
+                            "volumeMounts": [{"name": "db", "mountPath": "/etc/db"}],
+                        }
+                    ],
                     "volumes": [{"name": "db", "secret": {"secretName": "db"}}],
                 },
             },
@@ -296,7 +422,13 @@ def write_cluster(root: Path, *, fixed: bool = False) -> Path:  # noqa: PLR0915 
     web_pod = {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": _meta("web-7d4b9-x2x9z", "shop", ownerReferences=[{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-7d4b9", "uid": "u1"}]),
+        "metadata": _meta(
+            "web-7d4b9-x2x9z",
+            "shop",
+            ownerReferences=[
+                {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-7d4b9", "uid": "u1"}
+            ],
+        ),
         "spec": {**web["spec"]["template"]["spec"], "nodeName": "worker-1"},
     }
     batch = {
@@ -317,13 +449,25 @@ def write_cluster(root: Path, *, fixed: bool = False) -> Path:  # noqa: PLR0915 
     }
     if not fixed:
         debugger_spec["volumes"] = [{"name": "host", "hostPath": {"path": "/"}}]
-    node_debugger = {"apiVersion": "v1", "kind": "Pod", "metadata": _meta("node-debugger", "legacy"), "spec": debugger_spec}
-    agent_container = _restricted_container("agent") if fixed else {"name": "agent", "image": "registry.example/agent:1"}
+    node_debugger = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": _meta("node-debugger", "legacy"),
+        "spec": debugger_spec,
+    }
+    agent_container = (
+        _restricted_container("agent") if fixed else {"name": "agent", "image": "registry.example/agent:1"}
+    )
     agent = {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": _meta("agent", "monitoring"),
-        "spec": {"serviceAccountName": "agent", "automountServiceAccountToken": False, "containers": [agent_container], "nodeName": "worker-2"},
+        "spec": {
+            "serviceAccountName": "agent",
+            "automountServiceAccountToken": False,
+            "containers": [agent_container],
+            "nodeName": "worker-2",
+        },
     }
     mirror = {
         "apiVersion": "v1",
@@ -334,7 +478,13 @@ def write_cluster(root: Path, *, fixed: bool = False) -> Path:  # noqa: PLR0915 
         "spec": {
             "nodeName": "cp-1",
             "hostNetwork": True,
-            "containers": [{"name": "kube-apiserver", "image": "registry.k8s.io/kube-apiserver:v1.33.0", "command": flags}],
+            "containers": [
+                {
+                    "name": "kube-apiserver",
+                    "image": "registry.k8s.io/kube-apiserver:v1.33.0",
+                    "command": flags,
+                }
+            ],
         },
     }
     _dump(root / "objects/serviceaccounts.yaml", _list(*sas))

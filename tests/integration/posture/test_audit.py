@@ -44,7 +44,11 @@ def test_every_planted_problem_and_nothing_else(tmp_path: Path) -> None:
     assert len(data["findings"]) == len(PLANTED)
     assert set(data["errors"]) == PLANTED_ERRORS
     for f in data["findings"]:
-        assert f["fix"] and f["severity"] in ("critical", "high", "medium", "low") and len(f["fingerprint"]) == 32
+        assert (
+            f["fix"]
+            and f["severity"] in ("critical", "high", "medium", "low")
+            and len(f["fingerprint"]) == 32
+        )
     sarif = json.loads(posture("--from-dir", str(root), "-o", "sarif").stdout)
     assert len(sarif["runs"][0]["results"]) == len(PLANTED)
     table = posture("--from-dir", str(root))
@@ -95,12 +99,22 @@ def test_kubeshield_pieces_against_real_components(tmp_path: Path, etcd: EtcdSer
 
     config = load_encryption_config(enc)
     with EtcdClient([etcd.endpoint]) as client:
-        seed_etcd(client, 9, mix=("identity", "kms-v2:kms-provider@1", "kms-v2:kms-provider@2"), config=config, prefix="/registry")
+        seed_etcd(
+            client,
+            9,
+            mix=("identity", "kms-v2:kms-provider@1", "kms-v2:kms-provider@2"),
+            config=config,
+            prefix="/registry",
+        )
     snapshot = save_snapshot(etcd.endpoint, tmp_path / "etcd.db")
     report = audit_inventory(
         Inventory(),
-        AuditInputs(etcd_snapshot=str(snapshot), encryption_config=str(enc), kms_sockets=(str(v2.socket_path), str(socket_dir / "gone.sock"))),
-    )  # fmt: skip
+        AuditInputs(
+            etcd_snapshot=str(snapshot),
+            encryption_config=str(enc),
+            kms_sockets=(str(v2.socket_path), str(socket_dir / "gone.sock")),
+        ),
+    )
     got = {(f.id, f.object) for f in report.findings}
     assert got == {
         ("KS-ENC-010", "etcd snapshot etcd.db"),

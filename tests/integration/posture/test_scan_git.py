@@ -59,7 +59,14 @@ def test_history_finds_what_was_deleted(repo: pygit2.Repository) -> None:
     gh = "ghp_" + tok(36)
     pw = tok(20)
     first = commit(repo, {"README.md": "hello\n", "app/config.py": f'TOKEN = "{gh}"\n'}, "add")
-    second = commit(repo, {"k8s/secret.yaml": f"apiVersion: v1\nkind: Secret\nmetadata: {{name: db}}\nstringData:\n  password: {pw}\n"}, "secret")
+    second = commit(
+        repo,
+        {
+            "k8s/secret.yaml": "apiVersion: v1\nkind: Secret\nmetadata: {name: db}\n"
+            f"stringData:\n  password: {pw}\n"
+        },
+        "secret",
+    )
     commit(repo, {"app/config.py": 'TOKEN = os.environ["TOKEN"]\n', "k8s/secret.yaml": None}, "clean up")
     root = Path(repo.workdir)
     assert scan([root]).findings == []
@@ -78,12 +85,12 @@ def test_history_of_every_branch_once(repo: pygit2.Repository) -> None:
     commit(repo, {"a.txt": "nothing\n"}, "base")
     base = repo.head.target
     key = "AKIA" + tok(16, string.ascii_uppercase + "234567")
-    repo.branches.local.create("feature", repo[base])
+    repo.branches.local.create("feature", repo[base].peel(pygit2.Commit))
     repo.checkout(repo.branches.local["feature"])
     commit(repo, {"b.txt": f"key {key}\n"}, "on a branch")
     repo.checkout(repo.branches.local["main"])
-    report = scan([Path(repo.workdir)], ScanOptions(git_history=True))
-    assert [(f.rule, Path(f.file).name) for f in report.findings] == [("aws-access-key-id", "b.txt")]
+    report = scan([Path(str(repo.workdir))], ScanOptions(git_history=True))
+    assert [(f.rule, Path(str(f.file)).name) for f in report.findings] == [("aws-access-key-id", "b.txt")]
 
 
 def test_history_outside_a_repository(tmp_path: Path) -> None:
@@ -95,7 +102,12 @@ def test_history_outside_a_repository(tmp_path: Path) -> None:
 def test_cli_exit_codes_outputs_and_baseline(tmp_path: Path) -> None:
     (tmp_path / "repo").mkdir()
     (tmp_path / "repo/ok.txt").write_text("nothing to see\n")
-    run = lambda *a: subprocess.run([KUBESHIELD, "posture", "scan", *a], capture_output=True, text=True, timeout=120)  # noqa: E731
+
+    def run(*a: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [KUBESHIELD, "posture", "scan", *a], capture_output=True, text=True, timeout=120
+        )
+
     clean = run(str(tmp_path / "repo"))
     assert clean.returncode == 0, clean.stderr
     secret = "glpat-" + tok(20)
@@ -106,7 +118,11 @@ def test_cli_exit_codes_outputs_and_baseline(tmp_path: Path) -> None:
     assert [f["rule"] for f in data["findings"]] == ["gitlab-token"] and data["errors"] == []
     assert secret not in found.stdout
     sarif = run(str(tmp_path / "repo"), "-o", "sarif")
-    assert sarif.returncode == 1 and json.loads(sarif.stdout)["version"] == "2.1.0" and secret not in sarif.stdout
+    assert (
+        sarif.returncode == 1
+        and json.loads(sarif.stdout)["version"] == "2.1.0"
+        and secret not in sarif.stdout
+    )
     baseline = tmp_path / "baseline.json"
     assert run(str(tmp_path / "repo"), "--write-baseline", str(baseline)).returncode == 0
     assert run(str(tmp_path / "repo"), "--baseline", str(baseline)).returncode == 0
@@ -117,8 +133,11 @@ def test_cli_exit_codes_outputs_and_baseline(tmp_path: Path) -> None:
     assert run("--no-such-flag").returncode == 2
     env = subprocess.run(
         [KUBESHIELD, "posture", "scan", str(tmp_path / "repo")],
-        capture_output=True, text=True, timeout=120, env={"KUBESHIELD_BASELINE": str(baseline), "PATH": "/usr/bin:/bin"},
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"KUBESHIELD_BASELINE": str(baseline), "PATH": "/usr/bin:/bin"},
+    )
     assert env.returncode == 0, env.stdout + env.stderr  # every flag also from KUBESHIELD_<FLAG>
 
 
@@ -154,19 +173,37 @@ def test_same_findings_as_gitleaks(tmp_path: Path) -> None:
     tree.mkdir()
     hexkey = lambda: tok(32, "0123456789abcdef")  # noqa: E731
     (tree / "a.py").write_text(f'KEY = "acme_live_{hexkey()}"\nOTHER = "acme_fake_{hexkey()}"\n')
-    (tree / "b.yaml").write_text(f"acme_password: '{tok(16)}'\nacme-pass = \"changeme-{tok(4)}\"\nacmepass: 'aaaaaaaaaaaa'\n")
+    (tree / "b.yaml").write_text(
+        f"acme_password: '{tok(16)}'\nacme-pass = \"changeme-{tok(4)}\"\nacmepass: 'aaaaaaaaaaaa'\n"
+    )
     (tree / "c.txt").write_text(f"one\ntwo acme_test_{hexkey()} three\npassé={tok(10)}\n")
     (tree / "d.md").write_text("nothing\n")
     rules = tmp_path / "rules.toml"
     rules.write_text(RULES)
     ours = scan([tree], ScanOptions(config=rules))
-    mine = {(Path(f.file).name, f.line, f.rule) for f in ours.findings}
+    mine = {(Path(str(f.file)).name, f.line, f.rule) for f in ours.findings}
     report = tmp_path / "gitleaks.json"
     proc = subprocess.run(
-        [gitleaks_binary(), "dir", str(tree), "--config", str(rules), "--no-banner", "--report-format", "json",
-         "--report-path", str(report), "--log-level", "error", "--max-decode-depth", "0"],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [
+            gitleaks_binary(),
+            "dir",
+            str(tree),
+            "--config",
+            str(rules),
+            "--no-banner",
+            "--report-format",
+            "json",
+            "--report-path",
+            str(report),
+            "--log-level",
+            "error",
+            "--max-decode-depth",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode in (0, 1), proc.stderr
     theirs = {(Path(f["File"]).name, f["StartLine"], f["RuleID"]) for f in json.loads(report.read_text())}
     assert mine == theirs

@@ -24,8 +24,12 @@ from kubeshield.posture.pss.webhook import MAX_BODY, FileNamespaces, WebhookServ
 from tests.support.tls import CA, make_ca
 
 P = "pod-security.kubernetes.io/"
-POD = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
-       "spec": {"containers": [{"name": "a", "image": "i", "securityContext": {"privileged": True}}]}}  # fmt: skip
+POD = {
+    "apiVersion": "v1",
+    "kind": "Pod",
+    "metadata": {"name": "p"},
+    "spec": {"containers": [{"name": "a", "image": "i", "securityContext": {"privileged": True}}]},
+}
 
 
 def review(ns: str = "team", api_version: str = "admission.k8s.io/v1") -> dict[str, Any]:
@@ -56,7 +60,9 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 def _server(pki: dict[str, Any], **kwargs: Any) -> WebhookServer:
     admission = Admission(namespaces=StaticNamespaces({"team": {P + "enforce": "baseline"}}))
-    server = WebhookServer(admission, host="127.0.0.1", port=0, cert=pki["server"].cert, key=pki["server"].key, **kwargs)
+    server = WebhookServer(
+        admission, host="127.0.0.1", port=0, cert=pki["server"].cert, key=pki["server"].key, **kwargs
+    )
     server.start()
     return server
 
@@ -75,7 +81,9 @@ def _context(ca: CA, client: Any = None) -> ssl.SSLContext:
     return ctx
 
 
-def post(server: WebhookServer, body: bytes, ctx: ssl.SSLContext, content_type: str = "application/json") -> tuple[int, Any]:
+def post(
+    server: WebhookServer, body: bytes, ctx: ssl.SSLContext, content_type: str = "application/json"
+) -> tuple[int, Any]:
     host, port = server.address
     conn = http.client.HTTPSConnection(host, port, context=ctx, timeout=30)
     try:
@@ -92,7 +100,9 @@ def test_denies_over_https(plain: WebhookServer, pki: dict[str, Any]) -> None:
     assert status == 200
     assert body["apiVersion"] == "admission.k8s.io/v1" and body["response"]["uid"] == "4b3f-uid"
     assert body["response"]["allowed"] is False
-    assert body["response"]["status"]["message"].startswith('pods "p" is forbidden: violates PodSecurity "baseline:latest": privileged')
+    assert body["response"]["status"]["message"].startswith(
+        'pods "p" is forbidden: violates PodSecurity "baseline:latest": privileged'
+    )
 
 
 def test_refuses_what_it_cannot_use(plain: WebhookServer, pki: dict[str, Any]) -> None:
@@ -152,11 +162,19 @@ def test_old_tls_is_refused(plain: WebhookServer, pki: dict[str, Any]) -> None:
 
 def test_namespace_files_are_reread(tmp_path: Path) -> None:
     path = tmp_path / "ns.yaml"
-    path.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": [{"kind": "Namespace", "metadata": {"name": "a"}}]}))
+    path.write_text(
+        yaml.safe_dump(
+            {"apiVersion": "v1", "kind": "List", "items": [{"kind": "Namespace", "metadata": {"name": "a"}}]}
+        )
+    )
     lookup = FileNamespaces([path])
     assert lookup.labels("a") == {} and lookup.labels("b") is None
     time.sleep(0.01)
-    path.write_text(yaml.safe_dump({"kind": "Namespace", "metadata": {"name": "b", "labels": {P + "enforce": "restricted"}}}))
+    path.write_text(
+        yaml.safe_dump(
+            {"kind": "Namespace", "metadata": {"name": "b", "labels": {P + "enforce": "restricted"}}}
+        )
+    )
     os.utime(path, ns=(time.time_ns(), time.time_ns() + 10_000_000))
     assert lookup.labels("b") == {P + "enforce": "restricted"} and lookup.labels("a") is None
     path.write_text("{{ broken")
@@ -172,16 +190,33 @@ def _free_port() -> int:
 
 def test_cli_server_process(tmp_path: Path, pki: dict[str, Any]) -> None:
     ns = tmp_path / "namespaces.yaml"
-    ns.write_text(yaml.safe_dump({"kind": "Namespace", "metadata": {"name": "team", "labels": {P + "enforce": "restricted"}}}))
+    ns.write_text(
+        yaml.safe_dump(
+            {"kind": "Namespace", "metadata": {"name": "team", "labels": {P + "enforce": "restricted"}}}
+        )
+    )
     config = tmp_path / "psa.yaml"
-    config.write_text("apiVersion: pod-security.admission.config.k8s.io/v1\nkind: PodSecurityConfiguration\n"
-                      "exemptions: {usernames: [ci-bot]}\n")  # fmt: skip
+    config.write_text(
+        "apiVersion: pod-security.admission.config.k8s.io/v1\nkind: PodSecurityConfiguration\n"
+        "exemptions: {usernames: [ci-bot]}\n"
+    )
     port = _free_port()
     proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "kubeshield"), "posture", "pss", "webhook", f"--listen=127.0.0.1:{port}",
-         f"--tls-cert={pki['server'].cert}", f"--tls-key={pki['server'].key}", f"--namespaces={ns}", f"--config={config}"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            str(Path(sys.executable).parent / "kubeshield"),
+            "posture",
+            "pss",
+            "webhook",
+            f"--listen=127.0.0.1:{port}",
+            f"--tls-cert={pki['server'].cert}",
+            f"--tls-key={pki['server'].key}",
+            f"--namespaces={ns}",
+            f"--config={config}",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = proc.stdout.readline() if proc.stdout else ""
         assert line.strip() == f"https://127.0.0.1:{port}", proc.stderr.read() if proc.stderr else ""
@@ -190,11 +225,16 @@ def test_cli_server_process(tmp_path: Path, pki: dict[str, Any]) -> None:
             address = ("127.0.0.1", port)
 
         status, body = post(Addr(), json.dumps(review()).encode(), _context(pki["ca"]))  # type: ignore[arg-type]
-        assert status == 200 and 'violates PodSecurity "restricted:latest"' in body["response"]["status"]["message"]
+        assert (
+            status == 200
+            and 'violates PodSecurity "restricted:latest"' in body["response"]["status"]["message"]
+        )
         exempt = review()
         exempt["request"]["userInfo"]["username"] = "ci-bot"
         status, body = post(Addr(), json.dumps(exempt).encode(), _context(pki["ca"]))  # type: ignore[arg-type]
-        assert body["response"]["allowed"] is True and body["response"]["auditAnnotations"] == {"exempt": "user"}
+        assert body["response"]["allowed"] is True and body["response"]["auditAnnotations"] == {
+            "exempt": "user"
+        }
     finally:
         os.kill(proc.pid, signal.SIGTERM)
         code = proc.wait(timeout=30)

@@ -1,3 +1,4 @@
+# ruff: noqa: E501 - tables of cases read best one case a line
 """The exposure audit's checks one by one: encryption configs, audit policies, kubelets, RBAC matching and
 aggregation, workloads, certificates, bad input."""
 
@@ -46,11 +47,17 @@ KMS1 = {"kms": {"name": "old", "endpoint": "unix:///run/old.sock"}}
         (({"aescbc": {"keys": [{"name": "k", "secret": KEY}]}},), ("secrets",), {("KS-ENC-004", "high")}),
         ((KMS2, {"aescbc": {"keys": [{"name": "k", "secret": KEY}]}}), ("secrets",), {("KS-ENC-004", "low")}),
         (({"aesgcm": {"keys": [{"name": "k", "secret": KEY}]}},), ("secrets",), {("KS-ENC-005", "medium")}),
-        (({"secretbox": {"keys": [{"name": "k", "secret": KEY}]}},), ("secrets",), {("KS-ENC-005", "medium")}),
+        (
+            ({"secretbox": {"keys": [{"name": "k", "secret": KEY}]}},),
+            ("secrets",),
+            {("KS-ENC-005", "medium")},
+        ),
         ((KMS1,), ("secrets",), {("KS-ENC-005", "medium")}),
     ],
 )
-def test_encryption_configs(providers: tuple[dict[str, Any], ...], resources: tuple[str, ...], expected: set[tuple[str, str]]) -> None:
+def test_encryption_configs(
+    providers: tuple[dict[str, Any], ...], resources: tuple[str, ...], expected: set[tuple[str, str]]
+) -> None:
     assert {(f.id, f.severity) for f in enc(*providers, resources=resources).findings} == expected
 
 
@@ -90,18 +97,32 @@ def test_apiserver_without_encryption_or_audit(tmp_path: Path) -> None:
 
 
 def test_audit_policy_without_backend_and_without_secret_reads(tmp_path: Path) -> None:
-    policy = {"apiVersion": "audit.k8s.io/v1", "kind": "Policy", "rules": [{"level": "None", "resources": [{"group": "", "resources": ["secrets"]}]}]}
+    policy = {
+        "apiVersion": "audit.k8s.io/v1",
+        "kind": "Policy",
+        "rules": [{"level": "None", "resources": [{"group": "", "resources": ["secrets"]}]}],
+    }
     report = _node(tmp_path, ["--audit-policy-file", "/etc/k/audit.yaml", "--encryption-provider-config=/etc/k/missing.yaml",
                               "--encryption-provider-config-automatic-reload=true"], {"etc/k/audit.yaml": policy})  # fmt: skip
     assert {f.id for f in report.findings} == {"KS-AUDIT-003", "KS-AUDIT-004"}
-    assert any("missing.yaml (--encryption-provider-config) is not in the directory" in s for s in report.skipped)
+    assert any(
+        "missing.yaml (--encryption-provider-config) is not in the directory" in s for s in report.skipped
+    )
 
 
 def test_a_broken_encryption_config_is_an_error_naming_the_file(tmp_path: Path) -> None:
     bad = {"apiVersion": "apiserver.config.k8s.io/v1", "kind": "EncryptionConfiguration",
            "resources": [{"resources": ["secrets"], "providers": [{"aescbc": {"keys": [{"name": "k", "secret": "short"}]}}]}]}  # fmt: skip
-    report = _node(tmp_path, ["--encryption-provider-config=/e/enc.yaml", "--audit-policy-file=/none"], {"e/enc.yaml": bad})
-    assert len(report.errors) == 1 and report.errors[0].startswith("e/enc.yaml: ") and "secret" in report.errors[0]
+    report = _node(
+        tmp_path,
+        ["--encryption-provider-config=/e/enc.yaml", "--audit-policy-file=/none"],
+        {"e/enc.yaml": bad},
+    )
+    assert (
+        len(report.errors) == 1
+        and report.errors[0].startswith("e/enc.yaml: ")
+        and "secret" in report.errors[0]
+    )
     assert "short" not in report.errors[0]
 
 
@@ -110,7 +131,9 @@ def test_malformed_yaml_is_an_error_and_the_run_goes_on(tmp_path: Path) -> None:
     (tmp_path / "ns.yaml").write_text("apiVersion: v1\nkind: Namespace\nmetadata: {name: team}\n")
     report = audit_inventory(load_inventory(tmp_path))
     (error,) = report.errors
-    assert error.startswith(f"{tmp_path / 'bad.yaml'}: line 2: malformed YAML: mapping values are not allowed")
+    assert error.startswith(
+        f"{tmp_path / 'bad.yaml'}: line 2: malformed YAML: mapping values are not allowed"
+    )
     assert [f.id for f in report.findings] == ["KS-PSA-001"]
 
 
@@ -121,19 +144,57 @@ def test_container_flags() -> None:
 
 
 def test_kubelet_defaults_are_not_findings(tmp_path: Path) -> None:
-    (tmp_path / "kubelet.yaml").write_text("apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\nreadOnlyPort: 0\n")
+    (tmp_path / "kubelet.yaml").write_text(
+        "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\nreadOnlyPort: 0\n"
+    )
     assert audit_inventory(load_inventory(tmp_path)).findings == []
 
 
 def test_rule_matching() -> None:
-    assert rule_allows({"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"]}, verb="get", group="", resource="secrets")
-    assert rule_allows({"verbs": ["create"], "apiGroups": [""], "resources": ["*/exec"]}, verb="create", group="", resource="pods", subresource="exec")
-    assert not rule_allows({"verbs": ["create"], "apiGroups": [""], "resources": ["pods"]}, verb="create", group="", resource="pods", subresource="exec")
-    assert not rule_allows({"verbs": ["get"], "apiGroups": ["apps"], "resources": ["secrets"]}, verb="get", group="", resource="secrets")
-    assert not rule_allows({"verbs": ["get"], "apiGroups": [""], "resources": ["secrets/status"]}, verb="get", group="", resource="secrets")
-    assert label_selector_matches({"matchExpressions": [{"key": "a", "operator": "In", "values": ["1", "2"]}, {"key": "b", "operator": "DoesNotExist"}]}, {"a": "2"})
-    assert not label_selector_matches({"matchExpressions": [{"key": "a", "operator": "NotIn", "values": ["1"]}]}, {"a": "1"})
-    assert not label_selector_matches({"matchLabels": {"x": "y"}, "matchExpressions": [{"key": "z", "operator": "Exists"}]}, {"x": "y"})
+    assert rule_allows(
+        {"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"]}, verb="get", group="", resource="secrets"
+    )
+    assert rule_allows(
+        {"verbs": ["create"], "apiGroups": [""], "resources": ["*/exec"]},
+        verb="create",
+        group="",
+        resource="pods",
+        subresource="exec",
+    )
+    assert not rule_allows(
+        {"verbs": ["create"], "apiGroups": [""], "resources": ["pods"]},
+        verb="create",
+        group="",
+        resource="pods",
+        subresource="exec",
+    )
+    assert not rule_allows(
+        {"verbs": ["get"], "apiGroups": ["apps"], "resources": ["secrets"]},
+        verb="get",
+        group="",
+        resource="secrets",
+    )
+    assert not rule_allows(
+        {"verbs": ["get"], "apiGroups": [""], "resources": ["secrets/status"]},
+        verb="get",
+        group="",
+        resource="secrets",
+    )
+    assert label_selector_matches(
+        {
+            "matchExpressions": [
+                {"key": "a", "operator": "In", "values": ["1", "2"]},
+                {"key": "b", "operator": "DoesNotExist"},
+            ]
+        },
+        {"a": "2"},
+    )
+    assert not label_selector_matches(
+        {"matchExpressions": [{"key": "a", "operator": "NotIn", "values": ["1"]}]}, {"a": "1"}
+    )
+    assert not label_selector_matches(
+        {"matchLabels": {"x": "y"}, "matchExpressions": [{"key": "z", "operator": "Exists"}]}, {"x": "y"}
+    )
 
 
 def _rbac(*objects: dict[str, Any]) -> Report:
@@ -141,7 +202,12 @@ def _rbac(*objects: dict[str, Any]) -> Report:
 
 
 def _crb(name: str, role: str, subject: dict[str, Any]) -> dict[str, Any]:
-    return {"kind": "ClusterRoleBinding", "metadata": {"name": name}, "roleRef": {"kind": "ClusterRole", "name": role}, "subjects": [subject]}
+    return {
+        "kind": "ClusterRoleBinding",
+        "metadata": {"name": name},
+        "roleRef": {"kind": "ClusterRole", "name": role},
+        "subjects": [subject],
+    }
 
 
 def test_broad_groups_and_named_secrets() -> None:
@@ -154,8 +220,18 @@ def test_broad_groups_and_named_secrets() -> None:
     )  # fmt: skip
     got = {(f.id, f.object, f.severity, f.title) for f in report.findings}
     assert got == {
-        ("KS-RBAC-001", "Group system:authenticated", "critical", "Group system:authenticated can watch Secrets in every namespace"),
-        ("KS-RBAC-001", "ServiceAccount ci/bot", "medium", "ServiceAccount ci/bot can get Secrets in every namespace (named Secrets only)"),
+        (
+            "KS-RBAC-001",
+            "Group system:authenticated",
+            "critical",
+            "Group system:authenticated can watch Secrets in every namespace",
+        ),
+        (
+            "KS-RBAC-001",
+            "ServiceAccount ci/bot",
+            "medium",
+            "ServiceAccount ci/bot can get Secrets in every namespace (named Secrets only)",
+        ),
     }
     assert report.errors == ["RoleBinding ci/x: references ClusterRole 'nope', which does not exist"]
 
@@ -189,8 +265,13 @@ def test_certificates(tmp_path: Path) -> None:
     fine = ca.issue("fine", valid_until=now + dt.timedelta(days=90))
     (tmp_path / "junk.crt").write_text("not a certificate")
     report = Report()
-    check_certificates([soon.cert, gone.cert, fine.cert, tmp_path / "junk.crt"], report, warn_days=30, now=lambda: now)
-    assert [(f.severity, Path(f.file).name) for f in report.findings] == [("medium", "soon.crt"), ("high", "gone.crt")]
+    check_certificates(
+        [soon.cert, gone.cert, fine.cert, tmp_path / "junk.crt"], report, warn_days=30, now=lambda: now
+    )
+    assert [(f.severity, Path(str(f.file)).name) for f in report.findings] == [
+        ("medium", "soon.crt"),
+        ("high", "gone.crt"),
+    ]
     assert "expires in 2 days" in report.findings[0].title or "expires in 3 days" in report.findings[0].title
     assert len(report.errors) == 1 and "junk.crt: cannot read a PEM certificate" in report.errors[0]
 
@@ -198,11 +279,17 @@ def test_certificates(tmp_path: Path) -> None:
 def test_documents_from_lists(tmp_path: Path) -> None:
     from kubeshield.posture._docs import load_documents
 
-    (tmp_path / "l.yaml").write_text("apiVersion: v1\nkind: PodList\nitems:\n- {kind: Pod, metadata: {name: a}}\n- {kind: Pod, metadata: {name: b}}\n---\n- just a list\n")
+    (tmp_path / "l.yaml").write_text(
+        "apiVersion: v1\nkind: PodList\nitems:\n- {kind: Pod, metadata: {name: a}}\n- {kind: Pod, metadata: {name: b}}\n---\n- just a list\n"
+    )
     from kubeshield.posture.errors import InvalidObject
 
     with pytest.raises(InvalidObject, match="document 2 is not an object"):
         load_documents(tmp_path / "l.yaml")
-    (tmp_path / "l.yaml").write_text("apiVersion: v1\nkind: PodList\nitems:\n- {kind: Pod, metadata: {name: a}}\n- {kind: Pod, metadata: {name: b}}\n")
+    (tmp_path / "l.yaml").write_text(
+        "apiVersion: v1\nkind: PodList\nitems:\n- {kind: Pod, metadata: {name: a}}\n- {kind: Pod, metadata: {name: b}}\n"
+    )
     docs = load_documents(tmp_path / "l.yaml")
-    assert [d.obj["metadata"]["name"] for d in docs] == ["a", "b"] and all(isinstance(d, Document) for d in docs)
+    assert [d.obj["metadata"]["name"] for d in docs] == ["a", "b"] and all(
+        isinstance(d, Document) for d in docs
+    )

@@ -1,3 +1,4 @@
+# ruff: noqa: E501 - tables of cases read best one case a line
 """Admission decisions on AdmissionReview v1 requests, as upstream's PodSecurity admission makes them."""
 
 from __future__ import annotations
@@ -10,25 +11,40 @@ import pytest
 
 from kubeshield.errors import ConfigError
 from kubeshield.posture.errors import AdmissionRequestError
-from kubeshield.posture.pss.admission import Admission, AdmissionConfig, StaticNamespaces, load_admission_config
+from kubeshield.posture.pss.admission import (
+    Admission,
+    AdmissionConfig,
+    StaticNamespaces,
+    load_admission_config,
+)
 
 P = "pod-security.kubernetes.io/"
 NAMESPACES = StaticNamespaces(
     {
         "strict": {P + "enforce": "restricted"},
-        "base": {P + "enforce": "baseline", P + "warn": "restricted", P + "audit": "restricted", P + "audit-version": "v1.24"},
+        "base": {
+            P + "enforce": "baseline",
+            P + "warn": "restricted",
+            P + "audit": "restricted",
+            P + "audit-version": "v1.24",
+        },
         "open": {},
         "broken": {P + "enforce": "strickt"},
         "pinned": {P + "enforce": "baseline", P + "enforce-version": "v1.30"},
     }
 )
-PRIVILEGED_POD = {
+PRIVILEGED_POD: dict[str, Any] = {
     "apiVersion": "v1",
     "kind": "Pod",
     "metadata": {"name": "p", "namespace": "strict"},
     "spec": {"containers": [{"name": "a", "image": "img", "securityContext": {"privileged": True}}]},
 }
-PLAIN_POD = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {"containers": [{"name": "a", "image": "img"}]}}
+PLAIN_POD: dict[str, Any] = {
+    "apiVersion": "v1",
+    "kind": "Pod",
+    "metadata": {"name": "p"},
+    "spec": {"containers": [{"name": "a", "image": "img"}]},
+}
 
 
 def review(obj: Any, *, ns: str, resource: str = "pods", group: str = "", op: str = "CREATE", sub: str = "",
@@ -51,8 +67,8 @@ def review(obj: Any, *, ns: str, resource: str = "pods", group: str = "", op: st
     }
 
 
-def decide(body: dict[str, Any], config: AdmissionConfig = AdmissionConfig()) -> dict[str, Any]:
-    out = Admission(namespaces=NAMESPACES, config=config).review(body)
+def decide(body: dict[str, Any], config: AdmissionConfig | None = None) -> dict[str, Any]:
+    out = Admission(namespaces=NAMESPACES, config=config or AdmissionConfig()).review(body)
     assert out["apiVersion"] == "admission.k8s.io/v1" and out["kind"] == "AdmissionReview"
     assert out["response"]["uid"] == body["request"]["uid"]
     return out["response"]
@@ -75,7 +91,9 @@ def test_enforce_denies_with_upstreams_message() -> None:
 
 def test_generate_name_pods_are_named_by_resource_only() -> None:
     r = decide(review(PRIVILEGED_POD, ns="pinned", name=""))
-    assert r["status"]["message"].startswith('pods is forbidden: violates PodSecurity "baseline:v1.30": privileged')
+    assert r["status"]["message"].startswith(
+        'pods is forbidden: violates PodSecurity "baseline:v1.30": privileged'
+    )
 
 
 def test_warn_and_audit_on_an_allowed_pod() -> None:
@@ -115,8 +133,16 @@ def test_invalid_labels_evaluate_restricted_and_say_why() -> None:
 @pytest.mark.parametrize(
     ("config", "body", "reason"),
     [
-        (AdmissionConfig(exempt_namespaces=frozenset({"strict"})), review(PRIVILEGED_POD, ns="strict"), "namespace"),
-        (AdmissionConfig(exempt_usernames=frozenset({"ci-bot"})), review(PRIVILEGED_POD, ns="strict", user="ci-bot"), "user"),
+        (
+            AdmissionConfig(exempt_namespaces=frozenset({"strict"})),
+            review(PRIVILEGED_POD, ns="strict"),
+            "namespace",
+        ),
+        (
+            AdmissionConfig(exempt_usernames=frozenset({"ci-bot"})),
+            review(PRIVILEGED_POD, ns="strict", user="ci-bot"),
+            "user",
+        ),
     ],
 )
 def test_exemptions(config: AdmissionConfig, body: dict[str, Any], reason: str) -> None:
@@ -147,7 +173,9 @@ def test_workloads_are_warned_never_denied() -> None:
     }
     r = decide(review(deployment, ns="strict", resource="deployments", group="apps", name="d"))
     assert r["allowed"] is True
-    assert r["warnings"][0].startswith('would violate PodSecurity "restricted:latest": privileged (container "a"')
+    assert r["warnings"][0].startswith(
+        'would violate PodSecurity "restricted:latest": privileged (container "a"'
+    )
     assert "enforce-policy" not in r["auditAnnotations"]
     cron = {"apiVersion": "batch/v1", "kind": "CronJob", "metadata": {"name": "c"},
             "spec": {"jobTemplate": {"spec": {"template": {"spec": PRIVILEGED_POD["spec"]}}}}}  # fmt: skip
@@ -171,7 +199,10 @@ def test_updates_that_change_nothing_checked_are_allowed() -> None:
 
 @pytest.mark.parametrize("sub", ["status", "exec", "log", "binding", "eviction"])
 def test_ignored_pod_subresources(sub: str) -> None:
-    assert decide(review(PRIVILEGED_POD, ns="strict", sub=sub, op="UPDATE", old=PRIVILEGED_POD))["allowed"] is True
+    assert (
+        decide(review(PRIVILEGED_POD, ns="strict", sub=sub, op="UPDATE", old=PRIVILEGED_POD))["allowed"]
+        is True
+    )
 
 
 def test_delete_is_not_evaluated() -> None:
@@ -184,11 +215,20 @@ def test_malformed_pods_are_refused_with_400() -> None:
     assert r["allowed"] is False and r["status"]["code"] == 400
     assert "spec.hostNetwork must be a boolean" in r["status"]["message"]
     r = decide(review(None, ns="strict"))
-    assert r["status"] == {"status": "Failure", "code": 400, "reason": "BadRequest", "message": "failed to decode pod"}
+    assert r["status"] == {
+        "status": "Failure",
+        "code": 400,
+        "reason": "BadRequest",
+        "message": "failed to decode pod",
+    }
 
 
 def test_namespace_labels_are_validated() -> None:
-    ns = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "team", "labels": {P + "enforce": "hard", P + "warn-version": "v9"}}}
+    ns: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": "team", "labels": {P + "enforce": "hard", P + "warn-version": "v9"}},
+    }
     r = decide(review(ns, ns="", resource="namespaces", name="team"))
     assert r["allowed"] is False and r["status"]["code"] == 422
     assert r["status"]["message"] == (
@@ -208,9 +248,15 @@ def test_other_resources_are_allowed_unchecked() -> None:
     [
         ([], "not a JSON object"),
         ({"kind": "Pod"}, "expected kind AdmissionReview"),
-        ({"kind": "AdmissionReview", "apiVersion": "admission.k8s.io/v1beta1", "request": {"uid": "x"}}, r"admissionReviewVersions: \[v1\]"),
+        (
+            {"kind": "AdmissionReview", "apiVersion": "admission.k8s.io/v1beta1", "request": {"uid": "x"}},
+            r"admissionReviewVersions: \[v1\]",
+        ),
         ({"kind": "AdmissionReview", "apiVersion": "admission.k8s.io/v1"}, "has no request"),
-        ({"kind": "AdmissionReview", "apiVersion": "admission.k8s.io/v1", "request": {"uid": ""}}, "has no uid"),
+        (
+            {"kind": "AdmissionReview", "apiVersion": "admission.k8s.io/v1", "request": {"uid": ""}},
+            "has no uid",
+        ),
     ],
 )
 def test_requests_we_cannot_use(body: Any, message: str) -> None:
@@ -226,9 +272,13 @@ def test_pod_security_configuration(tmp_path: Path) -> None:
         "exemptions: {usernames: [ci], namespaces: [kube-system], runtimeClasses: [kata]}\n"
     )
     config = load_admission_config(path)
-    assert str(config.defaults.enforce) == "baseline:v1.29" and str(config.defaults.warn) == "restricted:latest"
+    assert (
+        str(config.defaults.enforce) == "baseline:v1.29" and str(config.defaults.warn) == "restricted:latest"
+    )
     assert config.exempt_namespaces == {"kube-system"} and config.exempt_runtime_classes == {"kata"}
-    r = Admission(namespaces=StaticNamespaces({"open": {}}), config=config).review(review(PRIVILEGED_POD, ns="open"))
+    r = Admission(namespaces=StaticNamespaces({"open": {}}), config=config).review(
+        review(PRIVILEGED_POD, ns="open")
+    )
     assert r["response"]["allowed"] is False and '"baseline:v1.29"' in r["response"]["status"]["message"]
 
 
@@ -236,9 +286,18 @@ def test_pod_security_configuration(tmp_path: Path) -> None:
     ("text", "message"),
     [
         ("kind: Other\n", "expected kind PodSecurityConfiguration"),
-        ("apiVersion: pod-security.admission.config.k8s.io/v1\nkind: PodSecurityConfiguration\nextra: 1\n", "unknown field 'extra'"),
-        ("apiVersion: pod-security.admission.config.k8s.io/v1\nkind: PodSecurityConfiguration\ndefaults: {enforce: max}\n", "defaults.enforce"),
-        ("apiVersion: pod-security.admission.config.k8s.io/v1\nkind: PodSecurityConfiguration\nexemptions: {users: [a]}\n", "exemptions.users"),
+        (
+            "apiVersion: pod-security.admission.config.k8s.io/v1\nkind: PodSecurityConfiguration\nextra: 1\n",
+            "unknown field 'extra'",
+        ),
+        (
+            "apiVersion: pod-security.admission.config.k8s.io/v1\nkind: PodSecurityConfiguration\ndefaults: {enforce: max}\n",
+            "defaults.enforce",
+        ),
+        (
+            "apiVersion: pod-security.admission.config.k8s.io/v1\nkind: PodSecurityConfiguration\nexemptions: {users: [a]}\n",
+            "exemptions.users",
+        ),
         ("[unclosed", "cannot read the PodSecurityConfiguration"),
     ],
 )

@@ -1,3 +1,4 @@
+# ruff: noqa: E501 - tables of cases read best one case a line
 """Levels, versions, namespace labels, workload extraction, field validation and Go quoting."""
 
 from __future__ import annotations
@@ -95,16 +96,24 @@ def test_every_workload_kind_is_extracted(obj: dict[str, Any], path: str) -> Non
 
 def test_objects_without_a_pod() -> None:
     assert extract_pod({"apiVersion": "v1", "kind": "ConfigMap"}) is None
-    assert extract_pod({"apiVersion": "example.com/v1", "kind": "Deployment", "spec": {}}) is None  # another group
-    assert extract_pod({"apiVersion": "v1", "kind": "ReplicationController", "spec": {}}) is None  # optional template
+    assert (
+        extract_pod({"apiVersion": "example.com/v1", "kind": "Deployment", "spec": {}}) is None
+    )  # another group
+    assert (
+        extract_pod({"apiVersion": "v1", "kind": "ReplicationController", "spec": {}}) is None
+    )  # optional template
 
 
 def test_the_template_metadata_is_evaluated() -> None:
     obj = _deployment({"containers": [{"name": "a"}]})
-    obj["spec"]["template"]["metadata"]["annotations"] = {"container.apparmor.security.beta.kubernetes.io/a": "unconfined"}
+    obj["spec"]["template"]["metadata"]["annotations"] = {
+        "container.apparmor.security.beta.kubernetes.io/a": "unconfined"
+    }
     ref = extract_pod(obj)
     assert ref is not None
-    assert [v.check for v in evaluate(LevelVersion("baseline", LATEST), ref.metadata, ref.spec)] == ["appArmorProfile"]
+    assert [v.check for v in evaluate(LevelVersion("baseline", LATEST), ref.metadata, ref.spec)] == [
+        "appArmorProfile"
+    ]
 
 
 @pytest.mark.parametrize(
@@ -127,7 +136,14 @@ def test_malformed_fields_are_named(spec: dict[str, Any], field: str) -> None:
 
 def test_malformed_template_is_named() -> None:
     with pytest.raises(InvalidObject, match=r"spec\.template must be an object"):
-        extract_pod({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"}, "spec": {"template": []}})
+        extract_pod(
+            {
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "metadata": {"name": "d"},
+                "spec": {"template": []},
+            }
+        )
 
 
 # -- properties ---------------------------------------------------------------------------------------------
@@ -151,9 +167,19 @@ _sc = st.fixed_dictionaries(
 )  # fmt: skip
 _container = st.fixed_dictionaries(
     {"name": st.sampled_from(["a", "b", "c"])},
-    optional={"securityContext": _sc, "ports": st.lists(st.fixed_dictionaries({"hostPort": st.integers(0, 3)}), max_size=2)},
+    optional={
+        "securityContext": _sc,
+        "ports": st.lists(st.fixed_dictionaries({"hostPort": st.integers(0, 3)}), max_size=2),
+    },
 )
-_volume = st.sampled_from([{"name": "h", "hostPath": {"path": "/"}}, {"name": "e", "emptyDir": {}}, {"name": "n", "nfs": {}}, {"name": "s", "secret": {}}])
+_volume = st.sampled_from(
+    [
+        {"name": "h", "hostPath": {"path": "/"}},
+        {"name": "e", "emptyDir": {}},
+        {"name": "n", "nfs": {}},
+        {"name": "s", "secret": {}},
+    ]
+)
 _spec = st.fixed_dictionaries(
     {"containers": st.lists(_container, min_size=1, max_size=3)},
     optional={

@@ -1,3 +1,4 @@
+# ruff: noqa: E501 - tables of cases read best one case a line
 """Every Pod Security check at every policy version v1.0 .. v1.<newest>, latest and a future version.
 
 Each case is a pod (metadata, spec) and what one check says about it, written from our reading of the
@@ -32,7 +33,9 @@ def always(reason: str, detail: str, *, levels: tuple[str, ...] = ("baseline", "
     return lambda minor, level: (reason, detail) if level in levels else None
 
 
-def between(lo: int, hi: int | None, reason: str, detail: str, *, levels: tuple[str, ...] = ("baseline", "restricted")) -> Expect:
+def between(
+    lo: int, hi: int | None, reason: str, detail: str, *, levels: tuple[str, ...] = ("baseline", "restricted")
+) -> Expect:
     """Reported from v1.lo up to (not including) v1.hi."""
 
     def f(minor: int, level: str) -> tuple[str, str] | None:
@@ -244,7 +247,11 @@ def test_privileged_level_allows_everything() -> None:
 def test_upstream_order_and_aggregate_message() -> None:
     from kubeshield.posture.pss import aggregate_detail
 
-    spec = {"hostNetwork": True, "containers": [c("a", privileged=True)], "volumes": [{"name": "h", "hostPath": {"path": "/"}}]}
+    spec = {
+        "hostNetwork": True,
+        "containers": [c("a", privileged=True)],
+        "volumes": [{"name": "h", "hostPath": {"path": "/"}}],
+    }
     violations = evaluate(LevelVersion("restricted", LATEST), {}, spec)
     # baseline check IDs sorted, then restricted IDs sorted
     assert [v.check for v in violations] == [
@@ -260,7 +267,10 @@ def test_a_fully_restricted_pod_passes_every_version() -> None:
     spec = {
         "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
         "containers": [c("a", allowPrivilegeEscalation=False, capabilities={"drop": ["ALL"]})],
-        "volumes": [{"name": "s", "secret": {"secretName": "x"}}, {"name": "p", "projected": {"sources": []}}],
+        "volumes": [
+            {"name": "s", "secret": {"secretName": "x"}},
+            {"name": "p", "projected": {"sources": []}},
+        ],
     }
     for minor in VERSIONS:
         for level in ("baseline", "restricted"):

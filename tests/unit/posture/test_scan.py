@@ -32,7 +32,7 @@ def write(root: Path, rel: str, text: str | bytes) -> Path:
 
 
 def ids(report) -> set[tuple[str, str, int | None]]:
-    return {(f.id, Path(f.file).name, f.line) for f in report.findings}
+    return {(f.id, Path(str(f.file)).name, f.line) for f in report.findings}
 
 
 def assert_never_printed(report, *values: str) -> None:
@@ -47,7 +47,10 @@ CERT_B64 = base64.b64encode(b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIF
 def test_secret_manifest_in_the_clear(tmp_path: Path) -> None:
     password = token()
     api_key = token(32)
-    write(tmp_path, "k8s/secret.yaml", f"""\
+    write(
+        tmp_path,
+        "k8s/secret.yaml",
+        f"""\
 apiVersion: v1
 kind: ConfigMap
 metadata: {{name: cfg}}
@@ -66,7 +69,8 @@ data:
 stringData:
   api-key: {api_key}
   sealed: ENC[AES256_GCM,data:abc,iv:def,tag:ghi,type:str]
-""")
+""",
+    )
     report = scan([tmp_path])
     assert ids(report) == {("KS-SCAN-SECRET", "secret.yaml", 13), ("KS-SCAN-SECRET", "secret.yaml", 17)}
     titles = sorted(f.title for f in report.findings)
@@ -80,16 +84,38 @@ stringData:
 
 def test_json_manifests_and_lists(tmp_path: Path) -> None:
     value = token()
-    write(tmp_path, "out.json", json.dumps({"apiVersion": "v1", "kind": "List", "items": [
-        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}, "stringData": {"token": value}}]}, indent=1))  # fmt: skip
+    write(
+        tmp_path,
+        "out.json",
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "List",
+                "items": [
+                    {
+                        "apiVersion": "v1",
+                        "kind": "Secret",
+                        "metadata": {"name": "s"},
+                        "stringData": {"token": value},
+                    }
+                ],
+            },
+            indent=1,
+        ),
+    )
     report = scan([tmp_path])
-    assert [(f.id, f.title) for f in report.findings] == [("KS-SCAN-SECRET", "Secret s holds stringData.token in the clear")]
+    assert [(f.id, f.title) for f in report.findings] == [
+        ("KS-SCAN-SECRET", "Secret s holds stringData.token in the clear")
+    ]
 
 
 def test_helm_templates_and_rendered_output(tmp_path: Path) -> None:
     literal = token()
     write(tmp_path, "chart/Chart.yaml", "apiVersion: v2\nname: app\nversion: 0.1.0\n")
-    write(tmp_path, "chart/templates/secret.yaml", f"""\
+    write(
+        tmp_path,
+        "chart/templates/secret.yaml",
+        f"""\
 {{{{- if .Values.enabled }}}}
 apiVersion: v1
 kind: Secret
@@ -100,9 +126,13 @@ stringData:
   from-values: {{{{ .Values.password | quote }}}}
   hard-coded: {literal}
 {{{{- end }}}}
-""")
+""",
+    )
     rendered = token()
-    write(tmp_path, "rendered/all.yaml", f"""\
+    write(
+        tmp_path,
+        "rendered/all.yaml",
+        f"""\
 ---
 # Source: app/templates/secret.yaml
 apiVersion: v1
@@ -111,7 +141,8 @@ metadata:
   name: app
 data:
   password: {base64.b64encode(rendered.encode()).decode()}
-""")
+""",
+    )
     report = scan([tmp_path])
     assert ids(report) == {("KS-SCAN-SECRET", "secret.yaml", 9), ("KS-SCAN-SECRET", "all.yaml", 8)}
     assert_never_printed(report, literal, rendered)
@@ -119,7 +150,10 @@ data:
 
 def test_kustomize_generators(tmp_path: Path) -> None:
     literal = token()
-    write(tmp_path, "base/kustomization.yaml", f"""\
+    write(
+        tmp_path,
+        "base/kustomization.yaml",
+        f"""\
 apiVersion: kustomize.config.k8s.io/v1beta1
 kind: Kustomization
 secretGenerator:
@@ -132,11 +166,16 @@ secretGenerator:
   envs:
   - app.env
   - missing.env
-""")
-    write(tmp_path, "base/certs/server.key", "-----BEGIN EC PRIVATE KEY-----\n" + token(64) + "\n-----END EC PRIVATE KEY-----\n")
+""",
+    )
+    write(
+        tmp_path,
+        "base/certs/server.key",
+        "-----BEGIN EC PRIVATE KEY-----\n" + token(64) + "\n-----END EC PRIVATE KEY-----\n",
+    )
     write(tmp_path, "base/app.env", f"DB_PASSWORD={token()}\n")
     report = scan([tmp_path])
-    found = {(f.id, f.rule, Path(f.file).name, f.line) for f in report.findings}
+    found = {(f.id, f.rule, Path(str(f.file)).name, f.line) for f in report.findings}
     assert ("KS-SCAN-KUSTOMIZE", "kustomize-secret-literal", "kustomization.yaml", 6) in found
     assert ("KS-SCAN-KUSTOMIZE", "kustomize-secret-literal", "kustomization.yaml", 7) in found
     assert ("KS-SCAN-KUSTOMIZE", "kustomize-secret-file", "server.key", None) in found
@@ -148,7 +187,10 @@ secretGenerator:
 def test_kubeconfig_credentials(tmp_path: Path) -> None:
     key = base64.b64encode(b"-----BEGIN EC PRIVATE KEY-----" + token(60).encode()).decode()
     bearer = token(40)
-    write(tmp_path, "home/.kube/config", f"""\
+    write(
+        tmp_path,
+        "home/.kube/config",
+        f"""\
 apiVersion: v1
 kind: Config
 clusters: [{{name: c, cluster: {{server: "https://10.0.0.1:6443"}}}}]
@@ -163,7 +205,8 @@ users:
 - name: sso
   user:
     exec: {{command: kubeshield, args: [access, exec-credential]}}
-""")
+""",
+    )
     report = scan([tmp_path])
     assert {(f.id, f.severity, f.line) for f in report.findings} == {
         ("KS-SCAN-KUBECONFIG", "critical", 8),
@@ -174,13 +217,21 @@ users:
 
 def test_sops_files(tmp_path: Path) -> None:
     enc = "ENC[AES256_GCM,data:Zm9v,iv:YmFy,tag:YmF6,type:str]"
-    write(tmp_path, "good.enc.yaml", f"password: {enc}\nsops:\n  mac: {enc}\n  lastmodified: '2026-01-01T00:00:00Z'\n  version: 3.11.0\n")
-    write(tmp_path, "nomac.enc.yaml", f"password: {enc}\nsops:\n  lastmodified: '2026-01-01T00:00:00Z'\n  version: 3.11.0\n")
+    write(
+        tmp_path,
+        "good.enc.yaml",
+        f"password: {enc}\nsops:\n  mac: {enc}\n  lastmodified: '2026-01-01T00:00:00Z'\n  version: 3.11.0\n",
+    )
+    write(
+        tmp_path,
+        "nomac.enc.yaml",
+        f"password: {enc}\nsops:\n  lastmodified: '2026-01-01T00:00:00Z'\n  version: 3.11.0\n",
+    )
     write(tmp_path, "plainmac.enc.yaml", f"password: {enc}\nsops:\n  mac: 0123ABCD\n  version: 3.11.0\n")
     leaked = token()
     write(tmp_path, "decrypted.enc.yaml", f"password: {leaked}\nsops:\n  mac: {enc}\n  version: 3.11.0\n")
     report = scan([tmp_path])
-    got = {(f.id, Path(f.file).name) for f in report.findings}
+    got = {(f.id, Path(str(f.file)).name) for f in report.findings}
     assert ("KS-SCAN-SOPS-MAC", "nomac.enc.yaml") in got
     assert ("KS-SCAN-SOPS-MAC", "plainmac.enc.yaml") in got
     assert ("KS-SCAN-SOPS-PLAINTEXT", "decrypted.enc.yaml") in got
@@ -191,14 +242,19 @@ def test_sops_files(tmp_path: Path) -> None:
 def _sealed(ns: str, *, scope: str | None = None) -> str:
     annotations = f"\n  annotations: {{sealedsecrets.bitnami.com/{scope}: 'true'}}" if scope else ""
     return (
-        f"apiVersion: bitnami.com/v1alpha1\nkind: SealedSecret\nmetadata:\n  name: db\n  namespace: {ns}{annotations}\n"
+        f"apiVersion: bitnami.com/v1alpha1\nkind: SealedSecret\nmetadata:\n  name: db\n  namespace: "
+        f"{ns}{annotations}\n"
         f"spec:\n  encryptedData:\n    password: {base64.b64encode(os.urandom(300)).decode()}\n"
         f"  template:\n    metadata: {{name: db, namespace: {ns}}}\n"
     )
 
 
 def test_sealed_secrets_in_the_wrong_overlay(tmp_path: Path) -> None:
-    write(tmp_path, "overlays/staging/kustomization.yaml", "namespace: staging\nresources: [sealed.yaml, wide.yaml]\n")
+    write(
+        tmp_path,
+        "overlays/staging/kustomization.yaml",
+        "namespace: staging\nresources: [sealed.yaml, wide.yaml]\n",
+    )
     write(tmp_path, "overlays/staging/sealed.yaml", _sealed("production"))
     write(tmp_path, "overlays/staging/wide.yaml", _sealed("production", scope="cluster-wide"))
     write(tmp_path, "overlays/production/kustomization.yaml", "namespace: production\n")
@@ -208,14 +264,18 @@ def test_sealed_secrets_in_the_wrong_overlay(tmp_path: Path) -> None:
         ("KS-SCAN-SEALED-NS", str(tmp_path / "overlays/staging/sealed.yaml"), 5)
     ]
     assert report.findings[0].title == (
-        "SealedSecret production/db was sealed for namespace 'production' but its overlay deploys to 'staging'"
+        "SealedSecret production/db was sealed for namespace 'production' but its overlay deploys to "
+        "'staging'"
     )
 
 
 def test_generic_rules(tmp_path: Path) -> None:
     aws = "AKIA" + token(16, string.ascii_uppercase + "234567")
     gh = "ghp_" + token(36)
-    write(tmp_path, "src/app.py", f"""\
+    write(
+        tmp_path,
+        "src/app.py",
+        f"""\
 import os
 AWS_KEY = "{aws}"
 EXAMPLE = "AKIAIOSFODNN7EXAMPLE"
@@ -224,15 +284,24 @@ db = "postgres://app:{token(16)}@db.internal:5432/app"
 placeholder = "postgres://app:${{DB_PASSWORD}}@db:5432/app"
 password = "aaaaaaaaaaaaaaaa"
 api_key = "{token(24)}"  # gitleaks:allow
-""")
+""",
+    )
     report = scan([tmp_path])
-    assert {(f.rule, f.line) for f in report.findings} == {("aws-access-key-id", 2), ("github-token", 4), ("password-in-url", 5)}
+    assert {(f.rule, f.line) for f in report.findings} == {
+        ("aws-access-key-id", 2),
+        ("github-token", 4),
+        ("password-in-url", 5),
+    }
     assert_never_printed(report, aws, gh)
 
 
 def test_private_keys_and_entropy(tmp_path: Path) -> None:
     body = base64.b64encode(os.urandom(120)).decode()
-    write(tmp_path, "id_ed25519", f"-----BEGIN OPENSSH PRIVATE KEY-----\n{body}\n-----END OPENSSH PRIVATE KEY-----\n")
+    write(
+        tmp_path,
+        "id_ed25519",
+        f"-----BEGIN OPENSSH PRIVATE KEY-----\n{body}\n-----END OPENSSH PRIVATE KEY-----\n",
+    )
     report = scan([tmp_path])
     assert [(f.rule, f.severity, f.line) for f in report.findings] == [("private-key", "critical", 1)]
     assert_never_printed(report, body)
@@ -252,7 +321,10 @@ def test_bad_input_is_reported_and_the_run_goes_on(tmp_path: Path) -> None:
 
 
 def test_gitleaks_rule_file(tmp_path: Path) -> None:
-    config = write(tmp_path, "cfg/.gitleaks.toml", r"""
+    config = write(
+        tmp_path,
+        "cfg/.gitleaks.toml",
+        r"""
 title = "team rules"
 [extend]
 useDefault = true
@@ -275,15 +347,23 @@ path = '''(?:^|/)deploy\.key$'''
 
 [[allowlists]]
 paths = ['''(?:^|/)vendor/''']
-""")
-    a, b = "itk_" + token(20, string.ascii_lowercase + string.digits), "itk_" + token(20, string.ascii_lowercase + string.digits)
+""",
+    )
+    a, b = (
+        "itk_" + token(20, string.ascii_lowercase + string.digits),
+        "itk_" + token(20, string.ascii_lowercase + string.digits),
+    )
     write(tmp_path, "repo/svc.go", f'const tok = "{a}"\nconst fixture = "{b}" // test-fixture\n')
     write(tmp_path, "repo/vendor/lib.go", f'const tok = "{"itk_" + token(20, string.ascii_lowercase)}"\n')
     write(tmp_path, "repo/deploy.key", "anything\n")
-    write(tmp_path, "repo/jwt.txt", "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.c2lnbmF0dXJlc2lnbmF0dXJl\n")
+    write(
+        tmp_path,
+        "repo/jwt.txt",
+        "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.c2lnbmF0dXJlc2lnbmF0dXJl\n",
+    )
     write(tmp_path, "repo/gh.txt", "ghp_" + token(36) + "\n")
     report = scan([tmp_path / "repo"], ScanOptions(config=config))
-    assert {(f.rule, Path(f.file).name, f.line) for f in report.findings} == {
+    assert {(f.rule, Path(str(f.file)).name, f.line) for f in report.findings} == {
         ("internal-token", "svc.go", 1),
         ("deploy-key-file", "deploy.key", None),
         ("github-token", "gh.txt", 1),  # from useDefault
@@ -300,14 +380,17 @@ paths = ['''(?:^|/)vendor/''']
         ("[[rules]]\nid = 'z'\nregex = 'a'\nsecretGroup = 2\n", "the regex has only 0 groups"),
         ("rules = 3\n", "rules must be an array"),
         ("[[rules]\n", "not valid TOML"),
-        ("[[rules]]\nid = 'w'\nregex = 'a'\n[[rules.allowlists]]\nregexTarget = 'file'\n", "regexTarget: must be secret, match or line"),
+        (
+            "[[rules]]\nid = 'w'\nregex = 'a'\n[[rules.allowlists]]\nregexTarget = 'file'\n",
+            "regexTarget: must be secret, match or line",
+        ),
     ],
 )
 def test_bad_rule_files_name_the_rule(tmp_path: Path, body: str, message: str) -> None:
     path = write(tmp_path, "rules.toml", body)
-    with pytest.raises(InvalidRuleFile, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+    with pytest.raises(InvalidRuleFile) as info:
         load_rules(path)
-    assert str(path) in str(pytest.raises(InvalidRuleFile, load_rules, path).value)
+    assert message in str(info.value) and str(path) in str(info.value)
 
 
 def test_baseline_accepts_known_findings(tmp_path: Path) -> None:
@@ -318,13 +401,17 @@ def test_baseline_accepts_known_findings(tmp_path: Path) -> None:
     accepted = load_baseline(baseline)
     assert {f.fingerprint for f in report.findings} == accepted
     assert "ghp_" not in baseline.read_text()
-    write(tmp_path, "repo/a.py", f'\n\nx = "{report.findings[0].excerpt[:0]}"\n' + (tmp_path / "repo/a.py").read_text())
+    write(
+        tmp_path,
+        "repo/a.py",
+        f'\n\nx = "{report.findings[0].excerpt[:0]}"\n' + (tmp_path / "repo/a.py").read_text(),
+    )
     again = scan([tmp_path / "repo"])
     assert {f.fingerprint for f in again.findings} <= accepted  # moving a line keeps its fingerprint
     write(tmp_path, "bad.json", "{}")
     from kubeshield.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="bad.json"):
+    with pytest.raises(ConfigError, match=r"bad\.json"):
         load_baseline(tmp_path / "bad.json")
 
 

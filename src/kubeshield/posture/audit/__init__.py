@@ -7,8 +7,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
-from kubeshield.config.encryption import EncryptionConfiguration, load_encryption_config, parse_encryption_config
+from kubeshield.config.encryption import (
+    EncryptionConfiguration,
+    load_encryption_config,
+    parse_encryption_config,
+)
 from kubeshield.errors import ConfigError, KubeshieldError
 from kubeshield.posture.audit.controlplane import check_controlplane
 from kubeshield.posture.audit.inventory import Inventory, load_inventory
@@ -53,11 +58,14 @@ def audit_inventory(
     if inputs.etcd_snapshot:
         config = _encryption_config(inv, inputs, report)
         check_stored_secrets(inputs.etcd_snapshot, config, report)
-    certs = [*inputs.relay_certs, *relay_certificate_paths(inv, report)]
+    certs: list[str | Path] = [*inputs.relay_certs, *relay_certificate_paths(inv, report)]
     check_certificates(
-        certs, report, warn_days=inputs.cert_warn_days, now=now,
+        certs,
+        report,
+        warn_days=inputs.cert_warn_days,
+        now=now,
         label=lambda p: inv.relative(p) if str(p) not in inputs.relay_certs else str(p),
-    )  # fmt: skip
+    )
     report.skipped.append("sealing-key age: the sealed-secrets feature is not in this build")
     seen: dict[str, object] = {}
     unique = []
@@ -82,6 +90,8 @@ def _encryption_config(inv: Inventory, inputs: AuditInputs, report: Report) -> E
 
 def run_audit(inputs: AuditInputs) -> Report:
     if inputs.kubeconfig:
-        raise KubeshieldError("live mode (--kubeconfig) needs kubeshield.kube, which this build lacks; use --from-dir")
+        raise KubeshieldError(
+            "live mode (--kubeconfig) needs kubeshield.kube, which this build lacks; use --from-dir"
+        )
     assert inputs.from_dir is not None
     return audit_inventory(load_inventory(inputs.from_dir), inputs)

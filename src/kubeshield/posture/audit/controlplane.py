@@ -26,7 +26,13 @@ from kubeshield.posture._docs import Document
 from kubeshield.posture.audit.inventory import Inventory, apiserver_container, container_flags, object_ref
 from kubeshield.posture.findings import Finding, Report
 
-__all__ = ["check_audit_policy", "check_controlplane", "check_encryption_config", "check_kubelets", "secret_audit_levels"]
+__all__ = [
+    "check_audit_policy",
+    "check_controlplane",
+    "check_encryption_config",
+    "check_kubelets",
+    "secret_audit_levels",
+]
 
 _READ = ("get", "list", "watch")
 _WRITE = ("create", "update", "patch", "delete")
@@ -37,48 +43,61 @@ def check_encryption_config(config: EncryptionConfiguration, *, where: str, repo
     if providers is None:
         report.add(
             Finding(
-                "KS-ENC-002", "secrets-not-covered", "critical",
+                "KS-ENC-002",
+                "secrets-not-covered",
+                "critical",
                 "The EncryptionConfiguration does not cover secrets: they are stored in plaintext",
                 "Add a resources entry for secrets with a KMS v2 provider first "
                 "(kubeshield kms encryption-config), then kubeshield etcd rewrite",
-                file=where, evidence="no resources rule matches secrets",
+                file=where,
+                evidence="no resources rule matches secrets",
             )
-        )  # fmt: skip
+        )
         return
     first = providers[0]
     names = ", ".join(p.display_name for p in providers)
     if first.kind == "identity":
         report.add(
             Finding(
-                "KS-ENC-003", "identity-first", "critical",
+                "KS-ENC-003",
+                "identity-first",
+                "critical",
                 "identity is the first provider for secrets: new Secrets are written in plaintext",
                 "Put the KMS v2 provider first and keep identity last only while migrating; then "
                 "kubeshield etcd rewrite",
-                file=where, evidence=f"providers for secrets: {names}",
+                file=where,
+                evidence=f"providers for secrets: {names}",
             )
-        )  # fmt: skip
+        )
     if any(p.kind == "aescbc" for p in providers):
         writes = first.kind == "aescbc"
         report.add(
             Finding(
-                "KS-ENC-004", "aescbc", "high" if writes else "low",
-                "aescbc " + ("writes Secrets" if writes else "is still listed for secrets")
+                "KS-ENC-004",
+                "aescbc",
+                "high" if writes else "low",
+                "aescbc "
+                + ("writes Secrets" if writes else "is still listed for secrets")
                 + ": unauthenticated CBC with a key in a file, deprecated by Kubernetes",
                 "Move to KMS v2 (kubeshield kms), rewrite stored values (kubeshield etcd rewrite), "
                 "then drop aescbc",
-                file=where, evidence=f"providers for secrets: {names}",
+                file=where,
+                evidence=f"providers for secrets: {names}",
             )
-        )  # fmt: skip
+        )
     if first.kind in ("aesgcm", "secretbox") or (first.kind == "kms" and first.api_version == "v1"):
         what = "KMS v1 (deprecated)" if first.kind == "kms" else f"{first.kind} with its key in a local file"
         report.add(
             Finding(
-                "KS-ENC-005", "not-kms-v2", "medium",
+                "KS-ENC-005",
+                "not-kms-v2",
+                "medium",
                 f"Secrets are written with {what}, not KMS v2",
                 "Use a KMS v2 provider (kubeshield kms serve) so the key never sits next to the apiserver",
-                file=where, evidence=f"first provider: {first.display_name}",
+                file=where,
+                evidence=f"first provider: {first.display_name}",
             )
-        )  # fmt: skip
+        )
 
 
 def _matches(rule: Mapping[str, Any], *, user: str, groups: Sequence[str], verb: str, namespace: str) -> bool:
@@ -129,22 +148,28 @@ def check_audit_policy(doc: Document, *, where: str, report: Report) -> None:
     if leaking:
         report.add(
             Finding(
-                "KS-AUDIT-002", "audit-secret-bodies", "high",
+                "KS-AUDIT-002",
+                "audit-secret-bodies",
+                "high",
                 "The audit policy writes Secret data into the audit log",
                 "Log secrets at Metadata: add `- level: Metadata` with resources "
                 '[{group: "", resources: ["secrets"]}] before any broader rule',
-                file=where, evidence=", ".join(f"{v}={levels[v]}" for v in leaking),
+                file=where,
+                evidence=", ".join(f"{v}={levels[v]}" for v in leaking),
             )
-        )  # fmt: skip
+        )
     if all(levels[v] == "None" for v in _READ):
         report.add(
             Finding(
-                "KS-AUDIT-003", "audit-secret-reads-off", "medium",
+                "KS-AUDIT-003",
+                "audit-secret-reads-off",
+                "medium",
                 "The audit policy does not log reads of Secrets: who read them is not recorded",
                 'Add `- level: Metadata` for resources [{group: "", resources: ["secrets"]}]',
-                file=where, evidence=", ".join(f"{v}={levels[v]}" for v in _READ),
+                file=where,
+                evidence=", ".join(f"{v}={levels[v]}" for v in _READ),
             )
-        )  # fmt: skip
+        )
 
 
 def _apiserver(inv: Inventory, doc: Document, report: Report) -> None:
@@ -156,31 +181,42 @@ def _apiserver(inv: Inventory, doc: Document, report: Report) -> None:
 
     def finding(fid: str, rule: str, severity: str, title: str, fix: str, evidence: str) -> Finding:
         return Finding(
-            fid, rule, severity, title, fix, file=where if as_file else None,
-            object=None if as_file else where, evidence=evidence,
-        )  # fmt: skip
+            fid,
+            rule,
+            severity,
+            title,
+            fix,
+            file=where if as_file else None,
+            object=None if as_file else where,
+            evidence=evidence,
+        )
 
     enc = flags.get("encryption-provider-config")
     if not enc:
         report.add(
             finding(
-                "KS-ENC-001", "no-encryption-config", "critical",
+                "KS-ENC-001",
+                "no-encryption-config",
+                "critical",
                 "kube-apiserver runs without --encryption-provider-config: Secrets are plaintext in etcd",
                 "Generate one (kubeshield kms encryption-config), set --encryption-provider-config, then "
                 "kubeshield etcd rewrite",
                 "no --encryption-provider-config flag",
             )
-        )  # fmt: skip
+        )
     else:
         if flags.get("encryption-provider-config-automatic-reload") != "true":
             report.add(
                 finding(
-                    "KS-ENC-006", "no-automatic-reload", "low",
-                    "--encryption-provider-config-automatic-reload is off: key changes need an apiserver restart",
+                    "KS-ENC-006",
+                    "no-automatic-reload",
+                    "low",
+                    "--encryption-provider-config-automatic-reload is off: key changes need an "
+                    "apiserver restart",
                     "Set --encryption-provider-config-automatic-reload=true",
                     "flag not set to true",
                 )
-            )  # fmt: skip
+            )
         path = inv.resolve(enc)
         config_doc = inv.document_at(inv.encryption_configs, path) if path is not None else None
         if config_doc is None:
@@ -191,22 +227,26 @@ def _apiserver(inv: Inventory, doc: Document, report: Report) -> None:
     if not policy:
         report.add(
             finding(
-                "KS-AUDIT-001", "no-audit-policy", "high",
+                "KS-AUDIT-001",
+                "no-audit-policy",
+                "high",
                 "kube-apiserver has no --audit-policy-file: Secret access is not audited",
                 "Set --audit-policy-file with a policy that logs secrets at Metadata, and --audit-log-path",
                 "no --audit-policy-file flag",
             )
-        )  # fmt: skip
+        )
     else:
         if not flags.get("audit-log-path") and not flags.get("audit-webhook-config-file"):
             report.add(
                 finding(
-                    "KS-AUDIT-004", "no-audit-backend", "medium",
+                    "KS-AUDIT-004",
+                    "no-audit-backend",
+                    "medium",
                     "An audit policy is set but no audit backend: nothing is written",
                     "Set --audit-log-path (and rotation flags) or --audit-webhook-config-file",
                     "no --audit-log-path or --audit-webhook-config-file",
                 )
-            )  # fmt: skip
+            )
         path = inv.resolve(policy)
         policy_doc = inv.document_at(inv.audit_policies, path) if path is not None else None
         if policy_doc is None:
@@ -254,29 +294,38 @@ def check_kubelets(inv: Inventory, report: Report) -> None:
         if anonymous.get("enabled") is True:
             report.add(
                 Finding(
-                    "KS-KUBELET-001", "kubelet-anonymous", "high",
+                    "KS-KUBELET-001",
+                    "kubelet-anonymous",
+                    "high",
                     "The kubelet accepts anonymous requests",
                     "Set authentication.anonymous.enabled: false and authentication.webhook.enabled: true",
-                    file=where, evidence="authentication.anonymous.enabled: true",
+                    file=where,
+                    evidence="authentication.anonymous.enabled: true",
                 )
-            )  # fmt: skip
+            )
         if authz.get("mode") == "AlwaysAllow":
             report.add(
                 Finding(
-                    "KS-KUBELET-002", "kubelet-always-allow", "critical",
+                    "KS-KUBELET-002",
+                    "kubelet-always-allow",
+                    "critical",
                     "The kubelet authorizes every request (AlwaysAllow): anyone who reaches it can exec "
                     "into pods and read their Secrets",
                     "Set authorization.mode: Webhook",
-                    file=where, evidence="authorization.mode: AlwaysAllow",
+                    file=where,
+                    evidence="authorization.mode: AlwaysAllow",
                 )
-            )  # fmt: skip
+            )
         port = cfg.get("readOnlyPort")
         if isinstance(port, int) and not isinstance(port, bool) and port > 0:
             report.add(
                 Finding(
-                    "KS-KUBELET-003", "kubelet-read-only-port", "medium",
+                    "KS-KUBELET-003",
+                    "kubelet-read-only-port",
+                    "medium",
                     "The kubelet serves its unauthenticated read-only port (pod specs, env names)",
                     "Set readOnlyPort: 0",
-                    file=where, evidence=f"readOnlyPort: {port}",
+                    file=where,
+                    evidence=f"readOnlyPort: {port}",
                 )
-            )  # fmt: skip
+            )

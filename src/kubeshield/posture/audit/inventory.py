@@ -23,7 +23,16 @@ from typing import Any
 
 from kubeshield.posture._docs import Document, iter_objects
 
-__all__ = ["SYSTEM_NAMESPACES", "Inventory", "apiserver_container", "container_flags", "from_objects", "load_inventory", "object_ref", "relay_container"]
+__all__ = [
+    "SYSTEM_NAMESPACES",
+    "Inventory",
+    "apiserver_container",
+    "container_flags",
+    "from_objects",
+    "load_inventory",
+    "object_ref",
+    "relay_container",
+]
 
 Obj = Mapping[str, Any]
 SYSTEM_NAMESPACES = frozenset({"kube-system", "kube-public", "kube-node-lease"})
@@ -33,7 +42,10 @@ def object_ref(obj: Obj) -> str:
     meta = obj.get("metadata") if isinstance(obj.get("metadata"), Mapping) else {}
     assert isinstance(meta, Mapping)
     ns = meta.get("namespace")
-    return f"{obj.get('kind', '?')} {ns + '/' if isinstance(ns, str) and ns else ''}{meta.get('name', '<unnamed>')}"
+    return (
+        f"{obj.get('kind', '?')} "
+        f"{ns + '/' if isinstance(ns, str) and ns else ''}{meta.get('name', '<unnamed>')}"
+    )
 
 
 def _argv(container: Mapping[str, Any]) -> list[str]:

@@ -39,12 +39,17 @@ def check_kms_plugins(sockets: Sequence[str], report: Report, *, timeout: float 
         except KubeshieldError as exc:
             report.add(
                 Finding(
-                    "KS-KS-001", "kms-plugin-unhealthy", "high",
-                    f"The kubeshield KMS plugin at {socket} is not healthy: kube-apiserver cannot encrypt new Secrets",
-                    "Check `kubeshield kms status --socket ...` and the plugin's /healthz; see docs/backends.md",
-                    object=f"KMS plugin {socket}", evidence=f"{type(exc).__name__}: {exc}",
+                    "KS-KS-001",
+                    "kms-plugin-unhealthy",
+                    "high",
+                    f"The kubeshield KMS plugin at {socket} is not healthy: kube-apiserver cannot "
+                    f"encrypt new Secrets",
+                    "Check `kubeshield kms status --socket ...` and the plugin's /healthz; see "
+                    "docs/backends.md",
+                    object=f"KMS plugin {socket}",
+                    evidence=f"{type(exc).__name__}: {exc}",
                 )
-            )  # fmt: skip
+            )
 
 
 def check_stored_secrets(snapshot: str, config: EncryptionConfiguration | None, report: Report) -> None:
@@ -57,7 +62,9 @@ def check_stored_secrets(snapshot: str, config: EncryptionConfiguration | None, 
     chains = ChainSet(config) if config is not None else None
     try:
         with SnapshotReader(snapshot) as source:
-            for record in audit(source, resources=("secrets",), config=config, chains=chains, summary=summary):
+            for record in audit(
+                source, resources=("secrets",), config=config, chains=chains, summary=summary
+            ):
                 if record.error:
                     report.errors.append(f"{snapshot}: {record.key}: {record.error}")
                 elif record.stale and record.format != "plaintext":  # plaintext is KS-ENC-010
@@ -71,21 +78,28 @@ def check_stored_secrets(snapshot: str, config: EncryptionConfiguration | None, 
     if summary.plaintext:
         report.add(
             Finding(
-                "KS-ENC-010", "plaintext-in-etcd", "critical",
+                "KS-ENC-010",
+                "plaintext-in-etcd",
+                "critical",
                 f"{summary.plaintext} Secrets are stored in plaintext in etcd",
-                "kubeshield etcd rewrite --to <kms provider> --yes, then check with kubeshield etcd audit --fail-on plaintext",
-                object=f"etcd snapshot {Path(snapshot).name}", evidence=f"{summary.plaintext} of {summary.total} Secrets",
+                "kubeshield etcd rewrite --to <kms provider> --yes, then check with kubeshield etcd "
+                "audit --fail-on plaintext",
+                object=f"etcd snapshot {Path(snapshot).name}",
+                evidence=f"{summary.plaintext} of {summary.total} Secrets",
             )
-        )  # fmt: skip
+        )
     for key, count in sorted(stale.items()):
         report.add(
             Finding(
-                "KS-KS-002", "stale-key", "medium",
+                "KS-KS-002",
+                "stale-key",
+                "medium",
                 f"{count} Secrets in etcd are stored under a stale key ({key})",
                 "kubeshield etcd rewrite --to <current provider> --yes, then retire the old key",
-                object=f"etcd snapshot {Path(snapshot).name}", evidence=f"{count} values under {key}",
+                object=f"etcd snapshot {Path(snapshot).name}",
+                evidence=f"{count} values under {key}",
             )
-        )  # fmt: skip
+        )
     if config is None:
         report.skipped.append(f"{snapshot}: no EncryptionConfiguration, so stale keys were not judged")
 
@@ -130,13 +144,20 @@ def check_certificates(
             severity, title = "high", f"The relay certificate {subject} expired on {expires:%Y-%m-%d}"
         elif expires - at <= timedelta(days=warn_days):
             days = (expires - at).days
-            severity, title = "medium", f"The relay certificate {subject} expires in {days} days ({expires:%Y-%m-%d})"
+            severity, title = (
+                "medium",
+                f"The relay certificate {subject} expires in {days} days ({expires:%Y-%m-%d})",
+            )
         else:
             continue
         report.add(
             Finding(
-                "KS-KS-003", "relay-cert-expiry", severity, title,
+                "KS-KS-003",
+                "relay-cert-expiry",
+                severity,
+                title,
                 "Renew it (cert-manager or your CA) and restart the relay/replicas; they reload on restart",
-                file=label(path), evidence=f"notAfter {expires.isoformat()}",
+                file=label(path),
+                evidence=f"notAfter {expires.isoformat()}",
             )
-        )  # fmt: skip
+        )

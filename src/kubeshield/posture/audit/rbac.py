@@ -67,7 +67,7 @@ def label_selector_matches(selector: Obj, labels: Mapping[str, str]) -> bool:
     for expr in _list(selector.get("matchExpressions")):
         if not isinstance(expr, Mapping):
             return False
-        key, op, values = expr.get("key"), expr.get("operator"), _list(expr.get("values"))
+        key, op, values = str(expr.get("key", "")), expr.get("operator"), _list(expr.get("values"))
         present = key in labels
         if op == "In" and not (present and labels[key] in values):
             return False
@@ -142,7 +142,9 @@ def grants(inv: Inventory, report: Report) -> Iterator[Grant]:
             ref_kind, ref_name = str(ref.get("kind", "")), str(ref.get("name", ""))
             if ref_kind == "ClusterRole":
                 if ref_name not in roles.cluster:
-                    report.errors.append(f"{label}: references ClusterRole {ref_name!r}, which does not exist")
+                    report.errors.append(
+                        f"{label}: references ClusterRole {ref_name!r}, which does not exist"
+                    )
                     continue
                 rules, role = roles.cluster_rules(ref_name), f"ClusterRole {ref_name}"
             elif ref_kind == "Role" and ns is not None:
@@ -178,13 +180,19 @@ def _secret_mounting_pods(inv: Inventory) -> dict[str, list[str]]:
                 mounts = True
             projected = v.get("projected")
             if isinstance(projected, Mapping) and any(
-                isinstance(s, Mapping) and s.get("secret") is not None for s in _list(projected.get("sources"))
+                isinstance(s, Mapping) and s.get("secret") is not None
+                for s in _list(projected.get("sources"))
             ):
                 mounts = True
         for c in _list(spec.get("containers")) + _list(spec.get("initContainers")):
             if not isinstance(c, Mapping):
                 continue
-            if any(isinstance(e, Mapping) and isinstance(e.get("valueFrom"), Mapping) and e["valueFrom"].get("secretKeyRef") for e in _list(c.get("env"))):
+            if any(
+                isinstance(e, Mapping)
+                and isinstance(e.get("valueFrom"), Mapping)
+                and e["valueFrom"].get("secretKeyRef")
+                for e in _list(c.get("env"))
+            ):
                 mounts = True
             if any(isinstance(e, Mapping) and e.get("secretRef") for e in _list(c.get("envFrom"))):
                 mounts = True
@@ -203,14 +211,20 @@ def check_rbac(inv: Inventory, report: Report) -> list[Grant]:
     mounting = _secret_mounting_pods(inv)
     reads: dict[tuple[str, str, str | None], list[tuple[Grant, list[str], bool]]] = defaultdict(list)
     for g in all_grants:
-        verbs = sorted({v for v in _READ for r in g.rules if rule_allows(r, verb=v, group="", resource="secrets")})
+        verbs = sorted(
+            {v for v in _READ for r in g.rules if rule_allows(r, verb=v, group="", resource="secrets")}
+        )
         if verbs:
             named_only = all(
-                _list(r.get("resourceNames")) for r in g.rules if any(rule_allows(r, verb=v, group="", resource="secrets") for v in verbs)
+                _list(r.get("resourceNames"))
+                for r in g.rules
+                if any(rule_allows(r, verb=v, group="", resource="secrets") for v in verbs)
             )
             reads[(g.subject_kind, g.subject, g.namespace)].append((g, verbs, named_only))
         _paths(g, mounting, report)
-    for (kind, subject, ns), entries in sorted(reads.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] or "")):
+    for (kind, subject, ns), entries in sorted(
+        reads.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] or "")
+    ):
         verbs = sorted({v for _, vs, _ in entries for v in vs})
         via = "; ".join(f"{g.binding} -> {g.role}" for g, _, _ in entries)
         named = all(n for _, _, n in entries)
@@ -221,7 +235,10 @@ def check_rbac(inv: Inventory, report: Report) -> list[Grant]:
         if default_sa:
             fid, severity = "KS-RBAC-002", "high"
             title = f"The default ServiceAccount {subject} can {'/'.join(verbs)} Secrets {scope}"
-            fix = "Bind the right to a dedicated ServiceAccount, not default; set automountServiceAccountToken: false on default"
+            fix = (
+                "Bind the right to a dedicated ServiceAccount, not default; set "
+                "automountServiceAccountToken: false on default"
+            )
         else:
             fid = "KS-RBAC-001"
             severity = "critical" if broad else ("high" if ns is None else "medium")
@@ -230,9 +247,14 @@ def check_rbac(inv: Inventory, report: Report) -> list[Grant]:
             title = f"{_subject_label(kind, subject)} can {'/'.join(verbs)} Secrets {scope}"
             if named:
                 title += " (named Secrets only)"
-            fix = "Grant Secret reads only to the workloads that need them, per namespace and by resourceNames; prefer get over list/watch"
+            fix = (
+                "Grant Secret reads only to the workloads that need them, per namespace and by "
+                "resourceNames; prefer get over list/watch"
+            )
         report.add(
-            Finding(fid, "secrets-read", severity, title, fix, object=_subject_label(kind, subject), evidence=via)
+            Finding(
+                fid, "secrets-read", severity, title, fix, object=_subject_label(kind, subject), evidence=via
+            )
         )
     return all_grants
 
@@ -253,12 +275,15 @@ def _paths(g: Grant, mounting: Mapping[str, Sequence[str]], report: Report) -> N
     if escalate:
         report.add(
             Finding(
-                "KS-RBAC-003", "rbac-escalate", "high",
+                "KS-RBAC-003",
+                "rbac-escalate",
+                "high",
                 f"{who} can {'/'.join(escalate)} roles {scope}: it can grant itself Secret access",
                 "Remove escalate/bind from the role; grant role management only to administrators",
-                object=who, evidence=via,
+                object=who,
+                evidence=via,
             )
-        )  # fmt: skip
+        )
     impersonate = sorted(
         {
             res
@@ -270,21 +295,35 @@ def _paths(g: Grant, mounting: Mapping[str, Sequence[str]], report: Report) -> N
     if impersonate:
         report.add(
             Finding(
-                "KS-RBAC-004", "rbac-impersonate", "high",
-                f"{who} can impersonate {', '.join(impersonate)} {scope}: it can act as anyone who reads Secrets",
+                "KS-RBAC-004",
+                "rbac-impersonate",
+                "high",
+                f"{who} can impersonate {', '.join(impersonate)} {scope}: it can act as anyone who "
+                f"reads Secrets",
                 "Remove impersonate, or limit it with resourceNames to the identities that are needed",
-                object=who, evidence=via,
+                object=who,
+                evidence=via,
             )
-        )  # fmt: skip
-    if any(rule_allows(r, verb=v, group="", resource="pods", subresource="exec") for r in g.rules for v in ("create", "get")):
-        namespaces = sorted(mounting) if g.namespace is None else [g.namespace] if g.namespace in mounting else []
+        )
+    if any(
+        rule_allows(r, verb=v, group="", resource="pods", subresource="exec")
+        for r in g.rules
+        for v in ("create", "get")
+    ):
+        namespaces = (
+            sorted(mounting) if g.namespace is None else [g.namespace] if g.namespace in mounting else []
+        )
         if namespaces:
             pods = [f"{ns}/{p}" for ns in namespaces for p in sorted(mounting[ns])][:5]
             report.add(
                 Finding(
-                    "KS-RBAC-005", "rbac-pods-exec", "medium",
+                    "KS-RBAC-005",
+                    "rbac-pods-exec",
+                    "medium",
                     f"{who} can exec into pods {scope} that mount Secrets ({', '.join(pods)})",
-                    "Drop pods/exec from the role, or move Secret-consuming pods to a namespace it cannot exec in",
-                    object=who, evidence=via,
+                    "Drop pods/exec from the role, or move Secret-consuming pods to a namespace it "
+                    "cannot exec in",
+                    object=who,
+                    evidence=via,
                 )
-            )  # fmt: skip
+            )

@@ -33,7 +33,17 @@ from kubeshield.posture.pss.api import LABEL_PREFIX, policy_from_labels
 __all__ = ["check_namespaces", "check_workloads"]
 
 Obj = Mapping[str, Any]
-_WORKLOAD_KINDS = ("Pod", "Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob", "ReplicaSet", "ReplicationController", "PodTemplate")  # fmt: skip
+_WORKLOAD_KINDS = (
+    "Pod",
+    "Deployment",
+    "StatefulSet",
+    "DaemonSet",
+    "Job",
+    "CronJob",
+    "ReplicaSet",
+    "ReplicationController",
+    "PodTemplate",
+)
 
 
 def _m(value: Any) -> Obj:
@@ -50,7 +60,9 @@ def _ns(obj: Obj) -> str:
 
 def _namespace_labels(inv: Inventory) -> dict[str, Mapping[str, str]]:
     return {
-        str(_m(ns.get("metadata")).get("name", "")): {str(k): str(v) for k, v in _m(_m(ns.get("metadata")).get("labels")).items()}
+        str(_m(ns.get("metadata")).get("name", "")): {
+            str(k): str(v) for k, v in _m(_m(ns.get("metadata")).get("labels")).items()
+        }
         for ns in inv.kind("Namespace")
     }
 
@@ -63,13 +75,16 @@ def check_namespaces(inv: Inventory, report: Report) -> None:
         if policy.enforce.level == "privileged":
             report.add(
                 Finding(
-                    "KS-PSA-001", "no-pod-security-enforce", "medium",
-                    f"Namespace {name} does not enforce Pod Security: privileged and hostPath pods are admitted",
+                    "KS-PSA-001",
+                    "no-pod-security-enforce",
+                    "medium",
+                    f"Namespace {name} does not enforce Pod Security: privileged and hostPath pods are "
+                    f"admitted",
                     f"kubectl label ns {name} {LABEL_PREFIX}enforce=baseline (or restricted)",
                     object=f"Namespace {name}",
                     evidence=f"{LABEL_PREFIX}enforce={labels.get(LABEL_PREFIX + 'enforce', '<unset>')}",
                 )
-            )  # fmt: skip
+            )
 
 
 def _top_level(obj: Obj) -> bool:
@@ -115,14 +130,16 @@ def _env_secrets(label: str, spec: Obj, report: Report) -> None:
         if refs:
             report.add(
                 Finding(
-                    "KS-WL-001", "secret-in-env", "medium",
+                    "KS-WL-001",
+                    "secret-in-env",
+                    "medium",
                     f"{label} container {c.get('name')} gets Secrets as environment variables",
                     "Mount the Secret as a read-only volume instead: environment variables leak into crash "
                     "dumps, child processes, /proc/<pid>/environ and logs",
                     object=f"{label} container {c.get('name')}",
                     evidence=", ".join(refs),
                 )
-            )  # fmt: skip
+            )
 
 
 def _unused_token(
@@ -139,12 +156,15 @@ def _unused_token(
         return
     report.add(
         Finding(
-            "KS-WL-002", "unused-token", "low",
+            "KS-WL-002",
+            "unused-token",
+            "low",
             f"{label} mounts a token for ServiceAccount {key}, which no RBAC binding grants anything",
             "Set automountServiceAccountToken: false on the pod (or the ServiceAccount)",
-            object=label, evidence=f"serviceAccountName={sa_name}, automountServiceAccountToken not false",
+            object=label,
+            evidence=f"serviceAccountName={sa_name}, automountServiceAccountToken not false",
         )
-    )  # fmt: skip
+    )
 
 
 def _pss(label: str, labels: Mapping[str, str], meta: Obj, spec: Obj, report: Report) -> None:
@@ -152,12 +172,15 @@ def _pss(label: str, labels: Mapping[str, str], meta: Obj, spec: Obj, report: Re
     if baseline:
         report.add(
             Finding(
-                "KS-PSS-001", "pss-baseline", "high",
+                "KS-PSS-001",
+                "pss-baseline",
+                "high",
                 f"{label} breaks Pod Security baseline",
                 "Fix the listed fields; then label the namespace pod-security.kubernetes.io/enforce=baseline",
-                object=label, evidence=aggregate_detail(baseline),
+                object=label,
+                evidence=aggregate_detail(baseline),
             )
-        )  # fmt: skip
+        )
     policy = policy_from_labels(labels)
     wanted = [lv for lv in (policy.enforce, policy.audit, policy.warn) if lv.level == "restricted"]
     if wanted:
@@ -166,17 +189,22 @@ def _pss(label: str, labels: Mapping[str, str], meta: Obj, spec: Obj, report: Re
         if extra:
             report.add(
                 Finding(
-                    "KS-PSS-002", "pss-restricted", "medium",
+                    "KS-PSS-002",
+                    "pss-restricted",
+                    "medium",
                     f"{label} breaks Pod Security restricted, which its namespace asks for",
                     "Set the restricted securityContext fields listed",
-                    object=label, evidence=aggregate_detail(extra),
+                    object=label,
+                    evidence=aggregate_detail(extra),
                 )
-            )  # fmt: skip
+            )
 
 
 def _dangerous(spec: Obj) -> list[str]:
     why = []
-    containers = _l(spec.get("initContainers")) + _l(spec.get("containers")) + _l(spec.get("ephemeralContainers"))
+    containers = (
+        _l(spec.get("initContainers")) + _l(spec.get("containers")) + _l(spec.get("ephemeralContainers"))
+    )
     if any(_m(_m(c).get("securityContext")).get("privileged") is True for c in containers):
         why.append("privileged")
     if any(_m(v).get("hostPath") is not None for v in _l(spec.get("volumes"))):
@@ -204,10 +232,14 @@ def _shared_nodes(inv: Inventory, report: Report) -> None:
         if why and others:
             report.add(
                 Finding(
-                    "KS-WL-003", "dangerous-pod-shares-node", "critical",
+                    "KS-WL-003",
+                    "dangerous-pod-shares-node",
+                    "critical",
                     f"{object_ref(pod)} is {'/'.join(why)} on node {node}, which runs pods of namespaces "
                     f"{', '.join(others)}: it can read their Secrets from the node",
-                    "Remove privileged/hostPath, or pin such pods to dedicated nodes (taints and a nodeSelector)",
-                    object=object_ref(pod), evidence=f"node {node}: {', '.join(why)}",
+                    "Remove privileged/hostPath, or pin such pods to dedicated nodes (taints and a "
+                    "nodeSelector)",
+                    object=object_ref(pod),
+                    evidence=f"node {node}: {', '.join(why)}",
                 )
-            )  # fmt: skip
+            )

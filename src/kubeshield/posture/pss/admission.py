@@ -91,7 +91,7 @@ class StaticNamespaces:
 class AdmissionConfig:
     """PodSecurityConfiguration: defaults for unlabelled namespaces, and exemptions."""
 
-    defaults: Policy = Policy()
+    defaults: Policy = field(default_factory=Policy)
     exempt_usernames: frozenset[str] = frozenset()
     exempt_namespaces: frozenset[str] = frozenset()
     exempt_runtime_classes: frozenset[str] = frozenset()
@@ -166,12 +166,12 @@ class Admission:
         self,
         *,
         namespaces: NamespaceLookup,
-        config: AdmissionConfig = AdmissionConfig(),
+        config: AdmissionConfig | None = None,
         pss: Evaluator | None = None,
         log: Callable[[str], None] = lambda _msg: None,
     ) -> None:
         self._namespaces = namespaces
-        self._config = config
+        self._config = config or AdmissionConfig()
         self._pss = pss or evaluator()
         self._log = log
 

@@ -135,10 +135,21 @@ def privileged_1_0(meta: Obj, spec: Obj) -> tuple[str, str] | None:
 
 _CAPABILITIES_BASELINE = frozenset(
     {
-        "AUDIT_WRITE", "CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "MKNOD", "NET_BIND_SERVICE",
-        "SETFCAP", "SETGID", "SETPCAP", "SETUID", "SYS_CHROOT",
+        "AUDIT_WRITE",
+        "CHOWN",
+        "DAC_OVERRIDE",
+        "FOWNER",
+        "FSETID",
+        "KILL",
+        "MKNOD",
+        "NET_BIND_SERVICE",
+        "SETFCAP",
+        "SETGID",
+        "SETPCAP",
+        "SETUID",
+        "SYS_CHROOT",
     }
-)  # fmt: skip
+)
 
 
 def capabilities_baseline_1_0(meta: Obj, spec: Obj) -> tuple[str, str] | None:
@@ -158,7 +169,8 @@ def capabilities_baseline_1_0(meta: Obj, spec: Obj) -> tuple[str, str] | None:
     if bad:
         return (
             "non-default capabilities",
-            f"{_containers(bad)} must not include {join_quote(sorted(caps))} in securityContext.capabilities.add",
+            f"{_containers(bad)} must not include {join_quote(sorted(caps))} in "
+            f"securityContext.capabilities.add",
         )
     return None
 
@@ -375,22 +387,28 @@ def seccomp_profile_baseline_1_19(meta: Obj, spec: Obj) -> tuple[str, str] | Non
     setters, values, _, _ = _seccomp_explicit(spec)
     if setters:
         return "seccompProfile", (
-            f"{' and '.join(setters)} must not set securityContext.seccompProfile.type to {join_quote(sorted(values))}"
+            f"{' and '.join(setters)} must not set securityContext.seccompProfile.type to "
+            f"{join_quote(sorted(values))}"
         )
     return None
 
 
 _SYSCTLS_1_0 = frozenset(
     {
-        "kernel.shm_rmid_forced", "net.ipv4.ip_local_port_range", "net.ipv4.tcp_syncookies",
-        "net.ipv4.ping_group_range", "net.ipv4.ip_unprivileged_port_start",
+        "kernel.shm_rmid_forced",
+        "net.ipv4.ip_local_port_range",
+        "net.ipv4.tcp_syncookies",
+        "net.ipv4.ping_group_range",
+        "net.ipv4.ip_unprivileged_port_start",
     }
-)  # fmt: skip
+)
 _SYSCTLS_1_27 = _SYSCTLS_1_0 | {"net.ipv4.ip_local_reserved_ports"}
 _SYSCTLS_1_29 = _SYSCTLS_1_27 | {
-    "net.ipv4.tcp_keepalive_time", "net.ipv4.tcp_fin_timeout", "net.ipv4.tcp_keepalive_intvl",
+    "net.ipv4.tcp_keepalive_time",
+    "net.ipv4.tcp_fin_timeout",
+    "net.ipv4.tcp_keepalive_intvl",
     "net.ipv4.tcp_keepalive_probes",
-}  # fmt: skip
+}
 _SYSCTLS_1_32 = _SYSCTLS_1_29 | {"net.ipv4.tcp_rmem", "net.ipv4.tcp_wmem"}
 _SYSCTLS_1_37 = _SYSCTLS_1_32 | {"net.ipv4.tcp_slow_start_after_idle", "net.ipv4.tcp_notsent_lowat"}
 
@@ -452,23 +470,48 @@ def host_probes_and_host_lifecycle_1_34(meta: Obj, spec: Obj) -> tuple[str, str]
         return "probe or lifecycle host", (
             f"{pluralize('container', 'containers', len(bad))} {join_quote(sorted(bad))} "
             f"{pluralize('uses', 'use', len(bad))} "
-            f"{pluralize('probe or lifecycle host', 'probe or lifecycle hosts', len(hosts))} {join_quote(sorted(hosts))}"
+            f"{pluralize('probe or lifecycle host', 'probe or lifecycle hosts', len(hosts))} "
+            f"{join_quote(sorted(hosts))}"
         )
     return None
 
 
 # -- restricted -------------------------------------------------------------------------------------------
 
-_ALLOWED_VOLUMES = ("configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "image", "persistentVolumeClaim", "projected", "secret")  # fmt: skip
+_ALLOWED_VOLUMES = (
+    "configMap",
+    "csi",
+    "downwardAPI",
+    "emptyDir",
+    "ephemeral",
+    "image",
+    "persistentVolumeClaim",
+    "projected",
+    "secret",
+)
 _RESTRICTED_VOLUMES = (
-    ("hostPath", "hostPath"), ("gcePersistentDisk", "gcePersistentDisk"),
-    ("awsElasticBlockStore", "awsElasticBlockStore"), ("gitRepo", "gitRepo"), ("nfs", "nfs"),
-    ("iscsi", "iscsi"), ("glusterfs", "glusterfs"), ("rbd", "rbd"), ("flexVolume", "flexVolume"),
-    ("cinder", "cinder"), ("cephfs", "cephfs"), ("flocker", "flocker"), ("fc", "fc"),
-    ("azureFile", "azureFile"), ("vsphereVolume", "vsphereVolume"), ("quobyte", "quobyte"),
-    ("azureDisk", "azureDisk"), ("photonPersistentDisk", "photonPersistentDisk"),
-    ("portworxVolume", "portworxVolume"), ("scaleIO", "scaleIO"), ("storageos", "storageos"),
-)  # fmt: skip
+    ("hostPath", "hostPath"),
+    ("gcePersistentDisk", "gcePersistentDisk"),
+    ("awsElasticBlockStore", "awsElasticBlockStore"),
+    ("gitRepo", "gitRepo"),
+    ("nfs", "nfs"),
+    ("iscsi", "iscsi"),
+    ("glusterfs", "glusterfs"),
+    ("rbd", "rbd"),
+    ("flexVolume", "flexVolume"),
+    ("cinder", "cinder"),
+    ("cephfs", "cephfs"),
+    ("flocker", "flocker"),
+    ("fc", "fc"),
+    ("azureFile", "azureFile"),
+    ("vsphereVolume", "vsphereVolume"),
+    ("quobyte", "quobyte"),
+    ("azureDisk", "azureDisk"),
+    ("photonPersistentDisk", "photonPersistentDisk"),
+    ("portworxVolume", "portworxVolume"),
+    ("scaleIO", "scaleIO"),
+    ("storageos", "storageos"),
+)
 
 
 def restricted_volumes_1_0(meta: Obj, spec: Obj) -> tuple[str, str] | None:
@@ -487,8 +530,10 @@ def restricted_volumes_1_0(meta: Obj, spec: Obj) -> tuple[str, str] | None:
         )
     if bad:
         return "restricted volume types", (
-            f"{pluralize('volume', 'volumes', len(bad))} {join_quote(bad)} {pluralize('uses', 'use', len(bad))} "
-            f"{pluralize('restricted volume type', 'restricted volume types', len(kinds))} {join_quote(sorted(kinds))}"
+            f"{pluralize('volume', 'volumes', len(bad))} {join_quote(bad)} "
+            f"{pluralize('uses', 'use', len(bad))} "
+            f"{pluralize('restricted volume type', 'restricted volume types', len(kinds))} "
+            f"{join_quote(sorted(kinds))}"
         )
     return None
 
@@ -575,12 +620,14 @@ def seccomp_profile_restricted_1_19(meta: Obj, spec: Obj) -> tuple[str, str] | N
     setters, values, pod_set, unset = _seccomp_explicit(spec)
     if setters:
         return "seccompProfile", (
-            f"{' and '.join(setters)} must not set securityContext.seccompProfile.type to {join_quote(sorted(values))}"
+            f"{' and '.join(setters)} must not set securityContext.seccompProfile.type to "
+            f"{join_quote(sorted(values))}"
         )
     implicit = [] if pod_set else unset
     if implicit:
         return "seccompProfile", (
-            f'pod or {_containers(implicit)} must set securityContext.seccompProfile.type to "RuntimeDefault" or "Localhost"'
+            f"pod or {_containers(implicit)} must set securityContext.seccompProfile.type to "
+            f'"RuntimeDefault" or "Localhost"'
         )
     return None
 
@@ -608,7 +655,8 @@ def capabilities_restricted_1_22(meta: Obj, spec: Obj) -> tuple[str, str] | None
         details.append(f'{_containers(missing_drop)} must set securityContext.capabilities.drop=["ALL"]')
     if adding:
         details.append(
-            f"{_containers(adding)} must not include {join_quote(sorted(caps))} in securityContext.capabilities.add"
+            f"{_containers(adding)} must not include {join_quote(sorted(caps))} in "
+            f"securityContext.capabilities.add"
         )
     return ("unrestricted capabilities", "; ".join(details)) if details else None
 

@@ -172,7 +172,12 @@ class _Server(ThreadingHTTPServer):
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A failed handshake or a dropped connection: one log line, no traceback."""
         exc = sys.exc_info()[1]
-        json_log("connection failed", client=str(client_address[0]), error=type(exc).__name__, reason=str(exc)[:200])
+        json_log(
+            "connection failed",
+            client=str(client_address[0]),
+            error=type(exc).__name__,
+            reason=str(exc)[:200],
+        )
 
 
 class WebhookServer:

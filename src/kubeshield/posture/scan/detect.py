@@ -50,7 +50,7 @@ class Detector:
 
     def scan(self, data: bytes, path: str, *, commit: str | None = None) -> Iterator[Hit]:
         for rule in self._path_only:
-            if rule.path.search(path.encode("utf-8", "surrogateescape")):
+            if rule.path is not None and rule.path.search(path.encode("utf-8", "surrogateescape")):
                 yield Hit(rule, 0, b"", b"")
         matched = self._set.Match(data)
         if not matched:
@@ -68,6 +68,7 @@ class Detector:
             yield from self._matches(rule, data, path, commit)
 
     def _matches(self, rule: Rule, data: bytes, path: str, commit: str | None) -> Iterator[Hit]:
+        assert rule.regex is not None
         for m in rule.regex.finditer(data):
             secret = m.group(rule.secret_group) if rule.secret_group else m.group(0)
             if secret is None:

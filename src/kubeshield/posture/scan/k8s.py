@@ -259,7 +259,9 @@ def _sops(doc: Mapping[str, Any], lines: list[str], start: int) -> Iterator[K8sH
             id="KS-SCAN-SOPS-PLAINTEXT",
             rule="sops-plaintext",
             severity="critical",
-            title="file carries SOPS metadata but no encrypted value: it was decrypted in place and committed",
+            title=(
+                "file carries SOPS metadata but no encrypted value: it was decrypted in place and committed"
+            ),
             fix="Rotate every value in it, then commit only the encrypted file (sops encrypt)",
             line=start + 1,
             secret="sops-plaintext:" + "|".join(sorted(strings))[:4096],
@@ -308,8 +310,8 @@ def _sealed(doc: Mapping[str, Any], path: str, lines: list[str], start: int, roo
         rule="sealedsecret-namespace",
         severity="medium",
         title=f"{_ref(doc)} was sealed for namespace {sealed_ns!r} but its overlay deploys to {overlay[0]!r}",
-        fix="Seal it again for the overlay's namespace (kubeshield seal --namespace ...); if it was copied from "
-        "another environment, that environment's secret is now in this overlay",
+        fix="Seal it again for the overlay's namespace (kubeshield seal --namespace ...); if it was "
+        "copied from another environment, that environment's secret is now in this overlay",
         line=_find_line(lines, sealed_ns, start, key="namespace"),
         secret=f"{sealed_ns}->{overlay[0]}",
         shown="",

@@ -206,10 +206,30 @@ def load_rules(path: str | Path, *, _seen: tuple[Path, ...] = ()) -> RuleSet:
 # -- defaults -----------------------------------------------------------------------------------------------
 
 _GENERIC_STOPWORDS = (
-    "example", "sample", "placeholder", "changeme", "dummy", "redacted", "xxxxxx", "your_", "<", "${", "{{",
-    "secretref", "secretkeyref", "valuefrom", "getenv", "environ", "process.env", "os.getenv", "password:",
-    "true", "false", "null", "none",
-)  # fmt: skip
+    "example",
+    "sample",
+    "placeholder",
+    "changeme",
+    "dummy",
+    "redacted",
+    "xxxxxx",
+    "your_",
+    "<",
+    "${",
+    "{{",
+    "secretref",
+    "secretkeyref",
+    "valuefrom",
+    "getenv",
+    "environ",
+    "process.env",
+    "os.getenv",
+    "password:",
+    "true",
+    "false",
+    "null",
+    "none",
+)
 
 
 def _default(
@@ -224,7 +244,7 @@ def _default(
     stopwords: Sequence[str] = (),
     allow_regexes: Sequence[str] = (),
 ) -> Rule:
-    allow = ()
+    allow: tuple[Allowlist, ...] = ()
     if stopwords or allow_regexes:
         allow = (
             Allowlist(
@@ -301,7 +321,8 @@ DEFAULT_RULES = RuleSet(
         _default(
             "private-key",
             "Private key",
-            r"(-----BEGIN[ A-Z0-9_-]{0,100}PRIVATE KEY(?: BLOCK)?-----[\s\S]{64,}?-----END[ A-Z0-9_-]{0,100}PRIVATE KEY(?: BLOCK)?-----)",
+            r"(-----BEGIN[ A-Z0-9_-]{0,100}PRIVATE KEY(?: BLOCK)?-----[\s\S]{64,}?-----END[ "
+            r"A-Z0-9_-]{0,100}PRIVATE KEY(?: BLOCK)?-----)",
             keywords=("private key",),
             group=1,
             severity="critical",

@@ -114,9 +114,9 @@ class Scanner:
             except UnicodeDecodeError:
                 text = None
             if text is not None:
-                for hit in scan_kubernetes(where, text, root=root, helm_template=_is_helm_template(path)):
-                    out.append(self._from_k8s(hit, where, commit=commit))
-                    k8s_lines.add(hit.line)
+                for k8s in scan_kubernetes(where, text, root=root, helm_template=_is_helm_template(path)):
+                    out.append(self._from_k8s(k8s, where, commit=commit))
+                    k8s_lines.add(k8s.line)
         hits = [h for h in self.detector.scan(data, where, commit=commit) if h.line not in k8s_lines]
         specific = [h for h in hits if "generic" not in h.rule.id]
         for hit in hits:
