@@ -71,8 +71,13 @@ class Check:
 _EMPTY: Obj = {}
 
 
+def _is_map(value: Any) -> bool:
+    # ``type(x) is dict`` first: decoded JSON/YAML is plain dicts, and ABC checks are slow
+    return type(value) is dict or isinstance(value, Mapping)
+
+
 def _m(value: Any) -> Obj:
-    return value if isinstance(value, Mapping) else _EMPTY
+    return value if _is_map(value) else _EMPTY
 
 
 def _seq(value: Any) -> Sequence[Any]:
@@ -87,18 +92,18 @@ def visit_containers(spec: Obj) -> Iterator[Obj]:
     """Init containers, containers, then ephemeral containers (upstream's visitContainers)."""
     for key in ("initContainers", "containers", "ephemeralContainers"):
         for c in _seq(spec.get(key)):
-            if isinstance(c, Mapping):
+            if _is_map(c):
                 yield c
 
 
 def _sc(container: Obj) -> Obj | None:
     sc = container.get("securityContext")
-    return sc if isinstance(sc, Mapping) else None
+    return sc if _is_map(sc) else None
 
 
 def _pod_sc(spec: Obj) -> Obj | None:
     sc = spec.get("securityContext")
-    return sc if isinstance(sc, Mapping) else None
+    return sc if _is_map(sc) else None
 
 
 def _name(container: Obj) -> str:
@@ -157,7 +162,7 @@ def capabilities_baseline_1_0(meta: Obj, spec: Obj) -> tuple[str, str] | None:
     caps: set[str] = set()
     for c in visit_containers(spec):
         capabilities = _m(_sc(c)).get("capabilities")
-        if not isinstance(capabilities, Mapping):
+        if not _is_map(capabilities):
             continue
         valid = True
         for cap in _seq(capabilities.get("add")):
@@ -177,9 +182,7 @@ def capabilities_baseline_1_0(meta: Obj, spec: Obj) -> tuple[str, str] | None:
 
 def host_path_volumes_1_0(meta: Obj, spec: Obj) -> tuple[str, str] | None:
     bad = [
-        _s(v.get("name"))
-        for v in _seq(spec.get("volumes"))
-        if isinstance(v, Mapping) and v.get("hostPath") is not None
+        _s(v.get("name")) for v in _seq(spec.get("volumes")) if _is_map(v) and v.get("hostPath") is not None
     ]
     if bad:
         return "hostPath volumes", f"{pluralize('volume', 'volumes', len(bad))} {join_quote(bad)}"
@@ -221,13 +224,13 @@ def app_armor_profile_1_0(meta: Obj, spec: Obj) -> tuple[str, str] | None:
     setters: list[str] = []
     values: set[str] = set()
     pod_profile = _m(_pod_sc(spec)).get("appArmorProfile")
-    if isinstance(pod_profile, Mapping) and not _apparmor_type_ok(pod_profile):
+    if _is_map(pod_profile) and not _apparmor_type_ok(pod_profile):
         setters.append("pod")
         values.add(_s(pod_profile.get("type")))
     bad: list[str] = []
     for c in visit_containers(spec):
         profile = _m(_sc(c)).get("appArmorProfile")
-        if isinstance(profile, Mapping) and not _apparmor_type_ok(profile):
+        if _is_map(profile) and not _apparmor_type_ok(profile):
             bad.append(_name(c))
             values.add(_s(profile.get("type")))
     if bad:
@@ -273,12 +276,12 @@ def _se_linux(allowed: frozenset[str]) -> CheckFn:
 
         setters: list[str] = []
         pod_opts = _m(_pod_sc(spec)).get("seLinuxOptions")
-        if isinstance(pod_opts, Mapping) and not valid(pod_opts):
+        if _is_map(pod_opts) and not valid(pod_opts):
             setters.append("pod")
         bad: list[str] = []
         for c in visit_containers(spec):
             opts = _m(_sc(c)).get("seLinuxOptions")
-            if isinstance(opts, Mapping) and not valid(opts):
+            if _is_map(opts) and not valid(opts):
                 bad.append(_name(c))
         if bad:
             setters.append(_containers(bad))
@@ -362,7 +365,7 @@ def _seccomp_explicit(spec: Obj) -> tuple[list[str], set[str], bool, list[str]]:
     values: set[str] = set()
     pod_set = False
     pod_profile = _m(_pod_sc(spec)).get("seccompProfile")
-    if isinstance(pod_profile, Mapping):
+    if _is_map(pod_profile):
         if _seccomp_type_ok(pod_profile):
             pod_set = True
         else:
@@ -372,7 +375,7 @@ def _seccomp_explicit(spec: Obj) -> tuple[list[str], set[str], bool, list[str]]:
     unset: list[str] = []
     for c in visit_containers(spec):
         profile = _m(_sc(c)).get("seccompProfile")
-        if isinstance(profile, Mapping):
+        if _is_map(profile):
             if not _seccomp_type_ok(profile):
                 explicit.append(_name(c))
                 values.add(_s(profile.get("type")))
@@ -445,11 +448,16 @@ def windows_host_process_1_0(meta: Obj, spec: Obj) -> tuple[str, str] | None:
 
 
 def _hosts(handler: Any) -> list[str]:
+    if handler is None:
+        return []
     hosts = []
+    handler = _m(handler)
     for key in ("httpGet", "tcpSocket"):
-        host = _s(_m(_m(handler).get(key)).get("host"))
-        if host:
-            hosts.append(host)
+        action = handler.get(key)
+        if action is not None:
+            host = _s(_m(action).get("host"))
+            if host:
+                hosts.append(host)
     return hosts
 
 
@@ -518,7 +526,7 @@ def restricted_volumes_1_0(meta: Obj, spec: Obj) -> tuple[str, str] | None:
     bad: list[str] = []
     kinds: set[str] = set()
     for volume in _seq(spec.get("volumes")):
-        if not isinstance(volume, Mapping):
+        if not _is_map(volume):
             continue
         if any(volume.get(k) is not None for k in _ALLOWED_VOLUMES):
             continue
@@ -638,7 +646,7 @@ def capabilities_restricted_1_22(meta: Obj, spec: Obj) -> tuple[str, str] | None
     caps: set[str] = set()
     for c in visit_containers(spec):
         capabilities = _m(_sc(c)).get("capabilities")
-        if not isinstance(capabilities, Mapping):
+        if not _is_map(capabilities):
             missing_drop.append(_name(c))
             continue
         if "ALL" not in [_s(x) for x in _seq(capabilities.get("drop"))]:

@@ -147,7 +147,7 @@ def _check(value: Any, schema: Any, path: str, label: str) -> None:
     if value is None:
         return
     if isinstance(schema, dict):
-        if not isinstance(value, Mapping):
+        if type(value) is not dict and not isinstance(value, Mapping):
             raise InvalidObject(f"{label}: {path} must be {_MAP}")
         for key, sub in schema.items():
             if key in value:
