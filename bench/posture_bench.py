@@ -121,10 +121,20 @@ def bench_scan(n: int, runs: int) -> float:
         found = len(json.loads(ours.stdout)["findings"])
         report = tmp / "gitleaks.json"
         theirs_t, theirs = _best(
-            [_gitleaks(), "dir", str(tree), "--no-banner", "--log-level", "error", "--report-format", "json",
-             "--report-path", str(report)],
+            [
+                _gitleaks(),
+                "dir",
+                str(tree),
+                "--no-banner",
+                "--log-level",
+                "error",
+                "--report-format",
+                "json",
+                "--report-path",
+                str(report),
+            ],
             runs,
-        )  # fmt: skip
+        )
         if theirs.returncode not in (0, 1):
             raise SystemExit(f"gitleaks failed: {theirs.stderr[-2000:]}")
         their_found = len(json.loads(report.read_text()))
@@ -139,9 +149,8 @@ def bench_scan(n: int, runs: int) -> float:
     ):
         print(f"{name:<22}{t:>9.2f}{mib / t:>9.1f}{n / t:>10.0f}{count:>10}")
     ratio = ours_t / theirs_t
-    print(
-        f"ratio kubeshield/gitleaks wall time: {ratio:.2f} (goal <= 3.00: {'met' if ratio <= 3 else 'NOT met'})"
-    )
+    verdict = "met" if ratio <= 3 else "NOT met"
+    print(f"ratio kubeshield/gitleaks wall time: {ratio:.2f} (goal <= 3.00: {verdict})")
     return ratio
 
 
@@ -155,18 +164,37 @@ POD = {
             "spec": {
                 "serviceAccountName": "web",
                 "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
-                "initContainers": [{"name": "migrate", "image": "app:1", "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}}],
+                "initContainers": [
+                    {
+                        "name": "migrate",
+                        "image": "app:1",
+                        "securityContext": {
+                            "allowPrivilegeEscalation": False,
+                            "capabilities": {"drop": ["ALL"]},
+                        },
+                    }
+                ],
                 "containers": [
-                    {"name": n, "image": "app:1", "ports": [{"containerPort": 8080}],
-                     "livenessProbe": {"httpGet": {"path": "/healthz", "port": 8080}},
-                     "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}}
+                    {
+                        "name": n,
+                        "image": "app:1",
+                        "ports": [{"containerPort": 8080}],
+                        "livenessProbe": {"httpGet": {"path": "/healthz", "port": 8080}},
+                        "securityContext": {
+                            "allowPrivilegeEscalation": False,
+                            "capabilities": {"drop": ["ALL"]},
+                        },
+                    }
                     for n in ("app", "sidecar")
                 ],
-                "volumes": [{"name": "cfg", "configMap": {"name": "web"}}, {"name": "tls", "secret": {"secretName": "web-tls"}}],
+                "volumes": [
+                    {"name": "cfg", "configMap": {"name": "web"}},
+                    {"name": "tls", "secret": {"secretName": "web-tls"}},
+                ],
             },
         }
     },
-}  # fmt: skip
+}
 
 
 def _rate(fn, seconds: float) -> float:

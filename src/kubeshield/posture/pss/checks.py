@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 from kubeshield.posture.pss._text import go_quote, join_quote, pluralize
 
@@ -71,7 +71,7 @@ class Check:
 _EMPTY: Obj = {}
 
 
-def _is_map(value: Any) -> bool:
+def _is_map(value: Any) -> TypeGuard[Obj]:
     # ``type(x) is dict`` first: decoded JSON/YAML is plain dicts, and ABC checks are slow
     return type(value) is dict or isinstance(value, Mapping)
 
