@@ -317,7 +317,15 @@ def scan_cmd(paths: tuple[str, ...], **params: Any) -> int:
       kubeshield posture scan . --git-history -o sarif > scan.sarif
       kubeshield posture scan . --config .gitleaks.toml --baseline .kubeshield-baseline.json
     """
-    from kubeshield.posture.scan import ScanOptions, load_baseline, scan, write_baseline
+    try:
+        from kubeshield.posture.scan import ScanOptions, load_baseline, scan, write_baseline
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("re2", "pygit2"):
+            raise
+        raise CLIError(
+            f"the repository scan needs {exc.name} (RE2 rule semantics, Git history): "
+            "pip install 'kubeshield[posture]'"
+        ) from None
 
     try:
         options = ScanOptions(

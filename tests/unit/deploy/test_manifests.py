@@ -154,7 +154,9 @@ def test_pss_webhook_manifests_validate_pass_restricted_and_call_real_flags(tmp_
     deployment = kinds["Deployment"]
     ref = extract_pod(deployment)
     assert ref is not None
-    assert evaluate(LevelVersion("restricted", LATEST), ref.metadata, ref.spec) == []  # it runs restricted itself
+    assert (
+        evaluate(LevelVersion("restricted", LATEST), ref.metadata, ref.spec) == []
+    )  # it runs restricted itself
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert container["command"] == ["kubeshield", "posture", "pss", "webhook"]
     help_text = CliRunner().invoke(cli, ["posture", "pss", "webhook", "--help"]).output
