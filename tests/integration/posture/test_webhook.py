@@ -244,3 +244,20 @@ def test_cli_server_process(tmp_path: Path, pki: dict[str, Any]) -> None:
                 stream.close()
     assert code == 0, logs
     assert '"allowed": false' in logs and "privileged" not in logs  # decisions logged, objects never
+
+
+def test_an_internal_failure_is_answered_500_without_details(pki: dict[str, Any]) -> None:
+    class Broken:
+        def labels(self, name: str) -> Any:
+            raise RuntimeError("secret-looking detail")
+
+    admission = Admission(namespaces=Broken())
+    server = WebhookServer(
+        admission, host="127.0.0.1", port=0, cert=pki["server"].cert, key=pki["server"].key
+    )
+    server.start()
+    try:
+        status, body = post(server, json.dumps(review()).encode(), _context(pki["ca"]))
+        assert status == 500 and body == {"error": "internal error"}
+    finally:
+        server.stop()

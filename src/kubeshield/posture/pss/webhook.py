@@ -150,6 +150,10 @@ class _Handler(BaseHTTPRequestHandler):
             json_log("admission request refused", error=str(exc))
             self._error(400, str(exc))
             return
+        except Exception as exc:  # a bug: answer, so the apiserver applies failurePolicy at once
+            json_log("admission failed", error=type(exc).__name__)
+            self._error(500, "internal error")
+            return
         response = answer["response"]
         request = review["request"]
         resource = request.get("resource") if isinstance(request.get("resource"), Mapping) else {}
