@@ -4,7 +4,7 @@ Everything is a ``kubeshield`` subprocess started exactly as an operator would (
 
 * ``local``:   ``kubeshield kms serve --keyring K0 --socket DIR/local.sock``
 * ``replica-i`` (i = 0, 1, 2): ``kubeshield kms serve --keyring Ki --listen tcp://127.0.0.1:0
-  --tls-cert --tls-key --client-ca --allow relay.kubeshield.bench``; the port the replica bound is read
+  --tls-cert --tls-key --client-ca --allow dns:relay.kubeshield.bench``; the port the replica bound is read
   from its startup line.
 * ``relay``:   ``kubeshield kms relay --socket DIR/relay.sock --upstream https://127.0.0.1:P0,...
   --tls-cert --tls-key --ca``.
@@ -203,7 +203,7 @@ def fleet(*, replicas: int = 3, start_bound: float = 60.0) -> Iterator[Fleet]:
                     "--client-ca",
                     str(ca.path),
                     "--allow",
-                    RELAY_ID,
+                    f"dns:{RELAY_ID}",
                     "--health-addr",
                     "",
                 ],

@@ -31,6 +31,7 @@ _T = TypeVar("_T")
 
 __all__ = [
     "KUBESHIELD",
+    "RELAY_ALLOW",
     "Certs",
     "GrpcUpstream",
     "Proc",
@@ -43,6 +44,7 @@ __all__ = [
 
 KUBESHIELD = str(Path(sys.executable).parent / "kubeshield")
 RELAY_ID = "relay.kubeshield.test"
+RELAY_ALLOW = f"dns:{RELAY_ID}"  # the allow-list entry that names the relay's DNS SAN
 
 
 @dataclass(frozen=True)
@@ -89,7 +91,7 @@ class Replica:
 
 
 def start_replica(
-    keyring: Path, certs: Certs, *, allow: tuple[str, ...] = (RELAY_ID,), server: Issued | None = None
+    keyring: Path, certs: Certs, *, allow: tuple[str, ...] = (RELAY_ALLOW,), server: Issued | None = None
 ) -> Replica:
     backend = LocalKeyBackend(path=keyring)
     service = KMSService(backend, refresh_interval=0.1, health_interval=0.5)
@@ -164,7 +166,7 @@ def replica_args(
     args = [
         "kms", "serve", "--keyring", str(keyring), "--passphrase-file", str(passphrase_file),
         "--listen", f"tcp://127.0.0.1:{port}", "--tls-cert", str(certs.server.cert),
-        "--tls-key", str(certs.server.key), "--client-ca", str(certs.ca.path), "--allow", RELAY_ID,
+        "--tls-key", str(certs.server.key), "--client-ca", str(certs.ca.path), "--allow", RELAY_ALLOW,
         "--health-addr", f"127.0.0.1:{health_port}",
     ]  # fmt: skip
     if etcd is not None:

@@ -1,4 +1,8 @@
-"""Test-time TLS material for service mode: a CA, server and client certs with SANs (never committed)."""
+"""Test-time TLS material for service mode: a CA, server and client certs with SANs (never committed).
+
+Leaves are valid for 10 days by default (beyond the 24 h readiness margin of ``--tls-expiry-margin``), the
+CA for 30 days; ``valid_from``/``valid_until`` make expired or expiring ones.
+"""
 
 from __future__ import annotations
 
@@ -49,7 +53,7 @@ class CA:
             .public_key(self.key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=1))
+            .not_valid_after(now + dt.timedelta(days=30))
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
             .add_extension(
                 x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
@@ -65,6 +69,7 @@ class CA:
         dns: tuple[str, ...] = (),
         ips: tuple[str, ...] = (),
         uris: tuple[str, ...] = (),
+        emails: tuple[str, ...] = (),
         server: bool = False,
         valid_from: dt.datetime | None = None,
         valid_until: dt.datetime | None = None,
@@ -74,6 +79,7 @@ class CA:
         sans: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
         sans += [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
         sans += [x509.UniformResourceIdentifier(u) for u in uris]
+        sans += [x509.RFC822Name(e) for e in emails]
         builder = (
             x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
@@ -81,7 +87,7 @@ class CA:
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(valid_from or now - dt.timedelta(minutes=5))
-            .not_valid_after(valid_until or now + dt.timedelta(hours=12))
+            .not_valid_after(valid_until or now + dt.timedelta(days=10))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(
                 x509.ExtendedKeyUsage(

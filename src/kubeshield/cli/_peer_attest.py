@@ -42,7 +42,12 @@ def attested_upstreams(
     fp = cert_fingerprint(tls_cert.read_bytes())
     return [
         AttestedUpstream(
-            u, credentials=credentials, client_cert_fingerprint=fp, config=config, server_name=server_name
+            u,
+            credentials=credentials,
+            client_cert_fingerprint=fp,
+            config=config,
+            server_name=server_name,
+            client_cert_path=tls_cert,
         )
         for u in upstreams
     ]

@@ -3,7 +3,8 @@
 * ``/livez``   200 while the process runs. It never touches the key backend, so a KMS outage can never
   make Kubernetes restart the plugin (and throw away caches), kms-contract §7 pitfall 2.
 * ``/healthz`` 200 when the last deep backend round trip succeeded and is recent, else 503.
-* ``/readyz``  200 when the gRPC server is serving *and* the backend is healthy, else 503.
+* ``/readyz``  200 when the gRPC server is serving, the backend is healthy *and* every extra readiness
+  check passes (e.g. the TLS certificate does not expire within its margin), else 503 with the reason.
 * ``/metrics`` Prometheus text exposition of the plugin's own registry.
 
 Bodies are short fixed texts plus the health ``detail`` (which backends keep free of secrets).
@@ -12,7 +13,7 @@ Bodies are short fixed texts plus the health ``detail`` (which backends keep fre
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Protocol
 
@@ -23,7 +24,10 @@ from kubeshield.kms.logging import fields, get_logger
 from kubeshield.kms.metrics import KMSMetrics
 from kubeshield.kms.service import HealthState
 
-__all__ = ["HealthServer", "HealthSource", "parse_host_port"]
+__all__ = ["HealthServer", "HealthSource", "ReadinessCheck", "parse_host_port"]
+
+#: An extra ``/readyz`` condition: ``(ok, why-not)``; it must be cheap and must not raise.
+ReadinessCheck = Callable[[], tuple[bool, str]]
 
 
 class HealthSource(Protocol):
@@ -60,11 +64,13 @@ class HealthServer:
         service: HealthSource,
         metrics: KMSMetrics,
         serving: Callable[[], bool] = lambda: True,
+        readiness: Sequence[ReadinessCheck] = (),
     ) -> None:
         host, port = parse_host_port(addr)
         self._service = service
         self._metrics = metrics
         self._serving = serving
+        self._readiness = tuple(readiness)
         handler = self._handler_class()
         try:
             self._httpd = ThreadingHTTPServer((host, port), handler)
@@ -104,10 +110,22 @@ class HealthServer:
                 return 503, b"not serving\n", text
             if not self._service.is_healthy():
                 return 503, self._health_text(), text
+            for check in self._readiness:
+                ok, why = self._check(check)
+                if not ok:
+                    return 503, f"not ready: {why}\n".encode(), text
             return 200, b"ok\n", text
         if path == "/metrics":
             return 200, self._metrics.render(), CONTENT_TYPE_LATEST
         return 404, b"not found\n", text
+
+    @staticmethod
+    def _check(check: ReadinessCheck) -> tuple[bool, str]:
+        try:
+            return check()
+        except Exception as exc:  # a readiness check must not take the probe server down
+            _log.warning("readiness check failed", extra=fields(error=type(exc).__name__))
+            return False, f"readiness check failed ({type(exc).__name__})"
 
     def _health_text(self) -> bytes:
         state = self._service.last_health()

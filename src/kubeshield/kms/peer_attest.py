@@ -303,10 +303,12 @@ class AttestedUpstream:
         client_cert_fingerprint: str,
         config: PeerAttestationConfig,
         server_name: str | None = None,
+        client_cert_path: Path | None = None,
         clock: Callable[[], float] = time.time,
         rng: Callable[[int], bytes] = os.urandom,
     ) -> None:
         self.inner = inner
+        self._cert_path = client_cert_path
         self.name: str = inner.name
         self._credentials = credentials
         self._fp = client_cert_fingerprint
@@ -328,6 +330,19 @@ class AttestedUpstream:
     async def v1_encrypt(self, plain: bytes, *, timeout: float) -> bytes:
         result: bytes = await self.inner.v1_encrypt(plain, timeout=timeout)
         return result
+
+    async def use_credentials(self, credentials: grpc.ChannelCredentials, *, grace: float = 5.0) -> None:
+        """The relay certificate was renewed: new channels; attest again, bound to the new certificate."""
+        use = getattr(self.inner, "use_credentials", None)
+        if use is not None:
+            await use(credentials, grace=grace)
+        old, self._channel = self._channel, None
+        self._credentials = credentials
+        self._token = None
+        if self._cert_path is not None:
+            self._fp = cert_fingerprint(self._cert_path.read_bytes())
+        if old is not None:
+            await old.close(grace)
 
     def _chan(self) -> grpc.aio.Channel:
         if self._channel is None:

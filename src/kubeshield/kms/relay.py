@@ -10,7 +10,15 @@ How it decides (kms-contract §2.4/§2.5: the apiserver's Status/Encrypt/Decrypt
 * **Health.** A checker task calls Status on every replica every ``check_interval`` seconds (each call
   bounded by ``check_timeout``). A replica is *healthy* when its last Status succeeded. A call that fails
   with UNAVAILABLE or a deadline marks the replica unhealthy at once (passive check), so the next request
-  skips it without waiting for the checker.
+  skips it without waiting for the checker. Every change is logged once, with the reason in the
+  operator's terms (:func:`~kubeshield.kms.relay_upstream.failure_reason`: ``dns``, ``refused``, ``tls``,
+  ``closed``, ``timeout``, ``denied``, ``unhealthy``...): "replica down" (warning), "replica still down"
+  when the reason changes, and "replica back" with how long it was down. Failures are counted in
+  ``kubeshield_relay_upstream_failures_total{upstream,reason}``.
+* **Client certificate reload.** With ``tls`` (a
+  :class:`~kubeshield.kms.tls.ReloadingClientCredentials`), each check round first looks at the relay's
+  certificate files; new material that checks out is handed to every upstream
+  (``use_credentials``), whose next calls use a new channel.
 * **The agreed key_id.** After every round, when *all* healthy replicas report the same key_id, that key_id
   becomes the agreed one; while they differ (a rotation is spreading) the previous agreed key_id is kept.
   Status reports only the agreed key_id, so the apiserver learns a new key_id only once every healthy
@@ -61,7 +69,7 @@ from kubeshield.kms.api.v1beta1 import api_pb2 as v1_pb2
 from kubeshield.kms.api.v2 import api_pb2 as v2_pb2
 from kubeshield.kms.logging import fields, get_logger
 from kubeshield.kms.metrics import KMSMetrics
-from kubeshield.kms.relay_upstream import AioUpstream
+from kubeshield.kms.relay_upstream import AioUpstream, failure_reason
 from kubeshield.kms.service import (
     API_VERSION,
     MAX_V1_CIPHERTEXT,
@@ -74,6 +82,7 @@ from kubeshield.kms.service import (
 __all__ = [
     "DEFAULT_BUDGET",
     "AioUpstream",
+    "CredentialSource",
     "KeyChange",
     "Relay",
     "Upstream",
@@ -107,6 +116,14 @@ class Upstream(Protocol):
     async def v1_decrypt(self, request: bytes, *, timeout: float) -> bytes: ...
 
     async def close(self) -> None: ...
+
+
+class CredentialSource(Protocol):
+    """Where renewed client credentials come from (:class:`kubeshield.kms.tls.ReloadingClientCredentials`)."""
+
+    def poll(self) -> Any:
+        """New credentials when the files changed and check out, else None."""
+        ...
 
 
 def parse_upstreams(text: str) -> list[str]:
@@ -174,6 +191,8 @@ class UpstreamState:
     key_id: str | None = None
     detail: str = "not checked yet"
     checked_at: float = 0.0
+    reason: str = "unchecked"  # "ok" when healthy, else failure_reason's reason
+    since: float | None = None  # when it last turned healthy or unhealthy
 
 
 @dataclass(slots=True)
@@ -201,6 +220,12 @@ class _RelayMetrics:
             "kubeshield_relay_failovers",
             "Calls that a replica failed and the relay retried on another one.",
             ["operation"],
+            registry=metrics.registry,
+        )
+        self.failures = Counter(
+            "kubeshield_relay_upstream_failures",
+            "Failed calls to a replica by reason (dns, refused, tls, closed, timeout, denied, unhealthy...).",
+            ["upstream", "reason"],
             registry=metrics.registry,
         )
 
@@ -231,6 +256,7 @@ class Relay:
         budget: float = DEFAULT_BUDGET,
         clock: Callable[[], float] = time.monotonic,
         metrics: KMSMetrics | None = None,
+        tls: CredentialSource | None = None,
     ) -> None:
         if not upstreams:
             raise ConfigError("the relay needs at least one upstream replica")
@@ -252,6 +278,7 @@ class Relay:
         self._last_round: float | None = None
         self._metrics = metrics
         self._relay_metrics = _RelayMetrics(metrics) if metrics is not None else None
+        self._tls = tls
 
     # -- health and agreement --------------------------------------------------------------------
 
@@ -274,28 +301,72 @@ class Relay:
         try:
             reply = await upstream.status(timeout=self.check_timeout)
         except Exception as exc:
-            detail = (
-                f"{type(exc).__name__}: {exc}" if isinstance(exc, KubeshieldError) else type(exc).__name__
-            )
-            return UpstreamState(upstream.name, False, None, detail[:300], self._clock())
-        return UpstreamState(upstream.name, True, reply.key_id, "ok", self._clock())
+            reason, detail = self._failed(upstream, exc)
+            return UpstreamState(upstream.name, False, None, detail, self._clock(), reason)
+        return UpstreamState(upstream.name, True, reply.key_id, "ok", self._clock(), "ok")
+
+    def _failed(self, upstream: Upstream, exc: BaseException) -> tuple[str, str]:
+        """Classify and count one failed call to ``upstream``."""
+        if isinstance(exc, KubeshieldError):
+            reason, detail = failure_reason(exc)
+        else:  # a bug below us; its text is not ours to vouch for
+            reason, detail = "error", type(exc).__name__
+        if self._relay_metrics is not None:
+            self._relay_metrics.failures.labels(upstream=upstream.name, reason=reason).inc()
+        return reason, detail
+
+    def _set_state_locked(self, state: UpstreamState) -> None:
+        """Store ``state`` and log a change of health (or of the reason it is down) once."""
+        previous = self._states[state.name]
+        now = state.checked_at or self._clock()
+        if previous.healthy != state.healthy or previous.since is None:
+            state = replace(state, since=now)
+            if state.healthy:
+                down_for = None if previous.since is None else round(now - previous.since, 3)
+                _log.info(
+                    "replica back" if previous.since is not None else "replica up",
+                    extra=fields(upstream=state.name, key_id=state.key_id, down_seconds=down_for),
+                )
+            else:
+                _log.warning(
+                    "replica down",
+                    extra=fields(upstream=state.name, reason=state.reason, detail=state.detail),
+                )
+        else:
+            state = replace(state, since=previous.since)
+            if not state.healthy and state.reason != previous.reason:
+                _log.warning(
+                    "replica still down",
+                    extra=fields(upstream=state.name, reason=state.reason, detail=state.detail),
+                )
+        self._states[state.name] = state
+
+    async def _reload_credentials(self) -> None:
+        if self._tls is None:
+            return
+        try:
+            credentials = self._tls.poll()
+        except Exception:  # never let a reload problem stop the checks
+            _log.error("relay TLS reload failed", exc_info=True)
+            return
+        if credentials is None:
+            return
+        for upstream in self._upstreams:
+            use = getattr(upstream, "use_credentials", None)
+            if use is not None:
+                await use(credentials)
 
     async def check_now(self) -> None:
-        """One round: Status on every replica concurrently, then recompute the agreed key_id."""
+        """One round: reload renewed client credentials, Status on every replica concurrently, then
+        recompute the agreed key_id."""
         if self._check_lock is None:
             self._check_lock = asyncio.Lock()
         async with self._check_lock:
+            await self._reload_credentials()
             results = await asyncio.gather(*(self._check_one(u) for u in self._upstreams))
             with self._lock:
                 for state in results:
-                    previous = self._states[state.name]
-                    if previous.healthy != state.healthy:
-                        level = "info" if state.healthy else "warning"
-                        getattr(_log, level)(
-                            "replica health changed",
-                            extra=fields(upstream=state.name, healthy=state.healthy, detail=state.detail),
-                        )
-                    self._states[state.name] = state
+                    self._set_state_locked(state)
                     if state.key_id is not None and state.key_id not in self._changes:
                         self._changes[state.key_id] = KeyChange(state.key_id, state.checked_at)
                 self._agree_locked()
@@ -324,6 +395,17 @@ class Relay:
     def _mark(self, upstream: Upstream, **changes: Any) -> None:
         with self._lock:
             self._states[upstream.name] = replace(self._states[upstream.name], **changes)
+
+    def _mark_down(self, upstream: Upstream, *, operation: str, reason: str, detail: str) -> None:
+        """A call just failed in a way that means the replica is unreachable: skip it until it answers."""
+        with self._lock:
+            previous = self._states[upstream.name]
+            self._set_state_locked(
+                replace(previous, healthy=False, reason=reason, detail=f"{operation}: {detail}",
+                        checked_at=self._clock())
+            )  # fmt: skip
+        if self._relay_metrics is not None:
+            self._relay_metrics.upstream_healthy.labels(upstream=upstream.name).set(0)
 
     async def start(self) -> None:
         """Check every replica once now, then keep checking in a background task of the running loop."""
@@ -413,7 +495,8 @@ class Relay:
             except _RETRY_ANY as exc:
                 attempt.errors.append(exc)
                 if isinstance(exc, _MARK_DOWN):
-                    self._mark(upstream, healthy=False, detail=f"{operation}: {type(exc).__name__}")
+                    reason, detail = self._failed(upstream, exc)
+                    self._mark_down(upstream, operation=operation, reason=reason, detail=detail)
                 if self._relay_metrics is not None:
                     self._relay_metrics.failovers.labels(operation=operation).inc()
                 continue

@@ -7,25 +7,40 @@
   the bytes the replica sent (``unary_unary(path, request_serializer=None, response_deserializer=None)``),
   after checking that those bytes parse as the reply message; Status and Encrypt replies are parsed and
   checked as kube-apiserver checks them (key_id, ciphertext and annotation limits).
+  :meth:`AioUpstream.use_credentials` switches to new client credentials (the relay's certificate was
+  renewed): new calls go over a new channel, the old channel is closed once its calls finish.
+* :func:`failure_reason` says why a call to a replica failed, in the operator's terms: ``dns`` (the name
+  does not resolve), ``refused`` (nothing listens), ``tls`` (handshake failed: unknown CA, name mismatch,
+  expired), ``closed`` (the replica closed the connection in the handshake, typically because it refused
+  our client certificate), ``timeout``, ``network``, ``denied`` (our identity is not on its allow-list),
+  ``unhealthy`` (it answered, but its key backend is unhealthy), ``contract``, ``error``.
 
 Failures raise the kubeshield error tree (:func:`kubeshield.kms.client.error_from_rpc`).
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, TypeVar
 
 import grpc
 import grpc.aio
 
 from kubeshield.envelope.limits import validate_annotations, validate_encrypted_dek_source, validate_key_id
-from kubeshield.errors import BackendUnavailable, ContractViolation
+from kubeshield.errors import (
+    BackendAuthError,
+    BackendTimeout,
+    BackendUnavailable,
+    ContractViolation,
+    InvalidCiphertext,
+    KeyNotFound,
+)
 from kubeshield.kms.api.v1beta1 import api_pb2 as v1_pb2
 from kubeshield.kms.api.v2 import api_pb2 as v2_pb2
 from kubeshield.kms.client import V2_VERSIONS, error_from_rpc
 from kubeshield.kms.service import EncryptReply, StatusReply
 
-__all__ = ["AioUpstream", "channel_options", "encrypt_reply", "status_reply"]
+__all__ = ["AioUpstream", "channel_options", "encrypt_reply", "failure_reason", "status_reply"]
 
 _T = TypeVar("_T")
 _V2 = "/v2.KeyManagementService/"
@@ -44,6 +59,41 @@ def channel_options(*, server_name: str | None, max_reconnect_backoff_ms: int) -
     if server_name:
         options.append(("grpc.ssl_target_name_override", server_name))
     return options
+
+
+_MAX_DETAIL = 300
+# Transport texts of the grpc library (grpc core), lower-cased, and what they mean.
+_TRANSPORT = (
+    (("errors resolving", "dns resolution failed", "domain name not found", "name or service not known"),
+     "dns", "the name does not resolve (DNS)"),
+    (("connection refused",), "refused", "connection refused: nothing listens on that address and port"),
+    (("handshake failed", "certificate_verify_failed", "hostname verification", "ssl_error", "tls handshake"),
+     "tls", "TLS handshake failed (unknown CA, name not in the replica's certificate, or expired)"),
+    (("socket closed", "connection reset", "broken pipe", "end of tcp stream"), "closed",
+     "the replica closed the connection (did it refuse our client certificate? check its --client-ca)"),
+    (("no route to host", "network is unreachable", "host is unreachable"), "network",
+     "the network cannot reach that address"),
+)  # fmt: skip
+
+
+def failure_reason(exc: BaseException) -> tuple[str, str]:
+    """``(reason, explanation)`` for a failed call to a replica (the reasons are in the module docstring)."""
+    text = str(exc)
+    if isinstance(exc, BackendTimeout):
+        return "timeout", "no answer within the deadline (hung, overloaded, or a network black hole)"
+    if isinstance(exc, BackendAuthError):
+        return "denied", "the replica refused our client identity (PERMISSION_DENIED: check its --allow)"
+    if isinstance(exc, BackendUnavailable):
+        low = text.lower()
+        for needles, reason, meaning in _TRANSPORT:
+            if any(n in low for n in needles):
+                return reason, f"{meaning}: {text}"[:_MAX_DETAIL]
+        return "unhealthy", f"the replica answered but is unavailable: {text}"[:_MAX_DETAIL]
+    if isinstance(exc, ContractViolation):
+        return "contract", f"the replica's reply breaks the KMS contract: {text}"[:_MAX_DETAIL]
+    if isinstance(exc, (InvalidCiphertext, KeyNotFound)):
+        return "refused-request", type(exc).__name__
+    return "error", f"{type(exc).__name__}: {text}"[:_MAX_DETAIL]
 
 
 def status_reply(reply: Any) -> StatusReply:
@@ -95,6 +145,17 @@ class AioUpstream:
         )
         self._channel: grpc.aio.Channel | None = None
         self._calls: dict[str, Any] = {}
+        self._retiring: set[asyncio.Task[None]] = set()
+
+    async def use_credentials(self, credentials: grpc.ChannelCredentials, *, grace: float = 5.0) -> None:
+        """New calls use ``credentials`` (a new channel); the old channel closes once its calls end."""
+        old, self._channel = self._channel, None
+        self._credentials = credentials
+        self._calls = {}
+        if old is not None:
+            task = asyncio.get_running_loop().create_task(old.close(grace), name=f"retire-{self.name}")
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
 
     def _call(self, path: str) -> Any:
         """The raw (bytes in, bytes out) multicallable for ``path``; opens the channel on first use."""
@@ -142,4 +203,8 @@ class AioUpstream:
         if self._channel is not None:
             await self._channel.close(None)
             self._channel = None
-            self._calls.clear()
+            self._calls = {}
+        for task in list(self._retiring):
+            task.cancel()
+        if self._retiring:
+            await asyncio.gather(*self._retiring, return_exceptions=True)

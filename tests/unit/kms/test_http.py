@@ -86,3 +86,37 @@ def test_parse_host_port(addr: str, expected: tuple[str, int]) -> None:
 def test_parse_host_port_rejects(addr: str) -> None:
     with pytest.raises(ConfigError):
         parse_host_port(addr)
+
+
+def test_readiness_checks_fail_only_readyz_with_their_reason() -> None:
+    backend = InMemoryBackend()
+    metrics = KMSMetrics()
+    service = KMSService(backend, metrics=metrics)
+    state = {"ok": True}
+
+    def certificate() -> tuple[bool, str]:
+        return state["ok"], "TLS serving certificate 'tls.crt' expires at 2030-01-01T00:00:00+00:00"
+
+    def broken() -> tuple[bool, str]:
+        raise OSError("stat failed")
+
+    server = HealthServer("127.0.0.1:0", service=service, metrics=metrics, readiness=[certificate])
+    server.start()
+    try:
+        service.check_health_now()
+        assert _get(server.port, "/readyz") == (200, "ok\n")
+        state["ok"] = False
+        code, body = _get(server.port, "/readyz")
+        assert code == 503 and body.startswith("not ready: TLS serving certificate") and "expires at" in body
+        assert _get(server.port, "/livez") == (200, "ok\n")  # a certificate never restarts the process
+        assert _get(server.port, "/healthz") == (200, "ok\n")
+    finally:
+        server.stop()
+    server = HealthServer("127.0.0.1:0", service=service, metrics=metrics, readiness=[broken])
+    server.start()
+    try:
+        code, body = _get(server.port, "/readyz")
+        assert code == 503 and "readiness check failed (OSError)" in body  # fail closed, server stays up
+        assert _get(server.port, "/livez")[0] == 200
+    finally:
+        server.stop()

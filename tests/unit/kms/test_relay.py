@@ -12,10 +12,19 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kubeshield.errors import BackendUnavailable, InvalidCiphertext, InvalidRequest
+from kubeshield.errors import (
+    BackendAuthError,
+    BackendTimeout,
+    BackendUnavailable,
+    ContractViolation,
+    InvalidCiphertext,
+    InvalidRequest,
+)
 from kubeshield.kms.api.v1beta1 import api_pb2 as v1_pb2
 from kubeshield.kms.api.v2 import api_pb2 as v2_pb2
+from kubeshield.kms.metrics import KMSMetrics
 from kubeshield.kms.relay import Relay, check_v1_decrypt_request, check_v2_decrypt_request
+from kubeshield.kms.relay_upstream import failure_reason
 from kubeshield.kms.service import EncryptReply, StatusReply
 
 
@@ -264,3 +273,123 @@ def test_decrypt_request_check_follows_the_plugin_limits(ciphertext: bytes, key_
 
 def test_v1_request_check_accepts_the_largest_v1_blob() -> None:
     check_v1_decrypt_request(v1_pb2.DecryptRequest(cipher=b"x" * 65535).SerializeToString())
+
+
+# -- reasons, health changes logged once, client credential reload ------------------------------------
+
+
+_PREFIX = "KMS Status: unavailable: failed to connect to all addresses; last error: "
+_GRPC_TEXTS = [
+    ("KMS Status: unavailable: errors resolving r0.invalid:9443: [...] Domain name not found", "dns"),
+    (_PREFIX + "UNKNOWN: ipv4:127.0.0.1:1: Failed to connect to remote host: Connection refused", "refused"),
+    (
+        _PREFIX + "UNKNOWN: Tls handshake failed (TSI_PROTOCOL_FAILURE): SSL_ERROR_SSL: CERTIFICATE_VERIFY",
+        "tls",
+    ),
+    (_PREFIX + "UNKNOWN: Custom verification check failed: Hostname Verification Check failed.", "tls"),
+    (_PREFIX + "UNAVAILABLE: ipv4:127.0.0.1:9443: Socket closed", "closed"),
+    ("KMS Status: unavailable: key backend unhealthy: keyring sync: diverged", "unhealthy"),
+]
+
+
+@pytest.mark.parametrize(
+    ("exc", "reason"),
+    [
+        *((BackendUnavailable(text), reason) for text, reason in _GRPC_TEXTS),
+        (BackendTimeout("KMS Status: deadline exceeded"), "timeout"),
+        (BackendAuthError("KMS Status: permission denied (PERMISSION_DENIED)"), "denied"),
+        (ContractViolation("replica Status version is not v2"), "contract"),
+    ],
+)
+def test_failure_reasons_say_what_the_operator_must_fix(exc: Exception, reason: str) -> None:
+    """The texts are the grpc library's own (seen against real sockets in the integration tests)."""
+    got, detail = failure_reason(exc)
+    assert got == reason
+    assert len(detail) <= 300 and detail
+
+
+def test_health_changes_are_logged_once_with_the_reason(caplog: pytest.LogCaptureFixture) -> None:
+    replicas = [FakeReplica("r0"), FakeReplica("r1")]
+    metrics = KMSMetrics()
+    relay = Relay(replicas, metrics=metrics)
+
+    def events(msg: str) -> list[dict[str, Any]]:
+        return [r.fields for r in caplog.records if r.getMessage() == msg]  # type: ignore[attr-defined]
+
+    async def body() -> None:
+        await relay.check_now()
+        replicas[1].fail = BackendUnavailable("KMS Status: unavailable: ... Connection refused")
+        for _ in range(3):
+            await relay.check_now()
+        replicas[1].fail = BackendUnavailable("KMS Status: unavailable: ... Tls handshake failed")
+        await relay.check_now()
+        replicas[1].fail = None
+        await relay.check_now()
+        await relay.check_now()
+
+    with caplog.at_level("INFO", logger="kubeshield.kms.relay"):
+        run(body)
+    assert [e["upstream"] for e in events("replica up")] == ["r0", "r1"]
+    down = events("replica down")
+    assert [(e["upstream"], e["reason"]) for e in down] == [("r1", "refused")]  # once, not per round
+    assert [(e["upstream"], e["reason"]) for e in events("replica still down")] == [("r1", "tls")]
+    assert [e["upstream"] for e in events("replica back")] == ["r1"]
+    text = metrics.render().decode()
+    assert 'kubeshield_relay_upstream_failures_total{reason="refused",upstream="r1"} 3.0' in text
+    assert 'kubeshield_relay_upstream_failures_total{reason="tls",upstream="r1"} 1.0' in text
+
+
+def test_a_failing_call_marks_the_replica_down_with_its_reason_at_once() -> None:
+    replicas = [FakeReplica("r0"), FakeReplica("r1")]
+    relay = Relay(replicas)
+
+    async def body() -> None:
+        await relay.check_now()
+        replicas[0].fail = BackendUnavailable("... Connection refused")
+        replicas[1].fail = None
+        for _ in range(2):  # round robin reaches r0 once
+            await relay.decrypt(decrypt_request(b"c:x"))
+
+    run(body)
+    state = relay.states()[0]
+    assert not state.healthy and state.reason == "refused" and state.detail.startswith("Decrypt: ")
+
+
+class Credentials:
+    """A CredentialSource whose files 'change' when told to."""
+
+    def __init__(self) -> None:
+        self.renewed: object | None = None
+        self.polls = 0
+
+    def poll(self) -> object | None:
+        self.polls += 1
+        renewed, self.renewed = self.renewed, None
+        return renewed
+
+
+class Reloadable(FakeReplica):
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.credentials: list[object] = []
+
+    async def use_credentials(self, credentials: object) -> None:
+        self.credentials.append(credentials)
+
+
+def test_each_check_round_hands_renewed_client_credentials_to_every_upstream() -> None:
+    replicas = [Reloadable("r0"), Reloadable("r1")]
+    tls = Credentials()
+    relay = Relay(replicas, tls=tls)
+    new = object()
+
+    async def body() -> None:
+        await relay.check_now()
+        assert all(r.credentials == [] for r in replicas)
+        tls.renewed = new
+        await relay.check_now()
+        await relay.check_now()
+
+    run(body)
+    assert tls.polls == 3
+    assert all(r.credentials == [new] for r in replicas)  # once, when the files changed
