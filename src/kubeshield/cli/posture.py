@@ -217,7 +217,13 @@ def pss_check(files: tuple[str, ...], level: str, policy_version: str, output: s
     help="Namespace objects (file or dir; re-read on change).",
 )
 @option(
-    "--kubeconfig", type=click.Path(dir_okay=False), help="Read namespace labels from the live API instead."
+    "--kubeconfig",
+    type=click.Path(dir_okay=False),
+    help="Read namespace labels through the API (this kubeconfig).",
+)
+@option("--context", help="kubeconfig context.")
+@option(
+    "--in-cluster", is_flag=True, help="Read namespace labels through the API as the pod's ServiceAccount."
 )
 def pss_webhook(**params: Any) -> int:
     """Serve the Pod Security validating webhook (AdmissionReview v1 over HTTPS).
@@ -225,10 +231,13 @@ def pss_webhook(**params: Any) -> int:
     Pods are denied by the namespace's enforce level, objects that embed a pod get warnings (warn) and
     audit annotations (audit), as kube-apiserver's built-in PodSecurity admission does.
 
+    Namespace labels come from the API (--in-cluster in a pod, or --kubeconfig), or from exported
+    Namespace objects (--namespaces, re-read when they change).
+
     \b
-    Example:
-      kubeshield posture pss webhook --tls-cert tls.crt --tls-key tls.key \\
-          --config pod-security.yaml --namespaces /etc/kubeshield/namespaces.yaml
+    Examples:
+      kubeshield posture pss webhook --tls-cert tls.crt --tls-key tls.key --config psa.yaml --in-cluster
+      kubeshield posture pss webhook --tls-cert tls.crt --tls-key tls.key --namespaces namespaces.yaml
     """
     from kubeshield.posture.pss.admission import Admission, AdmissionConfig, load_admission_config
     from kubeshield.posture.pss.webhook import FileNamespaces, WebhookServer, json_log
@@ -236,13 +245,28 @@ def pss_webhook(**params: Any) -> int:
     host, _, port = params["listen"].rpartition(":")
     if not host or not port.isdigit():
         raise click.BadParameter("expected HOST:PORT", param_hint="--listen")
-    if params["kubeconfig"]:
-        raise CLIError("--kubeconfig: live namespace lookup needs kubeshield.kube, which this build lacks")
-    if not params["namespaces"]:
-        raise click.UsageError("give --namespaces FILE|DIR (or --kubeconfig) so namespace labels are known")
+    sources = [bool(params["namespaces"]), bool(params["kubeconfig"]), params["in_cluster"]]
+    if sum(sources) != 1:
+        raise click.UsageError(
+            "give exactly one of --namespaces FILE|DIR, --kubeconfig FILE, --in-cluster "
+            "(where namespace labels come from)"
+        )
     try:
         config = load_admission_config(params["config_path"]) if params["config_path"] else AdmissionConfig()
-        admission = Admission(namespaces=FileNamespaces(params["namespaces"]), config=config, log=json_log)
+        namespaces: Any
+        if params["namespaces"]:
+            namespaces = FileNamespaces(params["namespaces"])
+        else:
+            from kubeshield.kube import KubeClient
+            from kubeshield.posture.pss.live import KubeNamespaces
+
+            client = (
+                KubeClient.from_kubeconfig(params["kubeconfig"], context=params["context"])
+                if params["kubeconfig"]
+                else KubeClient.in_cluster()
+            )
+            namespaces = KubeNamespaces(client)
+        admission = Admission(namespaces=namespaces, config=config, log=json_log)
         server = WebhookServer(
             admission,
             host=host.strip("[]"),

@@ -48,7 +48,7 @@ def audit_inventory(
     *,
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> Report:
-    report = Report(errors=list(inv.errors))
+    report = Report(errors=list(inv.errors), skipped=list(inv.skipped))
     check_controlplane(inv, report)
     grants = check_rbac(inv, report)
     check_namespaces(inv, report)
@@ -89,9 +89,14 @@ def _encryption_config(inv: Inventory, inputs: AuditInputs, report: Report) -> E
 
 
 def run_audit(inputs: AuditInputs) -> Report:
+    """Audit ``--from-dir`` offline, or the live cluster of ``--kubeconfig`` through its API."""
     if inputs.kubeconfig:
-        raise KubeshieldError(
-            "live mode (--kubeconfig) needs kubeshield.kube, which this build lacks; use --from-dir"
-        )
-    assert inputs.from_dir is not None
+        from kubeshield.kube import KubeClient
+        from kubeshield.posture.audit.live import load_live_inventory
+
+        with KubeClient.from_kubeconfig(inputs.kubeconfig, context=inputs.context) as client:
+            inv = load_live_inventory(client)
+        return audit_inventory(inv, inputs)
+    if inputs.from_dir is None:
+        raise KubeshieldError("give a directory of exported objects or a kubeconfig")
     return audit_inventory(load_inventory(inputs.from_dir), inputs)

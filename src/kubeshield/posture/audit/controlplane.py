@@ -176,8 +176,9 @@ def _apiserver(inv: Inventory, doc: Document, report: Report) -> None:
     container = apiserver_container(doc.obj)
     assert container is not None
     flags = container_flags(container)
-    where = inv.relative(doc.file) if doc.file != "<api>" else object_ref(doc.obj)
-    as_file = doc.file != "<api>"
+    # a static pod manifest is its own file; a mirror pod in an export (or from the API) is an object
+    as_file = doc.file != "<api>" and sum(1 for d in inv.objects if d.file == doc.file) == 1
+    where = inv.relative(doc.file) if as_file else object_ref(doc.obj)
 
     def finding(fid: str, rule: str, severity: str, title: str, fix: str, evidence: str) -> Finding:
         return Finding(
@@ -220,7 +221,7 @@ def _apiserver(inv: Inventory, doc: Document, report: Report) -> None:
         path = inv.resolve(enc)
         config_doc = inv.document_at(inv.encryption_configs, path) if path is not None else None
         if config_doc is None:
-            report.skipped.append(f"{where}: {enc} (--encryption-provider-config) is not in the directory")
+            report.skipped.append(f"{where}: {inv.missing(enc, '--encryption-provider-config')}")
         else:
             _encryption_doc(inv, config_doc, report)
     policy = flags.get("audit-policy-file")
@@ -250,7 +251,7 @@ def _apiserver(inv: Inventory, doc: Document, report: Report) -> None:
         path = inv.resolve(policy)
         policy_doc = inv.document_at(inv.audit_policies, path) if path is not None else None
         if policy_doc is None:
-            report.skipped.append(f"{where}: {policy} (--audit-policy-file) is not in the directory")
+            report.skipped.append(f"{where}: {inv.missing(policy, '--audit-policy-file')}")
         else:
             check_audit_policy(policy_doc, where=inv.relative(policy_doc.file), report=report)
 

@@ -91,6 +91,7 @@ def container_flags(container: Mapping[str, Any]) -> dict[str, str]:
 @dataclass
 class Inventory:
     root: Path | None = None
+    source: str = ""
     objects: list[Document] = field(default_factory=list)
     by_kind: dict[str, list[Obj]] = field(default_factory=lambda: defaultdict(list))
     apiservers: list[Document] = field(default_factory=list)
@@ -99,6 +100,7 @@ class Inventory:
     audit_policies: list[Document] = field(default_factory=list)
     kubelet_configs: list[Document] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
     _files: list[Path] = field(default_factory=list)
 
     def kind(self, kind: str) -> list[Obj]:
@@ -134,6 +136,12 @@ class Inventory:
             self._files = [p for p in self.root.rglob("*") if p.is_file()]
         same = [p for p in self._files if p.name == Path(path).name]
         return same[0] if len(same) == 1 else None
+
+    def missing(self, path: str, flag: str) -> str:
+        """Why the file a flag names was not read (for ``skipped``)."""
+        if self.root is None:
+            return f"{path} ({flag}) is a node file, not readable through the API"
+        return f"{path} ({flag}) is not in the directory"
 
     def document_at(self, docs: Sequence[Document], path: Path) -> Document | None:
         for doc in docs:

@@ -116,7 +116,7 @@ def relay_certificate_paths(inv: Inventory, report: Report) -> list[Path]:
                 continue
             path = inv.resolve(value)
             if path is None:
-                report.skipped.append(f"{inv.relative(doc.file)}: {value} (--{flag}) is not in the directory")
+                report.skipped.append(f"{inv.relative(doc.file)}: {inv.missing(value, '--' + flag)}")
             else:
                 out.append(path)
     return out

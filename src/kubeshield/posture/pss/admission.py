@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 import yaml
 
-from kubeshield.errors import ConfigError
+from kubeshield.errors import ConfigError, KubeshieldError
 from kubeshield.posture.errors import AdmissionRequestError, InvalidObject
 from kubeshield.posture.pss._text import go_quote
 from kubeshield.posture.pss.api import LevelVersion, Policy, parse_level, parse_version, policy_from_labels
@@ -230,7 +230,11 @@ class Admission:
         return None
 
     def _policy(self, uid: str, namespace: str) -> Policy | dict[str, Any]:
-        labels = self._namespaces.labels(namespace)
+        try:
+            labels = self._namespaces.labels(namespace)
+        except KubeshieldError as exc:
+            self._log(f"admission: namespace lookup failed: {type(exc).__name__}")
+            labels = None
         if labels is None:
             return _status(
                 uid,
