@@ -137,6 +137,9 @@ def test_a_reader_without_rbac_rights_is_told_what_it_could_not_see(
         api.clear_denies()
 
 
+PRIVILEGED_SPEC = {"containers": [{"name": "a", "image": "i", "securityContext": {"privileged": True}}]}
+
+
 def _review(ns: str) -> dict[str, Any]:
     return {
         "apiVersion": "admission.k8s.io/v1",
@@ -148,10 +151,9 @@ def _review(ns: str) -> dict[str, Any]:
             "namespace": ns,
             "operation": "CREATE",
             "userInfo": {"username": "alice"},
-            "object": {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
-                       "spec": {"containers": [{"name": "a", "image": "i", "securityContext": {"privileged": True}}]}},
+            "object": {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": PRIVILEGED_SPEC},
         },
-    }  # fmt: skip
+    }
 
 
 def test_the_webhook_reads_namespace_labels_through_the_api(cluster: tuple[KubeAPI, Path, Path]) -> None:
