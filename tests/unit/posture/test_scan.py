@@ -436,3 +436,28 @@ def test_redaction_never_shows_most_of_a_secret(secret: str) -> None:
     kept = min(4, len(secret) // 4)
     assert shown[:kept] == secret[:kept] and set(shown[kept:]) == {"*"} and len(shown) - kept >= 4
     assert secret not in shown or set(secret[kept:]) <= {"*"}
+
+
+def test_references_and_names_are_not_credentials(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        "conf.yaml",
+        """\
+auth: {method: token, tokenFile: /etc/kubeshield/bao-token}
+volumes:
+- secret: {secretName: kubeshield-etcd-client, defaultMode: 0400}
+passphraseSecret: kubeshield-keyring-passphrase
+directories.tokendir = /var/lib/softhsm/tokens
+""",
+    )
+    write(
+        tmp_path,
+        "code.py",
+        'TOKEN_METADATA = "kubeshield-attestation-token"\ntoken = page.continue_token\nSECRET_KEY = SETTINGS_SECRET_KEY_NAME\n',
+    )
+    assert scan([tmp_path]).findings == []
+    value = token(24)
+    write(tmp_path, "real.env", f"API_TOKEN={value}\n")
+    assert [(f.rule, Path(str(f.file)).name) for f in scan([tmp_path]).findings] == [
+        ("generic-credential", "real.env")
+    ]

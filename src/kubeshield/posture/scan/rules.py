@@ -243,6 +243,7 @@ def _default(
     severity: str = "high",
     stopwords: Sequence[str] = (),
     allow_regexes: Sequence[str] = (),
+    allow_match_regexes: Sequence[str] = (),
 ) -> Rule:
     allow: tuple[Allowlist, ...] = ()
     if stopwords or allow_regexes:
@@ -252,6 +253,8 @@ def _default(
                 stopwords=tuple(w.encode() for w in stopwords),
             ),
         )
+    if allow_match_regexes:
+        allow += (Allowlist(regexes=tuple(_compile(r, rule_id) for r in allow_match_regexes), regex_target="match"),)
     return Rule(
         id=rule_id,
         description=description,
@@ -347,12 +350,17 @@ DEFAULT_RULES = RuleSet(
             "generic-credential",
             "Credential assigned in code or config",
             r"(?i)(?:api[_-]?key|apikey|secret|token|passwd|password|pwd|client[_-]?secret|access[_-]?key)"
-            r"[\w.-]{0,20}[\"']?\s*(?:=|:|:=|=>)\s*[\"']?([A-Za-z0-9_+/=.~!@#$%^&*-]{12,128})(?:[\"'\s,;}]|$)",
+            r"[\w.-]{0,20}[\"']?\s*(?:=|:|:=|=>)\s*[\"']?"
+            r"([A-Za-z0-9_+=.~!@#$%^&*-][A-Za-z0-9_+/=.~!@#$%^&*-]{11,127})(?:[\"'\s,;}]|$)",
             keywords=("key", "secret", "token", "passw", "pwd"),
             group=1,
             min_entropy=3.5,
             severity="medium",
             stopwords=_GENERIC_STOPWORDS,
+            # names, not values: words-with-dashes, attribute access (a.b.c), CONSTANT_NAMES
+            allow_regexes=(r"^[a-z]+(?:[-_.][a-z]+)+$", r"^[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+$", r"^[A-Z][A-Z0-9_]+$"),
+            # keys that hold a reference (secretName, tokenFile, keyRef, passwordPath...), not a value
+            allow_match_regexes=(r"(?i)(?:name|ref|file|path|dir|id)[\"']?\s*(?:=|:|:=|=>)",),
         ),
     ],
     allowlists=[
