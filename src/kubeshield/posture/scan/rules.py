@@ -254,7 +254,8 @@ def _default(
             ),
         )
     if allow_match_regexes:
-        allow += (Allowlist(regexes=tuple(_compile(r, rule_id) for r in allow_match_regexes), regex_target="match"),)
+        by_match = tuple(_compile(r, rule_id) for r in allow_match_regexes)
+        allow += (Allowlist(regexes=by_match, regex_target="match"),)
     return Rule(
         id=rule_id,
         description=description,
@@ -358,7 +359,11 @@ DEFAULT_RULES = RuleSet(
             severity="medium",
             stopwords=_GENERIC_STOPWORDS,
             # names, not values: words-with-dashes, attribute access (a.b.c), CONSTANT_NAMES
-            allow_regexes=(r"^[a-z]+(?:[-_.][a-z]+)+$", r"^[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+$", r"^[A-Z][A-Z0-9_]+$"),
+            allow_regexes=(
+                r"^[a-z]+(?:[-_.][a-z]+)+$",
+                r"^[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+$",
+                r"^[A-Z][A-Z0-9_]+$",
+            ),
             # keys that hold a reference (secretName, tokenFile, keyRef, passwordPath...), not a value
             allow_match_regexes=(r"(?i)(?:name|ref|file|path|dir|id)[\"']?\s*(?:=|:|:=|=>)",),
         ),
