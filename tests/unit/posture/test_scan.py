@@ -453,7 +453,8 @@ directories.tokendir = /var/lib/softhsm/tokens
     write(
         tmp_path,
         "code.py",
-        'TOKEN_METADATA = "kubeshield-attestation-token"\ntoken = page.continue_token\nSECRET_KEY = SETTINGS_SECRET_KEY_NAME\n',
+        'TOKEN_METADATA = "kubeshield-attestation-token"\ntoken = page.continue_token\n'
+        "SECRET_KEY = SETTINGS_SECRET_KEY_NAME\n",
     )
     assert scan([tmp_path]).findings == []
     value = token(24)
