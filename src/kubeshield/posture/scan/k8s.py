@@ -34,7 +34,9 @@ _TEMPLATE_LINE = re.compile(
     r"^\s*\{\{-?\s*(?:if|else|end|range|with|define|template|include|/\*|-?\s*\$)[^}]*\}\}\s*$"
 )
 _PLACEHOLDER = "__kubeshield_template__"
-_TRIGGERS = (b"kind:", b'"kind"', b"sops", b"secretGenerator", b"SealedSecret", b"client-key-data", b"token:")
+# bytes one of the Kubernetes-aware checks needs; a file without any is not parsed as YAML at all
+# (Secret / SealedSecret kinds, kustomize generators, SOPS metadata, kubeconfig users)
+_TRIGGERS = (b"Secret", b"secretGenerator", b"sops", b"users:", b'"users"')
 _CERT_ONLY = re.compile(r"^\s*(?:-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----\s*)+$")
 
 
