@@ -18,7 +18,7 @@ from kubeshield.errors import KubeshieldError
 
 __all__ = ["cli", "main", "run"]
 
-_GROUPS = ("keys", "kms", "etcd", "custody", "attest", "sops", "posture")
+_GROUPS = ("keys", "kms", "etcd", "custody", "attest", "sops", "seal", "posture")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -33,6 +33,7 @@ def cli() -> None:
     custody  an isolated key-custody process that checks who calls it
     attest   verify SGX/TDX/SEV-SNP/TPM evidence; release keys only to attested software
     sops     SOPS-compatible encrypted files (the sops binary reads what kubeshield writes)
+    seal     sealed secrets for Git (kubeseal-compatible), their keys, unseal, the controller
     posture  every way Secrets can leak (config, RBAC, pods, Git); Pod Security admission
 
     Every flag can also be set with KUBESHIELD_<FLAG> (for example KUBESHIELD_SOCKET); the command
