@@ -59,6 +59,11 @@ _OUTPUT = click.Choice(["table", "json", "sarif"])
     show_default=True,
     help="Warn when a certificate expires within this many days.",
 )
+@option(
+    "--seal-config",
+    type=click.Path(exists=True, dir_okay=False),
+    help="kubeshield.yaml whose seal: section names the sealing-key registry (checks key age).",
+)
 @option("-o", "--output", type=_OUTPUT, default="table", show_default=True)
 @click.pass_context
 def group(ctx: click.Context, /, **params: Any) -> int | None:
@@ -89,6 +94,7 @@ def group(ctx: click.Context, /, **params: Any) -> int | None:
         encryption_config=params["encryption_config"],
         relay_certs=tuple(params["relay_cert"]),
         cert_warn_days=params["cert_warn_days"],
+        seal_config=params["seal_config"],
     )
     try:
         report = run_audit(inputs)

@@ -126,3 +126,37 @@ def test_kubeshield_pieces_against_real_components(tmp_path: Path, etcd: EtcdSer
     assert by_id["KS-ENC-010"].title == "3 Secrets are stored in plaintext in etcd"
     assert by_id["KS-KS-002"].title == "3 Secrets in etcd are stored under a stale key (2)"
     assert report.errors == []
+
+
+def _registry(tmp_path: Path, *, age_days: float, period: str) -> Path:
+    import time
+
+    from kubeshield.keys.testing import InMemoryBackend
+    from kubeshield.seal.registry import Registry
+
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    registry = tmp_path / "seal-keys.json"
+    made_at = time.time() - age_days * 86400
+    Registry(registry, backend=InMemoryBackend(), key_size=2048, clock=lambda: made_at).init()
+    config = tmp_path / "kubeshield.yaml"
+    config.write_text(f"seal:\n  registry: {registry}\n  keyRenewPeriod: {period}\n")
+    return config
+
+
+def test_sealing_keys_older_than_their_renewal_period(tmp_path: Path) -> None:
+    old = _registry(tmp_path / "old", age_days=45, period="720h")
+    report = audit_inventory(Inventory(), AuditInputs(seal_config=str(old)))
+    (finding,) = report.findings
+    assert finding.id == "KS-KS-004" and finding.file == str(tmp_path / "old" / "seal-keys.json")
+    assert finding.title.startswith(
+        "The newest sealing key is 45 days old, older than the renewal period (30 days)"
+    )
+    fresh = _registry(tmp_path / "fresh", age_days=3, period="720h")
+    assert audit_inventory(Inventory(), AuditInputs(seal_config=str(fresh))).findings == []
+    off = _registry(tmp_path / "off", age_days=400, period="0s")
+    report = audit_inventory(Inventory(), AuditInputs(seal_config=str(off)))
+    assert report.findings == [] and any("renewal off" in s for s in report.skipped)
+    missing = tmp_path / "missing.yaml"
+    missing.write_text(f"seal:\n  registry: {tmp_path / 'nope.json'}\n")
+    report = audit_inventory(Inventory(), AuditInputs(seal_config=str(missing)))
+    assert len(report.errors) == 1 and "no sealing-key registry here" in report.errors[0]

@@ -20,6 +20,7 @@ from kubeshield.posture.audit.inventory import Inventory, load_inventory
 from kubeshield.posture.audit.pieces import (
     check_certificates,
     check_kms_plugins,
+    check_sealing_keys,
     check_stored_secrets,
     relay_certificate_paths,
 )
@@ -40,6 +41,7 @@ class AuditInputs:
     encryption_config: str | None = None
     relay_certs: tuple[str, ...] = ()
     cert_warn_days: int = 30
+    seal_config: str | None = None
 
 
 def audit_inventory(
@@ -66,7 +68,8 @@ def audit_inventory(
         now=now,
         label=lambda p: inv.relative(p) if str(p) not in inputs.relay_certs else str(p),
     )
-    report.skipped.append("sealing-key age: the sealed-secrets feature is not in this build")
+    if inputs.seal_config:
+        check_sealing_keys(inputs.seal_config, report, now=now)
     seen: dict[str, object] = {}
     unique = []
     for f in report.findings:

@@ -5,10 +5,10 @@
 * ``KS-KS-002`` Secrets in etcd are stored under a stale key (not the first provider's current key, or a
   KMS v2 key_id that is not the plugin's current one; ``kubeshield.etcd.audit``), and ``KS-ENC-010``
   Secrets stored in plaintext;
-* ``KS-KS-003`` a relay or replica certificate expires within ``cert_warn_days`` (or has expired).
-
-Sealing keys older than their renewal period are not checked: the sealed-secrets feature is not part of
-this build.
+* ``KS-KS-003`` a relay or replica certificate expires within ``cert_warn_days`` (or has expired);
+* ``KS-KS-004`` the newest sealing key of the sealed-secrets registry (``seal.registry`` of a
+  ``kubeshield.yaml``) is older than ``seal.keyRenewPeriod``: renewal is not running, so new Secrets are
+  still sealed with an old key. Only the registry's public half is read (``kubeshield.seal.registry``).
 """
 
 from __future__ import annotations
@@ -25,7 +25,13 @@ from kubeshield.errors import KubeshieldError
 from kubeshield.posture.audit.inventory import Inventory, container_flags, relay_container
 from kubeshield.posture.findings import Finding, Report
 
-__all__ = ["check_certificates", "check_kms_plugins", "check_stored_secrets", "relay_certificate_paths"]
+__all__ = [
+    "check_certificates",
+    "check_kms_plugins",
+    "check_sealing_keys",
+    "check_stored_secrets",
+    "relay_certificate_paths",
+]
 
 
 def check_kms_plugins(sockets: Sequence[str], report: Report, *, timeout: float = 3.0) -> None:
@@ -159,5 +165,44 @@ def check_certificates(
                 "Renew it (cert-manager or your CA) and restart the relay/replicas; they reload on restart",
                 file=label(path),
                 evidence=f"notAfter {expires.isoformat()}",
+            )
+        )
+
+
+def check_sealing_keys(
+    config_path: str | Path, report: Report, *, now: Callable[[], datetime] = lambda: datetime.now(UTC)
+) -> None:
+    """KS-KS-004 from the ``seal:`` section of a kubeshield.yaml (registry path, renew period)."""
+    from kubeshield.config.loader import load_config
+    from kubeshield.seal.registry import Registry
+
+    try:
+        settings = load_config(config_path)
+        records = Registry(settings.seal.registry).load()
+    except KubeshieldError as exc:
+        report.errors.append(f"{config_path}: {type(exc).__name__}: {exc}")
+        return
+    period = settings.seal.key_renew_period
+    where = str(settings.seal.registry)
+    if not records:
+        report.errors.append(f"{where}: the sealing-key registry holds no key")
+        return
+    newest = records[-1]
+    age = now() - newest.not_before
+    if period <= 0:
+        report.skipped.append(f"{where}: seal.keyRenewPeriod is 0 (renewal off); key age not judged")
+        return
+    if age.total_seconds() > period:
+        report.add(
+            Finding(
+                "KS-KS-004",
+                "sealing-key-age",
+                "medium",
+                f"The newest sealing key is {age.days} days old, older than the renewal period "
+                f"({period / 86400:g} days): new Secrets are still sealed with it",
+                "Check that the seal controller runs (it renews on schedule), or `kubeshield seal keys "
+                "rotate`; then re-encrypt old SealedSecrets (kubeshield seal --re-encrypt)",
+                file=where,
+                evidence=f"{newest.fingerprint} NotBefore {newest.not_before.isoformat()}",
             )
         )
