@@ -18,7 +18,7 @@ from kubeshield.errors import KubeshieldError
 
 __all__ = ["cli", "main", "run"]
 
-_GROUPS = ("keys", "kms", "etcd", "custody", "attest", "sops", "seal")
+_GROUPS = ("keys", "kms", "etcd", "custody", "attest", "sops", "seal", "posture")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -34,6 +34,7 @@ def cli() -> None:
     attest   verify SGX/TDX/SEV-SNP/TPM evidence; release keys only to attested software
     sops     SOPS-compatible encrypted files (the sops binary reads what kubeshield writes)
     seal     sealed secrets for Git (kubeseal-compatible), their keys, unseal, the controller
+    posture  every way Secrets can leak (config, RBAC, pods, Git); Pod Security admission
 
     Every flag can also be set with KUBESHIELD_<FLAG> (for example KUBESHIELD_SOCKET); the command
     line wins. Exit codes: 0 ok, 1 findings or failure, 2 usage error.

@@ -340,3 +340,39 @@ def test_seal_chart_wires_a_valid_config_and_real_flags() -> None:
     service = next(d for d in _seal_render() if d["kind"] == "Service")
     assert service["metadata"]["name"] == "sealed-secrets-controller"  # kubeseal's default name
     assert service["spec"]["ports"][0]["name"] == "http"
+
+
+def test_pss_webhook_manifests_validate_pass_restricted_and_call_real_flags(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from kubeshield.cli import cli
+    from kubeshield.posture.pss import LATEST, LevelVersion, evaluate, extract_pod
+
+    docs = _docs(DEPLOY / "posture" / "pss-webhook.yaml")
+    for doc in docs:
+        _validate(doc)
+    kinds = {d["kind"]: d for d in docs}
+    hook = kinds["ValidatingWebhookConfiguration"]["webhooks"][0]
+    assert hook["admissionReviewVersions"] == ["v1"] and hook["sideEffects"] == "None"
+    assert hook["failurePolicy"] == "Fail"
+    excluded = hook["namespaceSelector"]["matchExpressions"][0]
+    assert excluded["operator"] == "NotIn" and {"kube-system", "kubeshield"} <= set(excluded["values"])
+    resources = {r for rule in hook["rules"] for r in rule["resources"]}
+    assert {"pods", "pods/ephemeralcontainers", "namespaces", "deployments", "cronjobs"} <= resources
+    deployment = kinds["Deployment"]
+    ref = extract_pod(deployment)
+    assert ref is not None
+    assert (
+        evaluate(LevelVersion("restricted", LATEST), ref.metadata, ref.spec) == []
+    )  # it runs restricted itself
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"] == ["kubeshield", "posture", "pss", "webhook"]
+    help_text = CliRunner().invoke(cli, ["posture", "pss", "webhook", "--help"]).output
+    for arg in container["args"]:
+        assert arg.split("=")[0] in help_text, f"{arg} is not a flag of 'kubeshield posture pss webhook'"
+    config = yaml.safe_load(kinds["ConfigMap"]["data"]["pod-security.yaml"])
+    from kubeshield.posture.pss.admission import load_admission_config
+
+    path = tmp_path / "pod-security.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert "kubeshield" in load_admission_config(path).exempt_namespaces
