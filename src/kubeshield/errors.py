@@ -19,7 +19,19 @@ HTTP health server) translate them; nothing else is allowed to escape except pro
     ├── ContractViolation            our own reply would break the KMS contract (a bug; fail closed)
     ├── EtcdError                    talking to etcd failed
     │   └── SnapshotError            an etcd snapshot file is corrupt, truncated or not a snapshot
-    └── PolicyDenied                 a caller or request is not allowed by policy
+    ├── PolicyDenied                 a caller or request is not allowed by policy
+    └── KubeError                    the Kubernetes API refused or failed a request (kubeshield.kube).
+        │                            Carries the HTTP code, the Status reason and which object, never
+        │                            the response body (it can hold Secret data).
+        ├── KubeBadRequest           400: the request is malformed (bad selector, bad patch...)
+        ├── KubeUnauthorized         401: our credential was not accepted
+        ├── KubeForbidden            403: authenticated, but not allowed
+        ├── KubeNotFound             404: the object (or the resource type) does not exist
+        ├── KubeConflict             409 Conflict: stale resourceVersion, or a server-side apply conflict
+        ├── KubeAlreadyExists        409 AlreadyExists: create of a name that is taken
+        ├── KubeGone                 410: the resourceVersion or continue token is too old (re-list)
+        ├── KubeInvalid              422: the object fails validation; ``fields`` names the fields
+        └── KubeUnavailable          the API cannot be reached, timed out, throttled us (429) or failed (5xx)
 
 Rules: messages never hold plaintext, key material, tokens, ciphertext or a remote response body.
 ``InvalidCiphertext`` never holds anything at all.
@@ -39,6 +51,16 @@ __all__ = [
     "InvalidRequest",
     "KeyNotFound",
     "KeyringError",
+    "KubeAlreadyExists",
+    "KubeBadRequest",
+    "KubeConflict",
+    "KubeError",
+    "KubeForbidden",
+    "KubeGone",
+    "KubeInvalid",
+    "KubeNotFound",
+    "KubeUnauthorized",
+    "KubeUnavailable",
     "KubeshieldError",
     "PolicyDenied",
     "SnapshotError",
@@ -110,3 +132,81 @@ class SnapshotError(EtcdError):
 
 class PolicyDenied(KubeshieldError):
     """A caller or request is not allowed by policy."""
+
+
+class KubeError(KubeshieldError):
+    """The Kubernetes API refused or failed a request.
+
+    ``code`` is the HTTP status (0 when no response arrived), ``reason`` the Status reason
+    (``NotFound``, ``Conflict``...), ``kind``/``name``/``namespace`` say which object when known. The
+    message is built from those fields only: a response body never reaches an exception.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: int = 0,
+        reason: str = "",
+        kind: str = "",
+        name: str = "",
+        namespace: str = "",
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.reason = reason
+        self.kind = kind
+        self.name = name
+        self.namespace = namespace
+        self.retry_after = retry_after
+
+
+class KubeBadRequest(KubeError):
+    """400: the API says the request is malformed."""
+
+
+class KubeUnauthorized(KubeError):
+    """401: the API did not accept our credential."""
+
+
+class KubeForbidden(KubeError):
+    """403: authenticated, but the API's authorizer refused the request."""
+
+
+class KubeNotFound(KubeError):
+    """404: the object, its namespace or its resource type does not exist."""
+
+
+class KubeConflict(KubeError):
+    """409 Conflict: the object changed since it was read (or a server-side apply field conflict)."""
+
+
+class KubeAlreadyExists(KubeError):
+    """409 AlreadyExists: an object with that name exists already."""
+
+
+class KubeGone(KubeError):
+    """410: a resourceVersion or continue token is too old; list again."""
+
+
+class KubeInvalid(KubeError):
+    """422: the object fails the API's validation. ``fields`` names the offending fields."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: int = 422,
+        reason: str = "Invalid",
+        kind: str = "",
+        name: str = "",
+        namespace: str = "",
+        fields: tuple[str, ...] = (),
+    ) -> None:
+        super().__init__(message, code=code, reason=reason, kind=kind, name=name, namespace=namespace)
+        self.fields = fields
+
+
+class KubeUnavailable(KubeError):
+    """The API could not be reached, timed out, throttled us (429) or failed (5xx). Retry later."""

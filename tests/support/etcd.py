@@ -224,8 +224,11 @@ class Base64KMSPlugin:
     """
 
     def __init__(self, socket_path: Path, *, key_id: str = "1") -> None:
+        """``socket_path`` ``@name`` serves on a Linux abstract socket (endpoint ``unix:///@name``)."""
         self.socket_path = socket_path
-        self.endpoint = f"unix://{socket_path}"
+        abstract = str(socket_path).startswith("@")
+        self.endpoint = f"unix:///{socket_path}" if abstract else f"unix://{socket_path}"
+        self._address = f"unix-abstract:{str(socket_path)[1:]}" if abstract else f"unix:{socket_path}"
         self.key_id = key_id
         self.decrypt_calls = 0
         self.encrypt_calls = 0
@@ -260,7 +263,7 @@ class Base64KMSPlugin:
 
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
         api_pb2_grpc.add_KeyManagementServiceServicer_to_server(Servicer(), self._server)
-        self._server.add_insecure_port(f"unix:{self.socket_path}")
+        self._server.add_insecure_port(self._address)
         self._server.start()
         return self
 

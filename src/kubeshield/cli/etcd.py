@@ -2,21 +2,44 @@
 
 Flag parsing and rendering only; the logic is :mod:`kubeshield.etcd`. Exit codes: 0 ok, 1 findings
 (``--fail-on``) or any key that failed, 2 usage error.
+
+Flags shared by the three commands, with their variables (the same ones work for every command):
+
+* ``--endpoints`` and etcd TLS as etcdctl spells it: ``--cacert --cert --key`` (``KUBESHIELD_ENDPOINTS``,
+  ``KUBESHIELD_CACERT``, ``KUBESHIELD_CERT``, ``KUBESHIELD_KEY``); ``--client-key`` is a deprecated alias
+  of ``--key``;
+* ``--prefix``, ``--timeout`` (a duration: ``30s``, ``1m``, or seconds);
+* ``--kms-endpoint NAME=unix:///PATH`` to dial a KMS provider of the EncryptionConfiguration on another
+  socket without editing the file (recovery), ``--skip-kms NAME`` to run without a provider.
+
+``etcd decrypt`` chooses objects with ``--object ETCDKEY`` (``KUBESHIELD_OBJECT``). Its old spelling
+``--key ETCDKEY`` keeps working, with a deprecation warning, only where it cannot mean the TLS key: on
+the command line, with no other selector, and every value an etcd key under ``--prefix`` that is not a
+file. ``$KUBESHIELD_KEY`` is always the TLS key.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
-from kubeshield.cli._common import EXIT_FAILURE, CLIError, option
-from kubeshield.errors import KubeshieldError
+from kubeshield.cli._common import (
+    DURATION,
+    EXIT_FAILURE,
+    CLIError,
+    etcd_tls,
+    etcd_tls_options,
+    option,
+    warn,
+)
+from kubeshield.errors import ConfigError, KubeshieldError
 
 __all__ = ["group"]
 
@@ -26,27 +49,56 @@ T = TypeVar("T")
 
 @click.group("etcd")
 def group() -> None:
-    """Prove encryption at rest, recover Secrets from etcd or a snapshot, migrate keys."""
+    """Prove encryption at rest, recover Secrets from etcd or a snapshot, migrate keys.
+
+    \b
+    TLS to etcd uses etcdctl's flags: --cacert, --cert, --key (or KUBESHIELD_CACERT, KUBESHIELD_CERT,
+    KUBESHIELD_KEY), the same for audit, decrypt and rewrite.
+    """
 
 
-def _source_options(*, snapshot: bool, tls_key_flag: str = "--key") -> Callable[[F], F]:
-    """The flags that pick etcd or a snapshot. ``decrypt`` uses ``--key`` for etcd keys (DESIGN.md), so
-    there the TLS client key is ``--client-key``."""
+class _KeyOption(click.Option):
+    """``decrypt --key``: repeatable on the command line (for the deprecated ``--key ETCDKEY ...``), but
+    ``$KUBESHIELD_KEY`` is one TLS key file and is never split."""
+
+    def value_from_envvar(self, ctx: click.Context) -> Any:
+        value = self.resolve_envvar_value(ctx)
+        return None if value is None else (value,)
+
+
+def _source_options(*, snapshot: bool, key_option: bool = True) -> Callable[[F], F]:
+    """The flags that pick etcd or a snapshot, and how to reach it."""
 
     def decorate(func: F) -> F:
         opts = [
             option("--endpoints", help="etcd endpoints, comma-separated (http(s)://HOST:PORT)."),
-            option(
-                "--cacert", type=click.Path(dir_okay=False), help="CA bundle to verify etcd's certificate."
-            ),
-            option("--cert", type=click.Path(dir_okay=False), help="Client certificate for etcd (TLS)."),
-            option(
-                tls_key_flag, "key_file", type=click.Path(dir_okay=False), help="Client key for etcd (TLS)."
-            ),
+            etcd_tls_options(key_option=key_option),
+        ]
+        if not key_option:  # decrypt: --key repeatable for the deprecated --key ETCDKEY form
+            opts.append(
+                click.option(
+                    "--key",
+                    "key",
+                    cls=_KeyOption,
+                    multiple=True,
+                    envvar="KUBESHIELD_KEY",
+                    show_envvar=True,
+                    metavar="FILE",
+                    help="Client private key for etcd (etcdctl --key). The old --key ETCDKEY still selects "
+                    "objects, with a warning, when it can only mean that.",
+                )
+            )
+        opts += [
             option(
                 "--prefix", default="/registry", show_default=True, help="kube-apiserver's --etcd-prefix."
             ),
-            option("--timeout", type=float, default=30.0, show_default=True, help="Seconds per etcd call."),
+            option(
+                "--timeout",
+                type=DURATION,
+                default="30s",
+                show_default=True,
+                help="Deadline of each etcd call (30s, 1m, or seconds).",
+            ),
         ]
         if snapshot:
             opts.append(
@@ -63,11 +115,43 @@ def _source_options(*, snapshot: bool, tls_key_flag: str = "--key") -> Callable[
     return decorate
 
 
-def _resources(text: str) -> list[str] | None:
+def _kms_options(func: F) -> F:
+    opts = [
+        option(
+            "--kms-endpoint",
+            "kms_endpoint",
+            multiple=True,
+            metavar="NAME=ENDPOINT",
+            help="Dial KMS provider NAME of the EncryptionConfiguration at ENDPOINT (unix:///PATH) instead "
+            "of the file's endpoint; the name stays, it is part of every stored value (repeatable).",
+        ),
+        option(
+            "--skip-kms",
+            "skip_kms",
+            multiple=True,
+            metavar="NAME",
+            help="Run without KMS provider NAME: no check that its plugin answers; values under it fail.",
+        ),
+    ]
+    for opt in reversed(opts):
+        func = opt(func)
+    return func
+
+
+def _resources(text: str, prefix: str) -> list[str] | None:
+    from kubeshield.etcd.walk import walk_targets
+
     items = [r.strip() for r in text.split(",") if r.strip()]
     if not items:
         raise click.UsageError("--resources: give at least one resource, or 'all'")
-    return None if items == ["all"] else items
+    if items == ["all"] or "*.*" in items:
+        return None
+    for item in items:
+        try:
+            walk_targets(prefix, item)
+        except ConfigError as exc:
+            raise click.UsageError(f"--resources: {exc}") from None
+    return items
 
 
 def _open_source(stack: ExitStack, params: dict[str, Any], *, allow_snapshot: bool = True) -> Any:
@@ -77,28 +161,63 @@ def _open_source(stack: ExitStack, params: dict[str, Any], *, allow_snapshot: bo
     snapshot, endpoints = params.get("snapshot"), params.get("endpoints")
     if snapshot and endpoints:
         raise click.UsageError("give either --endpoints or --snapshot, not both")
+    tls = etcd_tls(params)
     if snapshot and allow_snapshot:
         return stack.enter_context(SnapshotReader(snapshot))
     if not endpoints:
         raise click.UsageError("--endpoints is required" + (" (or --snapshot)" if allow_snapshot else ""))
     client = EtcdClient(
         [e for e in endpoints.split(",") if e.strip()],
-        cacert=params.get("cacert"),
-        cert=params.get("cert"),
-        key=params.get("key_file"),
+        cacert=tls.cacert,
+        cert=tls.cert,
+        key=tls.key,
         timeout=params["timeout"],
+        flags=tls.flags,
     )
     return stack.enter_context(client)
 
 
-def _chains(stack: ExitStack, config_path: str | None) -> tuple[Any, Any]:
-    from kubeshield.config.encryption import load_encryption_config
-    from kubeshield.etcd.transformers import ChainSet
+def _kms_overrides(values: Sequence[str]) -> dict[str, str]:
+    overrides: dict[str, str] = {}
+    for value in values:
+        name, sep, endpoint = value.partition("=")
+        if not sep or not name or not endpoint:
+            raise click.UsageError(f"--kms-endpoint: expected NAME=unix:///PATH, got {value!r}")
+        if name in overrides and overrides[name] != endpoint:
+            raise click.UsageError(f"--kms-endpoint: provider {name!r} given twice")
+        overrides[name] = endpoint
+    return overrides
 
-    if config_path is None:
+
+def _chains(stack: ExitStack, params: dict[str, Any], *, resources: Sequence[str] | None) -> tuple[Any, Any]:
+    """Load the EncryptionConfiguration, apply ``--kms-endpoint``, and check every KMS endpoint the walk
+    can need before anything is read (a dead socket fails here, not once per key)."""
+    from kubeshield.config.encryption import load_encryption_config, socket_path_from_endpoint
+    from kubeshield.etcd.kms_check import check_kms_providers, kms_providers_for
+    from kubeshield.etcd.transformers import ChainSet, KMSPlugins
+
+    path = params.get("encryption_config")
+    overrides = _kms_overrides(params.get("kms_endpoint") or ())
+    skip = tuple(params.get("skip_kms") or ())
+    if path is None:
+        if overrides or skip:
+            raise click.UsageError("--kms-endpoint and --skip-kms need --encryption-config")
         return None, None
-    config = load_encryption_config(config_path)
-    chains = ChainSet(config)
+    config = load_encryption_config(path).with_kms_endpoints(overrides)
+    names = {p.name for p in config.kms_providers()}
+    for name in skip:
+        if name not in names:
+            have = ", ".join(sorted(names)) or "none"
+            raise click.UsageError(f"--skip-kms: no KMS provider named {name!r} (have: {have})")
+    providers = kms_providers_for(config, resources)
+    for p in providers:
+        if p.name not in skip and socket_path_from_endpoint(p.endpoint).startswith("@"):
+            warn(
+                f"KMS provider {p.name!r} uses the abstract socket {p.endpoint}: abstract sockets have no "
+                "permissions, so any local process could be answering"
+            )
+    check_kms_providers(providers, skip=skip)
+    chains = ChainSet(config, plugins=KMSPlugins(skip=skip))
     stack.callback(chains.close)
     return config, chains
 
@@ -122,6 +241,12 @@ def _progress(items: Iterator[T], *, label: str) -> Iterator[T]:
             bar.advance(task)
 
 
+_RESOURCES_HELP = (
+    "Comma-separated resources as an EncryptionConfiguration names them (secrets, deployments.apps, "
+    "widgets.example.com, *.apps, *.), or 'all'."
+)
+
+
 # -- audit ------------------------------------------------------------------------------------------------
 
 
@@ -130,7 +255,8 @@ def _progress(items: Iterator[T], *, label: str) -> Iterator[T]:
 @option(
     "--encryption-config", type=click.Path(dir_okay=False), help="EncryptionConfiguration: judge staleness."
 )
-@option("--resources", default="secrets", show_default=True, help="Comma-separated resources, or 'all'.")
+@_kms_options
+@option("--resources", default="secrets", show_default=True, help=_RESOURCES_HELP)
 @option("-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @option(
     "--fail-on",
@@ -139,16 +265,26 @@ def _progress(items: Iterator[T], *, label: str) -> Iterator[T]:
     help="Exit 1 when any value is in plaintext / stale (repeatable).",
 )
 def audit_cmd(**params: Any) -> int:
-    """Classify every stored value (format, provider, key_id); never prints a secret value."""
+    """Classify every stored value (format, provider, key_id); never prints a secret value.
+
+    With --encryption-config a value is stale when kube-apiserver would call it stale on read; only KMS
+    Status is asked (each plugin's socket is checked first).
+
+    \b
+    Examples:
+      kubeshield etcd audit --endpoints https://127.0.0.1:2379 --cacert ca.crt --cert client.crt \\
+          --key client.key --encryption-config /etc/kubernetes/enc/enc.yaml --fail-on plaintext
+      kubeshield etcd audit --snapshot etcd.db --resources secrets,configmaps -o json
+    """
     from kubeshield.etcd.audit import AuditSummary, audit
 
-    resources = _resources(params["resources"])
+    resources = _resources(params["resources"], params["prefix"])
     summary = AuditSummary()
     as_json = params["output"] == "json"
     try:
         with ExitStack() as stack:
+            config, chains = _chains(stack, params, resources=resources)
             source = _open_source(stack, params)
-            config, chains = _chains(stack, params["encryption_config"])
             records = audit(
                 source,
                 prefix=params["prefix"],
@@ -199,45 +335,122 @@ def _render_audit_table(summary: Any, *, with_config: bool) -> None:
         console.print("problems:", highlight=False)
         for problem in summary.problems:
             console.print(f"  {problem}", highlight=False, markup=False)
-        hidden = summary.plaintext + summary.stale + summary.errors - len(summary.problems)
+        hidden = summary.problem_records - len(summary.problems)
         if hidden > 0:
-            console.print("  ... and more; use -o json for every record", highlight=False)
+            console.print(f"  ... and {hidden} more; use -o json for every record", highlight=False)
 
 
 # -- decrypt ----------------------------------------------------------------------------------------------
 
 
+def _decrypt_selection(ctx: click.Context, params: dict[str, Any]) -> tuple[str | None, list[str]]:
+    """(TLS client key, objects) from ``--key``/``--object``, with the transition rules of the module
+    docstring. Raises UsageError naming the flag when ``--key`` is ambiguous."""
+    from kubeshield.etcd.keys import normalize_prefix
+
+    keys: tuple[str, ...] = params["key"] or ()
+    objects = list(params["objects"])
+    if not keys or ctx.get_parameter_source("key") is not click.core.ParameterSource.COMMANDLINE:
+        return (keys[0] if keys else None), objects
+    head = normalize_prefix(params["prefix"]).rstrip("/") + "/"
+    selector = bool(objects or params["namespace"] or params["all_keys"])
+
+    def etcd_key(value: str) -> bool:
+        return value.startswith(head) and len(value) > len(head)
+
+    if len(keys) == 1 and not etcd_key(keys[0]):
+        return keys[0], objects  # --key is the TLS client key, as everywhere
+    if len(keys) == 1 and selector and os.path.lexists(keys[0]):
+        return keys[0], objects  # a TLS key file that happens to live under the prefix's path
+    if selector or not all(etcd_key(k) for k in keys):
+        raise click.UsageError(
+            "--key is the etcd TLS client key (as in etcdctl) and is given once; choose objects with "
+            "--object ETCDKEY (repeatable)"
+        )
+    files = [k for k in keys if os.path.lexists(k)]
+    if files:
+        raise click.UsageError(
+            f"--key {files[0]!r} is ambiguous: it is a file (a TLS client key?) and an etcd key under "
+            f"{head}; choose objects with --object, and give --key only the TLS key"
+        )
+    warn(
+        "--key ETCDKEY is deprecated for choosing objects: use --object ETCDKEY "
+        "(--key is now the etcd TLS client key, as in etcdctl)"
+    )
+    return os.environ.get("KUBESHIELD_KEY") or None, [*objects, *keys]
+
+
+def _nothing_found(prefix: str, resources: Sequence[str] | None, namespace: str | None) -> str:
+    from kubeshield.etcd.walk import walk_targets
+
+    places = []
+    selected: Sequence[str | None] = resources or [None]
+    for resource in selected:
+        for target in walk_targets(prefix, resource):
+            if namespace is None:
+                places.append(target.key.decode("utf-8", "backslashreplace"))
+            elif not target.exact:
+                places.append(target.key.decode("utf-8", "backslashreplace") + namespace + "/")
+    what = ", ".join(resources) if resources else "objects"
+    if what == "secrets":
+        what = "Secrets"
+    return f"nothing to decrypt: no {what} found under {', '.join(places) or prefix}"
+
+
 @group.command("decrypt")
-@_source_options(snapshot=True, tls_key_flag="--client-key")
+@_source_options(snapshot=True, key_option=False)
 @option(
     "--encryption-config",
     type=click.Path(dir_okay=False),
     required=True,
     help="EncryptionConfiguration to read with.",
 )
-@option("--resources", default="secrets", show_default=True, help="Comma-separated resources, or 'all'.")
+@_kms_options
+@option("--resources", default="secrets", show_default=True, help=_RESOURCES_HELP)
 @option(
-    "--key",
-    "keys",
+    "--object",
+    "objects",
     multiple=True,
-    envvar="KUBESHIELD_ETCD_KEY",
-    help="An exact etcd key to decrypt (repeatable).",
+    metavar="ETCDKEY",
+    help="An exact etcd key to decrypt (repeatable; in $KUBESHIELD_OBJECT space-separated).",
 )
 @option("--namespace", help="Every object of --resources in this namespace.")
 @option("--all", "all_keys", is_flag=True, help="Every object of --resources.")
 @option("-o", "--output", type=click.Choice(["yaml", "json"]), help="Print the objects on stdout.")
-@option("--out-dir", type=click.Path(file_okay=False), help="Write one file (mode 0600) per object here.")
-def decrypt_cmd(**params: Any) -> int:
-    """Decrypt stored objects exactly as kube-apiserver would (disaster recovery; works on a snapshot)."""
+@option(
+    "--out-dir",
+    type=click.Path(file_okay=False),
+    help="Write one file (mode 0600, directories 0700) per object here.",
+)
+@click.pass_context
+def decrypt_cmd(ctx: click.Context, /, **params: Any) -> int:
+    """Decrypt stored objects exactly as kube-apiserver would (disaster recovery; works on a snapshot).
+
+    \b
+    Examples:
+      kubeshield etcd decrypt --snapshot etcd.db --encryption-config enc.yaml --all --out-dir /restore
+      kubeshield etcd decrypt --endpoints https://127.0.0.1:2379 --cacert ca.crt --cert client.crt \\
+          --key client.key --encryption-config enc.yaml --namespace payments -o yaml
+      kubeshield etcd decrypt --snapshot etcd.db --encryption-config enc.yaml \\
+          --kms-endpoint kubeshield=unix:///tmp/kms.sock --object /registry/secrets/payments/db -o json
+    """
     from kubeshield.etcd.decrypt import decrypt
     from kubeshield.etcd.output import dump_manifest, manifest_path, write_private_file
 
-    chosen = sum(bool(x) for x in (params["keys"], params["namespace"], params["all_keys"]))
+    tls_key, objects = _decrypt_selection(ctx, params)
+    params["key"] = tls_key
+    chosen = sum(bool(x) for x in (objects, params["namespace"], params["all_keys"]))
     if chosen != 1:
-        raise click.UsageError("choose exactly one of --key, --namespace, --all")
+        hint = ""
+        if os.environ.get("KUBESHIELD_ETCD_KEY") and not objects:
+            hint = (
+                " ($KUBESHIELD_ETCD_KEY no longer selects objects: it is kms serve's etcd TLS key; "
+                "use $KUBESHIELD_OBJECT)"
+            )
+        raise click.UsageError("choose exactly one of --object, --namespace, --all" + hint)
     if bool(params["output"]) == bool(params["out_dir"]):
         raise click.UsageError("choose exactly one of -o yaml|json and --out-dir")
-    resources = _resources(params["resources"])
+    resources = _resources(params["resources"], params["prefix"])
     if params["namespace"] and resources is None:
         raise click.UsageError("--namespace needs explicit --resources (not 'all')")
     fmt = params["output"] or "yaml"
@@ -246,14 +459,14 @@ def decrypt_cmd(**params: Any) -> int:
     manifests: list[dict[str, Any]] = []
     try:
         with ExitStack() as stack:
+            _, chains = _chains(stack, params, resources=resources)
             source = _open_source(stack, params)
-            _, chains = _chains(stack, params["encryption_config"])
             items = decrypt(
                 source,
                 chains=chains,
                 prefix=params["prefix"],
                 resources=resources,
-                keys=list(params["keys"]),
+                keys=objects,
                 namespace=params["namespace"],
             )
             out = sys.stdout
@@ -266,7 +479,7 @@ def decrypt_cmd(**params: Any) -> int:
                 ok += 1
                 if out_dir is not None:
                     path = manifest_path(out_dir, item.path, fmt="yaml")
-                    write_private_file(path, dump_manifest(item.manifest, fmt="yaml").encode())
+                    write_private_file(path, dump_manifest(item.manifest, fmt="yaml").encode(), root=out_dir)
                 elif fmt == "yaml":
                     out.write(("" if first else "---\n") + dump_manifest(item.manifest, fmt="yaml"))
                 else:
@@ -278,6 +491,8 @@ def decrypt_cmd(**params: Any) -> int:
                 )
     except KubeshieldError as exc:
         raise CLIError(f"{type(exc).__name__}: {exc}") from exc
+    if ok == 0 and failed == 0:
+        click.echo("error: " + _nothing_found(params["prefix"], resources, params["namespace"]), err=True)
     where = f" into {out_dir}" if out_dir is not None else ""
     click.echo(f"decrypted {ok} objects{where}; {failed} failed", err=True)
     return EXIT_FAILURE if failed or ok == 0 else 0
@@ -291,30 +506,41 @@ def decrypt_cmd(**params: Any) -> int:
 @option(
     "--encryption-config", type=click.Path(dir_okay=False), required=True, help="EncryptionConfiguration."
 )
+@_kms_options
 @option(
     "--to",
     "to",
     required=True,
     help="Provider to write with: a KMS name, aesgcm, aescbc, secretbox, identity.",
 )
-@option("--resources", default="secrets", show_default=True, help="Comma-separated resources, or 'all'.")
+@option("--resources", default="secrets", show_default=True, help=_RESOURCES_HELP)
 @option("--dry-run", is_flag=True, help="Only print the plan (the default).")
 @option("--yes", is_flag=True, help="Apply the rewrite.")
 @option("-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True)
 def rewrite_cmd(**params: Any) -> int:
-    """Re-encrypt stored values with one provider (guarded writes, resumable, dry-run by default)."""
+    """Re-encrypt stored values with one provider (guarded writes, resumable, dry-run by default).
+
+    Refuses to write through a KMS provider on an abstract socket (unix:///@name): Encrypt would hand a
+    plaintext DEK seed to whichever local process holds the name.
+
+    \b
+    Examples:
+      kubeshield etcd rewrite --endpoints https://127.0.0.1:2379 --cacert ca.crt --cert client.crt \\
+          --key client.key --encryption-config enc.yaml --to kubeshield          # the plan
+      kubeshield etcd rewrite ... --to kubeshield --yes                          # apply it
+    """
     from kubeshield.etcd.rewrite import rewrite
 
     if params["dry_run"] and params["yes"]:
         raise click.UsageError("--dry-run and --yes contradict each other")
     apply = bool(params["yes"])
-    resources = _resources(params["resources"])
+    resources = _resources(params["resources"], params["prefix"])
     counts: dict[str, int] = {}
     conflicts = 0
     try:
         with ExitStack() as stack:
+            _, chains = _chains(stack, params, resources=resources)
             source = _open_source(stack, params, allow_snapshot=False)
-            _, chains = _chains(stack, params["encryption_config"])
             records = rewrite(
                 source,
                 chains=chains,

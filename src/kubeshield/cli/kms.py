@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from kubeshield.cli._common import EXIT_FAILURE, CLIError, option
+from kubeshield.cli._common import DURATION, EXIT_FAILURE, CLIError, option
 from kubeshield.cli._peer_attest import attested_upstreams, peer_attestation_option, peer_gate
 from kubeshield.errors import ConfigError, KubeshieldError
 from kubeshield.kms.shutdown import StopSignals
@@ -77,6 +77,66 @@ def _open_primary(
     return LocalKeyBackend(path=path, passphrase=passphrase), keys
 
 
+def _check_key_files(
+    settings: Any,
+    *,
+    keyring: Path | None,
+    passphrase_file: Path | None,
+    allow_insecure: bool,
+    allow_unprotected_emergency: bool,
+) -> None:
+    """Refuse exposed keyring/passphrase files and an unprotected emergency keyring (see ``serve``)."""
+    from kubeshield.config.settings import TpmSettings
+    from kubeshield.keys.files import file_exposure
+    from kubeshield.keys.keyring import KeyringFile
+
+    keys = settings.keys
+    files: list[tuple[str, Path]] = []
+    if keyring is not None or keys.backend == "local":
+        files.append(("keyring", keyring if keyring is not None else keys.local.keyring))
+        pass_file = passphrase_file if passphrase_file is not None else keys.local.passphrase_file
+        if pass_file is not None:
+            files.append(("passphrase file", pass_file))
+    elif keys.backend == "tpm":
+        files.append(("keyring", (keys.tpm if keys.tpm is not None else TpmSettings()).keyring))
+    if keys.emergency is not None:
+        files.append(("emergency keyring", keys.emergency.keyring))
+        if keys.emergency.passphrase_file is not None:
+            files.append(("emergency passphrase file", keys.emergency.passphrase_file))
+    for what, path in files:
+        if not Path(path).exists():
+            continue  # opening it says what is missing (or --create-keyring makes it 0600)
+        problem = file_exposure(Path(path))
+        if problem is None:
+            continue
+        if not allow_insecure:
+            raise ConfigError(
+                f"refusing to serve: the {what} {problem}, or pass --allow-insecure-permissions"
+            )
+        click.echo(f"WARNING: the {what} {problem} (serving anyway: --allow-insecure-permissions)", err=True)
+    primary = files[0][1] if files and files[0][0] == "keyring" else None
+    if primary is not None and Path(primary).exists() and not KeyringFile(primary).read_info().protected:
+        click.echo(
+            f"WARNING: the keyring {primary} has no passphrase: only its permissions and disk encryption "
+            "protect the keys (give --passphrase-file or $KUBESHIELD_KEYRING_PASSPHRASE for production)",
+            err=True,
+        )
+    if keys.emergency is not None and Path(keys.emergency.keyring).exists():
+        info = KeyringFile(keys.emergency.keyring).read_info()
+        if not info.protected:
+            text = (
+                f"the emergency keyring {info.path} has no passphrase (protection kdf none): it is a second "
+                "key to every Secret (docs/backup.md)"
+            )
+            if not allow_unprotected_emergency:
+                raise ConfigError(
+                    f"refusing to serve: {text}. Restore it with a passphrase (kubeshield keys restore ... "
+                    "--passphrase-file F, and keys.emergency.passphraseFile: F), or pass "
+                    "--allow-unprotected-emergency-keyring"
+                )
+            click.echo(f"WARNING: {text} (serving anyway: --allow-unprotected-emergency-keyring)", err=True)
+
+
 def _with_stop_signals(command: Callable[..., int]) -> Callable[..., int]:
     """Install the stop-signal handlers before anything binds a socket; restore them afterwards."""
 
@@ -97,7 +157,9 @@ def _with_stop_signals(command: Callable[..., int]) -> Callable[..., int]:
 @option("--socket", help=f"KMS v2 socket path or unix:/// endpoint [default: {_DEFAULT_SOCKET}].")
 @option("--v1-socket", help="Also serve the deprecated KMS v1 API on this socket.")
 @option(
-    "--health-addr", help=f"HOST:PORT for /livez /healthz /readyz /metrics [default: {_DEFAULT_HEALTH_ADDR}]."
+    "--health-addr",
+    help=f"HOST:PORT for /livez /healthz /readyz /metrics [default: {_DEFAULT_HEALTH_ADDR}]; '' for none "
+    "(a recovery plugin beside a live one).",
 )
 @option("--socket-group", help="Make the sockets 0660 and owned by this group (non-root apiservers).")
 @option("--passphrase-file", type=click.Path(path_type=Path, dir_okay=False), help="Keyring passphrase file.")
@@ -121,6 +183,7 @@ def _with_stop_signals(command: Callable[..., int]) -> Callable[..., int]:
 @option(
     "--tls-expiry-margin",
     default="24h",
+    type=DURATION,
     show_default=True,
     help="/readyz fails once the serving certificate expires within this duration.",
 )
@@ -133,10 +196,11 @@ def _with_stop_signals(command: Callable[..., int]) -> Callable[..., int]:
 @option(
     "--sync-prefix", default="/kubeshield/keyring/", show_default=True, help="etcd prefix for keyring sync."
 )
-@option("--sync-interval", type=float, default=1.0, show_default=True, help="Seconds between keyring syncs.")
+@option("--sync-interval", type=DURATION, default="1s", show_default=True, help="Time between keyring syncs.")
 @option(
     "--adopt-timeout",
     default="20s",
+    type=DURATION,
     show_default=True,
     help="With --etcd-endpoints and no keyring file: how long to wait for the cluster keyring in etcd.",
 )
@@ -148,6 +212,16 @@ def _with_stop_signals(command: Callable[..., int]) -> Callable[..., int]:
     help="Log level (JSON lines on stderr).",
 )
 @peer_attestation_option
+@option(
+    "--allow-insecure-permissions",
+    is_flag=True,
+    help="Serve even when a keyring or passphrase file is accessible by group or others (warns).",
+)
+@option(
+    "--allow-unprotected-emergency-keyring",
+    is_flag=True,
+    help="Serve with an emergency keyring that has no passphrase (a second key to every Secret; warns).",
+)
 @_with_stop_signals
 def serve(
     peer_attestation: Path | None,
@@ -166,15 +240,17 @@ def serve(
     client_ca: Path | None,
     allow: str | None,
     allow_any_client_cert: bool,
-    tls_expiry_margin: str,
+    tls_expiry_margin: float,
     etcd_endpoints: str | None,
     etcd_cacert: str | None,
     etcd_cert: str | None,
     etcd_key: str | None,
     sync_prefix: str,
     sync_interval: float,
-    adopt_timeout: str,
+    adopt_timeout: float,
     log_level: str,
+    allow_insecure_permissions: bool,
+    allow_unprotected_emergency_keyring: bool,
     signals: StopSignals,
 ) -> int:
     """Serve KMS v2 (and optionally v1) on a unix socket and/or, with --listen, over mTLS, until SIGTERM.
@@ -185,12 +261,22 @@ def serve(
     service that cannot be reached at start (Transit, AWS KMS, a PKCS#11 token) does not stop the
     plugin: it serves, unhealthy, decrypts what the emergency keyring can, and connects when the
     service comes back (retries with backoff). A wrong setting or credential still stops it at start.
+    Every Status reply names the keys served (trailing metadata kubeshield-keyring-id; `kubeshield kms
+    status` prints it), and /metrics has kubeshield_keyring_info: every node of a cluster must show the
+    same.
 
     Service mode (--listen) is always mutual TLS: callers are restricted to --allow (typed identities of
     their certificates), or --allow-any-client-cert accepts any certificate the --client-ca signed; one
     of the two is required. With --etcd-endpoints the local keyring's versions are kept in step with
     the other replicas through etcd; a replica with no keyring file adopts the cluster keyring from
     etcd (it never creates one: publish it once with `kubeshield keys sync --from local`).
+
+    \b
+    Refused at start, naming the file and its mode, unless the flag below says otherwise:
+      a keyring or passphrase file (primary or emergency) accessible by group or others
+        (--allow-insecure-permissions; a 0440 Secret file whose group is this pod's fsGroup is fine)
+      an emergency keyring without a passphrase (--allow-unprotected-emergency-keyring)
+    A keyring in a group- or world-writable directory is always refused.
 
     \b
     Examples:
@@ -254,13 +340,14 @@ def serve(
         from kubeshield.kms.tls import AllowList, ReloadingServerCredentials
 
         parse_listen(listen)  # before anything is created
-        margin = _duration(tls_expiry_margin, "--tls-expiry-margin")
+        margin = tls_expiry_margin
 
         assert tls_cert is not None and tls_key is not None and client_ca is not None
         allow_list = AllowList.any_client() if allow_any_client_cert else AllowList.parse(allow)
         credentials = ReloadingServerCredentials(
             cert=tls_cert, key=tls_key, client_ca=client_ca, expiry_margin=margin
         )
+    from kubeshield.keys.identity import identity_source
     from kubeshield.keys.registry import open_backends
 
     if etcd_endpoints:
@@ -279,12 +366,22 @@ def serve(
             cert=etcd_cert,
             key=etcd_key,
             prefix=sync_prefix,
-            timeout=_duration(adopt_timeout, "--adopt-timeout"),
+            timeout=adopt_timeout,
         )
+
+    _check_key_files(
+        settings,
+        keyring=keyring,
+        passphrase_file=passphrase_file,
+        allow_insecure=allow_insecure_permissions,
+        allow_unprotected_emergency=allow_unprotected_emergency_keyring,
+    )
     primary, keys_settings = _open_primary(
         settings, keyring=keyring, passphrase_file=passphrase_file, create_keyring=create_keyring
     )
+    keyring_identity = identity_source(keys_settings, primary)
     metrics = KMSMetrics()
+    metrics.track_keyring(keyring_identity)
     sync = None
     if etcd_endpoints:
         primary, sync = _with_sync(
@@ -325,6 +422,7 @@ def serve(
             allow=allow_list,
             metrics=metrics,
             peer_attestation=peer_gate(peer_attestation),
+            keyring=keyring_identity,
         )
         if sync is not None:
             sync.start()
@@ -361,15 +459,6 @@ def serve(
         service.close()
 
 
-def _duration(text: str, flag: str) -> float:
-    from kubeshield.config.duration import parse_duration
-
-    try:
-        return parse_duration(text)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint=flag) from None
-
-
 def _etcd_store(*, endpoints: str, cacert: str | None, cert: str | None, key: str | None) -> Any:
     """The sync etcd, connected on first use and again after a failure (kms.sync.ReconnectingStore)."""
     from kubeshield.etcd.client import EtcdClient
@@ -378,10 +467,15 @@ def _etcd_store(*, endpoints: str, cacert: str | None, cert: str | None, key: st
     urls = [e.strip() for e in endpoints.split(",") if e.strip()]
     if not urls:
         raise click.BadParameter("at least one etcd URL is required", param_hint="--etcd-endpoints")
+    if (cert is None) != (key is None):  # checked here: the client itself connects only on first use
+        raise ConfigError("--etcd-cert and --etcd-key must be given together")
     for path, flag in ((cacert, "--etcd-cacert"), (cert, "--etcd-cert"), (key, "--etcd-key")):
         if path is not None and not os.access(path, os.R_OK):
             raise ConfigError(f"{flag}: cannot read {path!r}")
-    return ReconnectingStore(lambda: EtcdClient(urls, cacert=cacert, cert=cert, key=key, timeout=2.0))
+    flags = ("--etcd-cacert", "--etcd-cert", "--etcd-key")  # errors name serve's own flags
+    return ReconnectingStore(
+        lambda: EtcdClient(urls, cacert=cacert, cert=cert, key=key, timeout=2.0, flags=flags)
+    )
 
 
 def _adopt_if_missing(
@@ -469,14 +563,19 @@ def _with_sync(
 )
 @option("--server-name", help="Expected name in the replicas' certificates (default: the upstream host).")
 @option(
-    "--check-interval", type=float, default=1.0, show_default=True, help="Seconds between replica checks."
+    "--check-interval", type=DURATION, default="1s", show_default=True, help="Time between replica checks."
 )
 @option(
-    "--budget", type=float, default=2.5, show_default=True, help="Seconds per call, all failovers included."
+    "--budget",
+    type=DURATION,
+    default="2.5s",
+    show_default=True,
+    help="Time per call, all failovers included.",
 )
 @option(
     "--tls-expiry-margin",
     default="24h",
+    type=DURATION,
     show_default=True,
     help="/readyz fails once the client certificate expires within this duration.",
 )
@@ -507,7 +606,7 @@ def relay(
     server_name: str | None,
     check_interval: float,
     budget: float,
-    tls_expiry_margin: str,
+    tls_expiry_margin: float,
     health_addr: str,
     log_level: str,
     signals: StopSignals,
@@ -539,7 +638,7 @@ def relay(
     if budget <= 0 or check_interval <= 0:
         raise click.UsageError("--budget and --check-interval must be > 0")
     targets = parse_upstreams(upstream)
-    margin = _duration(tls_expiry_margin, "--tls-expiry-margin")
+    margin = tls_expiry_margin
     tls = ReloadingClientCredentials(ca=ca, cert=tls_cert, key=tls_key, expiry_margin=margin)
     metrics = KMSMetrics()
     tls.register_metrics(metrics.registry)
@@ -578,9 +677,30 @@ def relay(
 
 @group.command("status")
 @option("--socket", required=True, help="KMS v2 socket path or unix:/// endpoint.")
-@option("--timeout", type=float, default=3.0, show_default=True, help="Per-call deadline in seconds.")
-def status(socket: str, timeout: float) -> int:
-    """Call Status as kube-apiserver does; print version, healthz, key_id and latency. Exit 1 if unhealthy."""
+@option(
+    "--timeout",
+    type=DURATION,
+    default="3s",
+    show_default=True,
+    help="Per-call deadline (3s, 500ms, or seconds).",
+)
+@option("--expect-keyring-id", help="Exit 1 unless the plugin serves this keyring id (compare nodes).")
+@option("--expect-versions-digest", help="Exit 1 unless the plugin's keyring has this versions digest.")
+def status(
+    socket: str, timeout: float, expect_keyring_id: str | None, expect_versions_digest: str | None
+) -> int:
+    """Call Status as kube-apiserver does; print version, healthz, key_id, keyring and latency.
+
+    Exit 1 if unhealthy, or if --expect-keyring-id / --expect-versions-digest differ from what the
+    plugin serves. `keyring:` is the keyring id a kubeshield plugin sends with Status (for a keyring
+    file its keyringId; for other backends the key's identity), `versions:` the keyring's versions
+    digest; `kubeshield keys list` shows the same values for the keyring file.
+
+    \b
+    Check that every control-plane node serves the same keyring (docs/backup.md):
+      kubeshield kms status --socket /var/run/kubeshield/kms.sock \\
+          --expect-keyring-id 6f1c...  --expect-versions-digest 3a9e...
+    """
     from kubeshield.kms.client import KMSv2Client
 
     with KMSv2Client(socket, timeout=timeout) as client:
@@ -589,13 +709,27 @@ def status(socket: str, timeout: float) -> int:
             reply = client.status()
         except KubeshieldError as exc:
             click.echo(f"unhealthy: {type(exc).__name__}: {exc}", err=True)
+            if client.keyring_id is not None:
+                click.echo(f"keyring:  {client.keyring_id}", err=True)
             return EXIT_FAILURE
         elapsed = time.perf_counter() - start
+        keyring_id, digest = client.keyring_id, client.versions_digest
     click.echo(f"version:  {reply.version}")
     click.echo(f"healthz:  {reply.healthz}")
     click.echo(f"key_id:   {reply.key_id}")
+    click.echo(f"keyring:  {keyring_id if keyring_id is not None else '(not sent by this plugin)'}")
+    if digest is not None:
+        click.echo(f"versions: {digest}")
     click.echo(f"latency:  {elapsed * 1000:.2f} ms")
-    return 0
+    failed = False
+    for flag, expected, actual in (
+        ("--expect-keyring-id", expect_keyring_id, keyring_id),
+        ("--expect-versions-digest", expect_versions_digest, digest),
+    ):
+        if expected is not None and expected != actual:
+            click.echo(f"mismatch: {flag} {expected} but the plugin serves {actual}", err=True)
+            failed = True
+    return EXIT_FAILURE if failed else 0
 
 
 @group.command("encryption-config")
@@ -605,10 +739,15 @@ def status(socket: str, timeout: float) -> int:
 )
 @option("--resources", default="secrets", show_default=True, help="Comma-separated resources to encrypt.")
 @option(
-    "--timeout", default="3s", show_default=True, help="Per-call timeout the apiserver uses (Go duration)."
+    "--timeout",
+    type=DURATION,
+    default="3s",
+    show_default=True,
+    help="Per-call timeout the apiserver uses (3s, 500ms, or seconds).",
 )
-def encryption_config(socket: str, name: str, resources: str, timeout: str) -> None:
+def encryption_config(socket: str, name: str, resources: str, timeout: float) -> None:
     """Print the EncryptionConfiguration that points kube-apiserver at this plugin."""
+    from kubeshield.config.duration import format_duration
     from kubeshield.kms._socket import parse_endpoint
     from kubeshield.kms.encryption_config import render_encryption_config
 
@@ -617,7 +756,7 @@ def encryption_config(socket: str, name: str, resources: str, timeout: str) -> N
         raise click.BadParameter("at least one resource is required", param_hint="--resources")
     try:
         text = render_encryption_config(
-            socket=parse_endpoint(socket), name=name, resources=names, timeout=timeout
+            socket=parse_endpoint(socket), name=name, resources=names, timeout=format_duration(timeout)
         )
     except ConfigError as exc:
         raise CLIError(str(exc)) from exc

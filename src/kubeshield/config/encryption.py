@@ -7,7 +7,15 @@ The rules are the apiserver's own (``validation_encryption.go`` / ``v1/defaults.
   least one key, every key named;
 * ``kms.apiVersion`` defaults to ``v1`` when omitted (a classic pitfall); ``v2`` rejects ``cachesize`` and a
   ``name`` containing ``:``; KMS names are unique; ``endpoint`` is a ``unix`` URL; ``timeout`` is a Go
-  duration > 0 (default 3s); v1 ``cachesize`` defaults to 1000 and 0 is invalid.
+  duration > 0 (default 3s); v1 ``cachesize`` defaults to 1000 and 0 is invalid;
+* one ``resources`` list holds no duplicate and no overlap (``secrets`` with ``*.``, anything with ``*.*``);
+  a name that an earlier ``*.<group>`` or ``*.*`` masks is refused (``encryptionconfig/config.go``), and the
+  same name in two lists gets both lists' providers, in order, as the apiserver appends them.
+
+Which providers apply to a resource is the apiserver's ``transformerFromOverrides``: the exact
+group/resource (``secrets``, ``deployments.apps``), else ``*.<group>`` (``*.`` is the core group only, so it
+never covers ``deployments.apps``), else ``*.*``, else identity. Resource names parse like
+``schema.ParseGroupResource``: everything after the first dot is the group.
 
 Errors are ``ConfigError`` naming the field (``resources[0].providers[1].kms.endpoint: ...``) and never
 quote a key's secret.
@@ -18,7 +26,7 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, cast
 from urllib.parse import urlsplit
@@ -32,6 +40,7 @@ __all__ = [
     "API_VERSION",
     "KIND",
     "EncryptionConfiguration",
+    "GroupResource",
     "ProviderConfig",
     "ProviderKey",
     "ResourceRule",
@@ -81,6 +90,33 @@ class ProviderConfig:
         return "plaintext" if self.kind == "identity" else self.kind
 
 
+@dataclass(frozen=True, slots=True, order=True)
+class GroupResource:
+    """An API group and resource as the EncryptionConfiguration names them (``""`` is the core group).
+
+    ``*`` stands for "every" in either part: ``*.`` is ``GroupResource("", "*")``, ``*.*`` is
+    ``GroupResource("*", "*")``.
+    """
+
+    group: str
+    resource: str
+
+    @classmethod
+    def parse(cls, text: str) -> GroupResource:
+        """``schema.ParseGroupResource``: ``deployments.apps`` -> (apps, deployments), ``secrets`` ->
+        ("", secrets); everything after the first dot is the group."""
+        resource, dot, group = text.partition(".")
+        return cls(group=group if dot else "", resource=resource)
+
+    def __str__(self) -> str:
+        if self.group == "" and self.resource == "*":
+            return "*."
+        return f"{self.resource}.{self.group}" if self.group else self.resource
+
+
+_ANY = GroupResource("*", "*")
+
+
 @dataclass(frozen=True, slots=True)
 class ResourceRule:
     """One entry of ``resources``: which resources, and their ordered providers (first one writes)."""
@@ -88,18 +124,17 @@ class ResourceRule:
     resources: tuple[str, ...]
     providers: tuple[ProviderConfig, ...]
 
-    def matches(self, resource: str) -> bool:
-        """Does this rule cover ``resource`` (``secrets``, ``deployments.apps``)?"""
-        res, _, group = resource.partition(".")
-        for pattern in self.resources:
-            if pattern in (resource, "*.*"):
+    def matches(self, resource: str | GroupResource) -> bool:
+        """Does one of this rule's names cover ``resource`` (``secrets``, ``deployments.apps``)?
+
+        Exact group/resource, ``*.<group>`` for the same group (``*.`` = core only), or ``*.*``.
+        """
+        wanted = resource if isinstance(resource, GroupResource) else GroupResource.parse(resource)
+        for name in self.resources:
+            pattern = GroupResource.parse(name)
+            if pattern in (wanted, _ANY):
                 return True
-            if pattern == "*." and not group:
-                return True
-            if pattern.startswith("*.") and group and pattern[2:] == group:
-                return True
-            if not group and pattern.partition(".")[0] == res and "." in pattern and pattern[-1] != "*":
-                # etcd paths carry no group for built-in grouped resources (/registry/deployments/...)
+            if pattern.resource == "*" and pattern.group == wanted.group:
                 return True
         return False
 
@@ -109,12 +144,24 @@ class EncryptionConfiguration:
     """A validated EncryptionConfiguration."""
 
     rules: tuple[ResourceRule, ...]
+    _table: dict[GroupResource, tuple[ProviderConfig, ...]] = field(
+        init=False, repr=False, compare=False, default_factory=dict
+    )
 
-    def providers_for(self, resource: str) -> tuple[ProviderConfig, ...] | None:
-        """The providers the apiserver uses for ``resource`` (first matching rule), or None (identity)."""
-        for rule in self.rules:
-            if rule.matches(resource):
-                return rule.providers
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_table", _transformer_table(self.rules))
+
+    def providers_for(self, resource: str | GroupResource) -> tuple[ProviderConfig, ...] | None:
+        """The providers the apiserver uses for ``resource``, or None (identity, refusing ``k8s:enc:``).
+
+        The lookup of kube-apiserver's ``transformerFromOverrides``: exact group/resource, then
+        ``*.<group>``, then ``*.*``.
+        """
+        wanted = resource if isinstance(resource, GroupResource) else GroupResource.parse(resource)
+        for key in (wanted, GroupResource(wanted.group, "*"), _ANY):
+            found = self._table.get(key)
+            if found is not None:
+                return found
         return None
 
     def kms_providers(self) -> tuple[ProviderConfig, ...]:
@@ -124,6 +171,54 @@ class EncryptionConfiguration:
                 if p.kind == "kms":
                     seen.setdefault(p.name, p)
         return tuple(seen.values())
+
+    def with_kms_endpoints(self, endpoints: Mapping[str, str]) -> EncryptionConfiguration:
+        """The same configuration with the named KMS providers dialling other endpoints (recovery: the
+        provider *name* is part of every stored value's prefix and must stay; only the socket moves).
+
+        Raises ``ConfigError`` for a name no KMS provider has, or an endpoint that is not a unix URL.
+        """
+        if not endpoints:
+            return self
+        names = {p.name for p in self.kms_providers()}
+        for name, endpoint in endpoints.items():
+            if name not in names:
+                have = ", ".join(sorted(names)) or "none"
+                raise ConfigError(f"--kms-endpoint: no KMS provider named {name!r} (have: {have})")
+            try:
+                socket_path_from_endpoint(endpoint)
+            except ConfigError as exc:
+                raise ConfigError(f"--kms-endpoint {name}={endpoint}: {exc}") from None
+        rules = tuple(
+            ResourceRule(
+                resources=rule.resources,
+                providers=tuple(
+                    replace(p, endpoint=endpoints[p.name]) if p.kind == "kms" and p.name in endpoints else p
+                    for p in rule.providers
+                ),
+            )
+            for rule in self.rules
+        )
+        return EncryptionConfiguration(rules=rules)
+
+
+def _transformer_table(
+    rules: tuple[ResourceRule, ...],
+) -> dict[GroupResource, tuple[ProviderConfig, ...]]:
+    """kube-apiserver's ``getTransformerOverridesAndKMSPluginHealthzCheckers`` loop: a name masked by an
+    earlier ``*.<group>`` or ``*.*`` is an error; the same name in two lists appends the providers."""
+    table: dict[GroupResource, tuple[ProviderConfig, ...]] = {}
+    for i, rule in enumerate(rules):
+        for j, name in enumerate(rule.resources):
+            gr = GroupResource.parse(name)
+            for mask in (GroupResource(gr.group, "*"), _ANY):
+                if mask in table:
+                    raise ConfigError(
+                        f"resources[{i}].resources[{j}]: resource {str(gr)!r} is masked by earlier rule "
+                        f"{str(mask)!r}"
+                    )
+            table[gr] = table.get(gr, ()) + rule.providers
+    return table
 
 
 def socket_path_from_endpoint(endpoint: str) -> str:
@@ -194,7 +289,6 @@ def parse_encryption_config(data: object) -> EncryptionConfiguration:
     if top.get("apiVersion") != API_VERSION:
         raise ConfigError(f"apiVersion: must be {API_VERSION!r}, got {top.get('apiVersion')!r}")
     rules: list[ResourceRule] = []
-    seen_resources: set[str] = set()
     kms_names: dict[str, str] = {}
     for i, raw_rule in enumerate(_list(top.get("resources"), "resources")):
         where = f"resources[{i}]"
@@ -204,10 +298,8 @@ def parse_encryption_config(data: object) -> EncryptionConfiguration:
             res_where = f"{where}.resources[{j}]"
             name = _string(res, res_where)
             _check_resource_name(name, res_where)
-            if name in seen_resources:
-                raise ConfigError(f"{res_where}: {name!r} is listed more than once")
-            seen_resources.add(name)
             names.append(name)
+        _check_overlap(names, f"{where}.resources")
         providers = []
         for j, raw in enumerate(_list(rule.get("providers"), f"{where}.providers")):
             provider = _provider(raw, f"{where}.providers[{j}]")
@@ -222,6 +314,22 @@ def parse_encryption_config(data: object) -> EncryptionConfiguration:
             providers.append(provider)
         rules.append(ResourceRule(resources=tuple(names), providers=tuple(providers)))
     return EncryptionConfiguration(rules=tuple(rules))
+
+
+def _check_overlap(names: list[str], where: str) -> None:
+    """``validateResourceOverlap``: no name twice in one list, and no wildcard beside what it covers."""
+    parsed = [GroupResource.parse(n) for n in names]
+    for i, a in enumerate(parsed):
+        for j, b in enumerate(parsed):
+            if i == j:
+                continue
+            if a == b:
+                raise ConfigError(f"{where}: {names[i]!r} is listed more than once")
+            if a == _ANY or (a.group == b.group and "*" in (a.resource, b.resource)):
+                raise ConfigError(
+                    f"{where}: {names[i]!r} and {names[j]!r} overlap in one list "
+                    "(the wildcard would mask the other name); split them into separate lists"
+                )
 
 
 def _check_resource_name(name: str, where: str) -> None:

@@ -32,7 +32,7 @@ from kubeshield.envelope.prefixes import classify
 from kubeshield.errors import InvalidCiphertext, KubeshieldError
 from kubeshield.etcd.keys import parse_key
 from kubeshield.etcd.store import KeyValue, KVSource
-from kubeshield.etcd.transformers import ChainSet, NoProviderError
+from kubeshield.etcd.transformers import ChainSet, NoProviderError, UnknownResourceError
 from kubeshield.etcd.walk import iter_resources
 
 __all__ = ["FORMATS", "AuditRecord", "AuditSummary", "Auditor", "audit"]
@@ -82,6 +82,8 @@ class AuditSummary:
     by_format: Counter[str] = field(default_factory=Counter)
     groups: Counter[tuple[str, str, str, str]] = field(default_factory=Counter)
     problems: list[str] = field(default_factory=list)
+    #: records with a problem (plaintext, unknown, stale or error), each counted once
+    problem_records: int = 0
     current_key_ids: dict[str, str] = field(default_factory=dict)
 
     def add(self, record: AuditRecord) -> None:
@@ -101,8 +103,10 @@ class AuditSummary:
             self.stale += 1
             detail = " ".join(x for x in (record.format, record.provider, record.key_id) if x)
             problem = problem or f"{record.key}: stale ({detail})"
-        if problem is not None and len(self.problems) < _MAX_PROBLEMS:
-            self.problems.append(problem)
+        if problem is not None:
+            self.problem_records += 1
+            if len(self.problems) < _MAX_PROBLEMS:
+                self.problems.append(problem)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -173,10 +177,9 @@ class Auditor:
             return replace(base, format=fmt, error="unknown storage format (not plaintext, no known prefix)")
         if self.config is None or self.chains is None:
             return replace(base, format=fmt, provider=provider, key_id=key_id, dek_source_type=dek_type)
-        chain = self.chains.chain(path.resource)
         try:
-            located = chain.locate(kv.value)
-        except NoProviderError as exc:
+            located = self.chains.chain(path.encryption_resource).locate(kv.value)
+        except (NoProviderError, UnknownResourceError) as exc:
             return replace(
                 base, format=fmt, provider=provider, key_id=key_id, dek_source_type=dek_type, error=str(exc)
             )

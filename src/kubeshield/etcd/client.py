@@ -73,13 +73,17 @@ class EtcdClient:
         cert: str | None = None,
         key: str | None = None,
         timeout: float = 10.0,
+        flags: tuple[str, str, str] = ("--cacert", "--cert", "--key"),
     ) -> None:
+        """``flags`` are the command's names for ``cacert``, ``cert`` and ``key``, used in errors."""
         if not endpoints:
             raise ConfigError("--endpoints: at least one endpoint is required")
+        ca_flag, cert_flag, key_flag = flags
         if (cert is None) != (key is None):
-            raise ConfigError("--cert and --key must be given together")
+            raise ConfigError(f"{cert_flag} and {key_flag} must be given together")
         self._timeout = timeout
-        roots, chain, private = _read(cacert, "--cacert"), _read(cert, "--cert"), _read(key, "--key")
+        roots, chain = _read(cacert, ca_flag), _read(cert, cert_flag)
+        private = _read(key, key_flag)
         want_tls = any(x is not None for x in (roots, chain, private))
         options = [
             ("grpc.max_receive_message_length", _MAX_MESSAGE),

@@ -16,7 +16,7 @@ from kubeshield.errors import KubeshieldError
 from kubeshield.etcd.keys import KeyPath, parse_key
 from kubeshield.etcd.store import KeyValue, KVSource
 from kubeshield.etcd.transformers import ChainSet
-from kubeshield.etcd.walk import iter_resources, resource_key_prefix
+from kubeshield.etcd.walk import iter_resources, walk_targets
 
 __all__ = ["DecryptedItem", "decrypt"]
 
@@ -68,7 +68,7 @@ def _text(key: bytes) -> str:
 def _one(kv: KeyValue, *, path: KeyPath, chains: ChainSet) -> DecryptedItem:
     key = _text(kv.key)
     try:
-        result = chains.chain(path.resource).read(kv.value, key=kv.key)
+        result = chains.chain(path.encryption_resource).read(kv.value, key=kv.key)
     except KubeshieldError as exc:
         return DecryptedItem(key=key, path=path, error=f"{type(exc).__name__}: {exc}")
     try:
@@ -97,5 +97,6 @@ def _namespace(
     if resources is None:
         raise ValueError("--namespace needs explicit --resources")
     for resource in dict.fromkeys(resources):
-        start = resource_key_prefix(prefix, resource) + namespace.encode() + b"/"
-        yield from source.iter_prefix(start, page_size=page_size)
+        for target in walk_targets(prefix, resource):
+            if not target.exact:  # a range allocation is cluster-wide: no namespace
+                yield from source.iter_prefix(target.key + namespace.encode() + b"/", page_size=page_size)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from kubeshield.errors import ConfigError, KubeshieldError
 from kubeshield.etcd.client import EtcdClient
 from kubeshield.etcd.keys import parse_key
+from kubeshield.etcd.kms_check import refuse_abstract_for_writes
 from kubeshield.etcd.store import KeyValue
 from kubeshield.etcd.transformers import ChainSet
 from kubeshield.etcd.walk import iter_resources
@@ -76,6 +77,10 @@ def rewrite(
         raise ConfigError("--to identity writes Secrets in plaintext: it needs an explicit --yes")
     if max_attempts < 1:
         raise ValueError("max_attempts must be >= 1")
+    if chains.config is not None:
+        for provider in chains.config.kms_providers():
+            if provider.name == to:
+                refuse_abstract_for_writes(provider)  # before any key is read
     source_kvs = iter_resources(
         _Latest(client, page_size), prefix=prefix, resources=resources, page_size=page_size
     )
@@ -86,7 +91,7 @@ def rewrite(
         yield _rewrite_one(
             client,
             kv,
-            resource=path.resource,
+            resource=path.encryption_resource,
             chains=chains,
             to=to,
             apply=apply,
@@ -115,7 +120,7 @@ def _rewrite_one(
     client: EtcdClient,
     kv: KeyValue,
     *,
-    resource: str,
+    resource: str | None,
     chains: ChainSet,
     to: str,
     apply: bool,

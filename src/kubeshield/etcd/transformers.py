@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
@@ -50,7 +50,14 @@ from kubeshield.envelope.kmsv2 import (
 )
 from kubeshield.envelope.prefixes import ENCRYPTED_PREFIX, value_prefix
 from kubeshield.envelope.secretbox import open_secretbox, seal_secretbox
-from kubeshield.errors import ConfigError, ContractViolation, InvalidCiphertext, KubeshieldError
+from kubeshield.errors import (
+    BackendUnavailable,
+    ConfigError,
+    ContractViolation,
+    InvalidCiphertext,
+    KubeshieldError,
+)
+from kubeshield.etcd.kms_check import client_endpoint, refuse_abstract_for_writes
 
 __all__ = [
     "ChainSet",
@@ -60,6 +67,7 @@ __all__ = [
     "NoProviderError",
     "ReadResult",
     "TransformerChain",
+    "UnknownResourceError",
     "Writer",
 ]
 
@@ -74,6 +82,10 @@ class DecryptError(KubeshieldError):
 
 class NoProviderError(KubeshieldError):
     """A value's prefix matches no provider of the config for its resource."""
+
+
+class UnknownResourceError(KubeshieldError):
+    """A key's storage path is not one this version knows, so which encryption rules apply is unknown."""
 
 
 class _V2Plugin(Protocol):
@@ -113,13 +125,13 @@ class _EncryptLike(Protocol):
 def _default_v2(endpoint: str, timeout: float) -> _V2Plugin:
     from kubeshield.kms.client import KMSv2Client
 
-    return KMSv2Client(endpoint, timeout=timeout)
+    return KMSv2Client(client_endpoint(endpoint), timeout=timeout)
 
 
 def _default_v1(endpoint: str, timeout: float) -> _V1Plugin:
     from kubeshield.kms.client import KMSv1Client
 
-    return KMSv1Client(endpoint, timeout=timeout)
+    return KMSv1Client(client_endpoint(endpoint), timeout=timeout)
 
 
 class KMSPlugins:
@@ -133,18 +145,27 @@ class KMSPlugins:
         *,
         v2_factory: Callable[[str, float], _V2Plugin] = _default_v2,
         v1_factory: Callable[[str, float], _V1Plugin] = _default_v1,
+        skip: Iterable[str] = (),
     ) -> None:
+        """``skip`` names providers this run must not call (``--skip-kms``): their values fail at once."""
         self._v2_factory, self._v1_factory = v2_factory, v1_factory
         self._v2: dict[str, _V2Plugin] = {}
         self._v1: dict[str, _V1Plugin] = {}
         self._key_ids: dict[str, str] = {}
+        self._skip = frozenset(skip)
+
+    def _refuse_skipped(self, provider: ProviderConfig) -> None:
+        if provider.name in self._skip:
+            raise BackendUnavailable(f"KMS provider {provider.name!r} is left out of this run (--skip-kms)")
 
     def v2(self, provider: ProviderConfig) -> _V2Plugin:
+        self._refuse_skipped(provider)
         if provider.name not in self._v2:
             self._v2[provider.name] = self._v2_factory(provider.endpoint, provider.timeout)
         return self._v2[provider.name]
 
     def v1(self, provider: ProviderConfig) -> _V1Plugin:
+        self._refuse_skipped(provider)
         if provider.name not in self._v1:
             self._v1[provider.name] = self._v1_factory(provider.endpoint, provider.timeout)
         return self._v1[provider.name]
@@ -340,6 +361,7 @@ class Writer:
     def __init__(
         self, chain: TransformerChain, provider: ProviderConfig, *, plugins: KMSPlugins, rng: Rng = os.urandom
     ) -> None:
+        refuse_abstract_for_writes(provider)
         self.provider, self._chain, self._plugins, self._rng = provider, chain, plugins, rng
         self._seed: bytes | None = None
         self._stamp: tuple[str, bytes, Mapping[str, bytes]] | None = None
@@ -442,14 +464,24 @@ class ChainSet:
         self._chains: dict[tuple[ProviderConfig, ...], TransformerChain] = {}
         self._writers: dict[tuple[str, str], Writer | KubeshieldError] = {}
 
-    def chain(self, resource: str) -> TransformerChain:
+    def chain(self, resource: str | None) -> TransformerChain:
+        """The chain for ``resource`` (an EncryptionConfiguration name, as ``KeyPath.encryption_resource``
+        gives it); None (a storage path this version does not know) raises ``UnknownResourceError``
+        unless there is no config (then everything is identity)."""
+        if resource is None:
+            if self.config is not None:
+                raise UnknownResourceError(
+                    "kubeshield does not know which API resource is stored here (a built-in newer than "
+                    "its storage-path table?), so it cannot tell which encryption rules apply"
+                )
+            resource = ""
         providers = self.config.providers_for(resource) if self.config is not None else None
         providers = providers or (ProviderConfig(kind="identity"),)
         if providers not in self._chains:
             self._chains[providers] = TransformerChain(providers, plugins=self.plugins, rng=self._rng)
         return self._chains[providers]
 
-    def writer(self, resource: str, name: str) -> Writer:
+    def writer(self, resource: str | None, name: str) -> Writer:
         chain = self.chain(resource)
         provider = chain.provider(name)
         key = (provider.kind, provider.display_name)

@@ -1,8 +1,10 @@
 """Backup and restore of exportable KEK material: a local keyring, encrypted with age (pyrage).
 
-What can be backed up: the KEK versions of a ``local`` keyring. What cannot: keys that never leave
-their custodian (PKCS#11 tokens, TPM-sealed keyrings, OpenBao/Vault Transit, AWS KMS, the custody
-process); :func:`non_exportable_reason` names the vendor's own backup procedure for each. The in-memory
+What can be backed up: the KEK versions of a ``local`` keyring, passphrase-protected, unprotected or
+TPM-sealed (``tpm``: the keyring is opened with its TPM, so only that machine can make the backup; the
+age file then opens with the recipients' identities, never with the TPM). What cannot: keys that never
+leave their custodian (PKCS#11 tokens, OpenBao/Vault Transit, AWS KMS, the custody process);
+:func:`non_exportable_reason` names the vendor's own backup procedure for each. The in-memory
 local KEKs of the hierarchy are not backed up either: each is per process, lives at most
 ``keys.hierarchy.maxAge``, and already travels with every ciphertext wrapped by the remote key; a copy
 would only matter if the remote key were lost, and that case is what the break-glass escrow (an
@@ -23,10 +25,16 @@ The plaintext inside is UTF-8 JSON, built by :func:`export_payload`::
 
 Restore (:func:`restore_backup`) decrypts, then verifies before anything is written: the format
 (every field, exactly), that every ``keyId`` is the fingerprint of its key and its version, and a wrap
-/unwrap round trip per version through a freshly written keyring in a temp file next to the target.
-Only then is the temp file renamed over the target (atomically, 0600, directory fsynced), and only
-if no keyring exists there, unless ``force``. The restored keyring keeps the source's keyringId and
-key_ids, so it decrypts everything the source wrapped, and it can be sealed with a new passphrase.
+/unwrap round trip per version through a freshly written keyring in a temp file next to the target,
+sealed the way the target will be (a passphrase, a TPM via ``sealer``, or nothing). Only then is the
+temp file renamed over the target (atomically, directory fsynced; a new file is 0600, a replaced one
+keeps its owner, group and mode), and only if no keyring exists there, unless ``force``.
+
+Replacing never drops a version silently: under the target's lock, every version of the current
+keyring whose key_id the backup lacks (all of them when the backup is of another keyring) must be named
+in ``allow_drop``, or the restore is refused with the list. A current file that cannot be read is
+refused too (move it aside first), because then nobody can say what it held. The restored keyring keeps
+the source's keyringId and key_ids, so it decrypts everything the source wrapped.
 """
 
 from __future__ import annotations
@@ -38,7 +46,7 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -48,7 +56,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from kubeshield.errors import ConfigError, KeyringError, KubeshieldError
 from kubeshield.keys.base import Wrapped
-from kubeshield.keys.files import exclusive_lock, fsync_directory, write_private_atomic
+from kubeshield.keys.files import exclusive_lock, replace_private, write_private_atomic
 from kubeshield.keys.keyring import (
     KEY_BYTES,
     Argon2Params,
@@ -56,6 +64,7 @@ from kubeshield.keys.keyring import (
     KeyringFile,
     KeyringInfo,
     KeyringVersion,
+    KeySealer,
     key_id_for,
 )
 from kubeshield.keys.local import WRAP_FORMAT, LocalKeyBackend
@@ -74,7 +83,9 @@ __all__ = [
     "read_identities",
     "read_recipients",
     "restore_backup",
+    "versions_dropped",
     "write_backup",
+    "write_identity",
 ]
 
 BACKUP_KIND = "KubeshieldKeyBackup"
@@ -104,10 +115,6 @@ _VENDOR_BACKUP: Mapping[str, str] = {
         "AWS KMS keys cannot be exported; AWS keeps them durable. Guard against deletion (key policy, "
         "a long PendingWindowInDays) and use a multi-Region key replica for regional outages"
     ),
-    "tpm": (
-        "a TPM-sealed keyring opens only on its TPM (and PCR state); keep a separate passphrase-protected "
-        "local keyring backup made at provisioning time, before sealing"
-    ),
     "custody": "the custody process holds its own keys; back them up with its own procedure",
 }
 
@@ -130,8 +137,11 @@ class BackupContents:
 
 
 def non_exportable_reason(backend: str) -> str | None:
-    """Why ``backend``'s keys cannot be backed up by kubeshield, with the vendor procedure; None for local."""
-    if backend == "local":
+    """Why ``backend``'s keys cannot be backed up by kubeshield, with the vendor procedure.
+
+    None for ``local`` and ``tpm`` (a TPM-sealed local keyring, opened with its TPM to export it).
+    """
+    if backend in ("local", "tpm"):
         return None
     return _VENDOR_BACKUP.get(
         backend, f"the {backend!r} backend offers no key export; use its vendor's backup procedure"
@@ -273,6 +283,28 @@ def read_recipients(path: Path) -> list[str]:
     return recipients
 
 
+def write_identity(path: Path, *, force: bool = False, clock: Callable[[], float] = time.time) -> str:
+    """Create a new age X25519 identity file at ``path`` (0600, as ``age-keygen`` writes it).
+
+    Returns its recipient (``age1...``), the only part to share. Refuses to replace a file unless
+    ``force``.
+    """
+    pyrage = _pyrage()
+    path = Path(path)
+    if os.path.lexists(path) and not force:
+        raise BackupError(f"{path}: a file already exists; refusing to overwrite it (use --force)")
+    if not path.parent.is_dir():
+        raise BackupError(f"{path.parent}: the identity's directory does not exist")
+    identity = pyrage.x25519.Identity.generate()
+    recipient = str(identity.to_public())
+    text = f"# created: {_rfc3339(clock())}\n# public key: {recipient}\n{identity}\n"
+    try:
+        write_private_atomic(path, text.encode("ascii"))
+    except OSError as exc:
+        raise BackupError(f"{path}: cannot write the identity: {exc.strerror}") from None
+    return recipient
+
+
 def read_identities(path: Path) -> list[str]:
     """age identities (the ``AGE-SECRET-KEY-`` lines) from an identity file, as ``age-keygen`` writes it."""
     identities = _lines(path, "identity")
@@ -376,10 +408,14 @@ def _local_blob(key: bytes, key_id: str, plaintext: bytes, nonce: bytes, aad: by
 
 
 def _verify_keyring(
-    path: Path, contents: BackupContents, passphrase: bytes | None, rng: Callable[[int], bytes]
+    path: Path,
+    contents: BackupContents,
+    passphrase: bytes | None,
+    rng: Callable[[int], bytes],
+    sealer: KeySealer | None,
 ) -> None:
     """Open the keyring at ``path`` and prove every version unwraps, and the primary wraps."""
-    backend = LocalKeyBackend(path=path, passphrase=passphrase)
+    backend = LocalKeyBackend(path=path, passphrase=passphrase, sealer=sealer)
     try:
         listed = [(v.version, v.key_id, v.state) for v in backend.versions()]
         expected = [(v.version, v.key_id, v.state) for v in contents.versions]
@@ -407,34 +443,50 @@ def restore_backup(
     keyring: Path,
     passphrase: bytes | None = None,
     force: bool = False,
+    allow_drop: Collection[int] = (),
     argon2: Argon2Params | None = None,
+    sealer: KeySealer | None = None,
     rng: Callable[[int], bytes] = os.urandom,
     fsync: Callable[[int], None] = os.fsync,
 ) -> KeyringInfo:
-    """Write ``contents`` as a keyring at ``keyring`` (sealed with ``passphrase`` if given), verified first.
+    """Write ``contents`` as a keyring at ``keyring``, verified first (module docstring).
 
-    Refuses to replace an existing keyring unless ``force``. Nothing is written at ``keyring`` unless
-    the verified temp keyring is complete; on any failure the temp file is removed.
+    Sealed with ``passphrase`` (Argon2id, ``argon2`` cost), or by ``sealer`` (a TPM), or unprotected.
+    A missing directory is created 0700 (as ``keys init`` does). Refuses to replace an existing keyring
+    unless ``force``, and even then refuses to drop a version of it that ``allow_drop`` (version numbers
+    of the current keyring) does not name. Nothing is written at
+    ``keyring`` unless the verified temp keyring is complete; on any failure the temp file is removed.
     """
     target = Path(keyring)
     if passphrase is not None and not passphrase:
         raise ConfigError("the new keyring's passphrase must not be empty")
-    if not target.parent.is_dir():
-        raise BackupError(f"{target.parent}: the keyring's directory does not exist")
+    if passphrase is not None and sealer is not None:
+        raise ConfigError("a restored keyring is sealed by a passphrase or by a TPM, not both")
+    try:
+        target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # a fresh node, as `keys init` does
+    except OSError as exc:
+        raise BackupError(f"{target.parent}: cannot create the keyring's directory: {exc.strerror}") from None
     refusal = f"{target}: a keyring already exists; refusing to overwrite it (use --force)"
-    if os.path.lexists(target) and not force:
-        raise BackupError(refusal)
+    if os.path.lexists(target):
+        if not force:
+            raise BackupError(refusal)
+        _refuse_drops(target, contents, allow_drop)  # early, before any work; again under the lock
     tmp = target.with_name(f".{target.name}.restore-{rng(6).hex()}")
     try:
-        staging = KeyringFile(tmp, rng=rng, argon2=argon2, fsync=fsync)
-        params = (argon2 if argon2 is not None else Argon2Params()) if passphrase is not None else None
-        _stage(staging, contents, params, passphrase)
-        _verify_keyring(tmp, contents, passphrase, rng)
+        staging = KeyringFile(tmp, rng=rng, argon2=argon2, fsync=fsync, sealer=sealer)
+        staging.write(
+            keyring_id=contents.keyring_id,
+            versions=contents.versions,
+            keys=contents.keys,
+            passphrase=passphrase,
+        )
+        _verify_keyring(tmp, contents, passphrase, rng, sealer)
         with exclusive_lock(target):
-            if os.path.lexists(target) and not force:
-                raise BackupError(refusal)
-            os.replace(tmp, target)
-            fsync_directory(target.parent, fsync=fsync)
+            if os.path.lexists(target):
+                if not force:
+                    raise BackupError(refusal)
+                _refuse_drops(target, contents, allow_drop)
+            replace_private(tmp, target, fsync=fsync)
     except OSError as exc:
         raise BackupError(f"{target}: cannot write the restored keyring: {exc.strerror}") from None
     except KeyringError as exc:
@@ -442,14 +494,39 @@ def restore_backup(
             raise
         raise BackupError(f"{target}: cannot write the restored keyring: {exc}") from None
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        for leftover in (tmp, tmp.with_name(tmp.name + ".lock")):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(leftover)
     return KeyringFile(target).read_info()
 
 
-def _stage(
-    staging: KeyringFile, contents: BackupContents, argon2: Argon2Params | None, passphrase: bytes | None
-) -> None:
-    # KeyringFile has no public "write these versions" call yet; _write is its single writer (format,
-    # sealing, atomic 0600 write). Requested from the keyring's owner: a public KeyringFile.restore().
-    staging._write(contents.keyring_id, contents.versions, contents.keys, argon2, passphrase)
+def versions_dropped(current: KeyringInfo, contents: BackupContents) -> tuple[KeyringVersion, ...]:
+    """The versions of ``current`` whose key_id ``contents`` does not hold (what a restore would drop)."""
+    kept = {v.key_id for v in contents.versions}
+    return tuple(v for v in current.versions if v.key_id not in kept)
+
+
+def _refuse_drops(target: Path, contents: BackupContents, allow_drop: Collection[int]) -> None:
+    try:
+        current = KeyringFile(target).read_info()
+    except KeyringError as exc:
+        raise BackupError(
+            f"cannot read the current keyring to see what restoring over it would drop ({exc}); "
+            f"move it aside first (mv {target} {target}.broken)"
+        ) from None
+    every = versions_dropped(current, contents)
+    dropped = [v for v in every if v.version not in set(allow_drop)]
+    if not dropped:
+        return
+    other = (
+        f" (the backup is of another keyring: {contents.keyring_id}; the current one is {current.keyring_id})"
+        if contents.keyring_id != current.keyring_id
+        else ""
+    )
+    names = ", ".join(f"{v.version} ({v.key_id}, {v.state})" for v in dropped)
+    numbers = ",".join(str(v.version) for v in every)
+    raise BackupError(
+        f"{target}: restoring this backup would drop version(s) {names} of the current keyring{other}; "
+        "whatever is stored under them would become unreadable. Back up the current keyring first; to "
+        f"drop them anyway, pass --allow-drop {numbers}"
+    )

@@ -41,9 +41,20 @@ The *public part* is every field except ``material``; it can be read without the
 different keys even when a backup is restored and rotated again to the same version number. On load
 every keyId is recomputed from its key and must match.
 
-Writes (``create``, ``rotate``) hold ``flock`` on ``<path>.lock``, re-read the file inside the lock, and
-replace it atomically, so concurrent rotations never lose a version. Readers take no lock: the atomic
-rename means they see the old or the new file, never a mix.
+``keyringId`` names the keyring, not a version: it is drawn at ``create`` (a random UUID), kept by
+every rotation, retirement and restore, and covered by the AAD of a sealed keyring. Two nodes serve the
+same keyring exactly when they show the same ``keyringId``; they hold the same versions exactly when
+they also show the same :attr:`KeyringInfo.versions_digest` (16 hex digits of
+``sha256(b"kubeshield-keyring-versions\\x00" + "\\n".join(keyId + " " + state))``, public like the
+key_ids it is computed from). ``keyringId`` has been a required field since the first format version, so
+every keyring file has one.
+
+Writes (``create``, ``rotate``, ``retire``, ``write``) hold ``flock`` on ``<path>.lock``, re-read the file
+inside the lock, and replace it atomically (:mod:`kubeshield.keys.files`: the file keeps its owner,
+group and mode), so concurrent rotations never lose a version. Readers take no lock: the atomic
+rename means they see the old or the new file, never a mix. A keyring in an existing group- or
+world-writable directory is refused on every read and write
+(:func:`~kubeshield.keys.files.directory_problem`).
 
 Errors: a missing, unreadable, corrupt, foreign or newer-format file raises
 :class:`~kubeshield.errors.KeyringError` whose message names the path and the problem (never key bytes).
@@ -72,7 +83,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 
 from kubeshield.errors import KeyringError, WrongPassphrase
-from kubeshield.keys.files import exclusive_lock, write_private_atomic
+from kubeshield.keys.files import directory_problem, exclusive_lock, write_private_atomic
 
 __all__ = [
     "FORMAT_VERSION",
@@ -86,12 +97,14 @@ __all__ = [
     "KeyringVersion",
     "fingerprint",
     "key_id_for",
+    "versions_digest",
 ]
 
 KIND = "KubeshieldKeyring"
 FORMAT_VERSION = 1
 KEY_BYTES = 32
 _FINGERPRINT_LABEL = b"kubeshield-kek-fingerprint\x00"
+_VERSIONS_LABEL = b"kubeshield-keyring-versions\x00"
 _FINGERPRINT_BYTES = 8
 _NONCE = 12
 _TAG = 16
@@ -208,6 +221,17 @@ class KeyringInfo:
     def protected(self) -> bool:
         return self.kdf != "none"
 
+    @property
+    def versions_digest(self) -> str:
+        """16 hex digits naming this exact set of versions and states (module docstring)."""
+        return versions_digest(self.versions)
+
+
+def versions_digest(versions: tuple[KeyringVersion, ...]) -> str:
+    """``sha256(label + "\\n".join(keyId + " " + state))``, first 16 hex digits."""
+    text = "\n".join(f"{v.key_id} {v.state}" for v in versions).encode("ascii")
+    return hashlib.sha256(_VERSIONS_LABEL + text).hexdigest()[:16]
+
 
 @dataclass(frozen=True, slots=True)
 class Keyring:
@@ -285,7 +309,13 @@ class KeyringFile:
     def _error(self, problem: str) -> KeyringError:
         return KeyringError(f"{self.path}: {problem}")
 
+    def _check_directory(self) -> None:
+        problem = directory_problem(self.path.parent)
+        if problem is not None:
+            raise self._error(problem)
+
     def _read(self) -> tuple[KeyringInfo, dict[str, Any], bytes, FileStamp]:
+        self._check_directory()
         try:
             fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
@@ -507,6 +537,7 @@ class KeyringFile:
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as exc:
             raise self._error(f"cannot create the keyring's directory: {exc.strerror}") from None
+        self._check_directory()
         with self._locked():
             if os.path.lexists(self.path) and not force:
                 raise self._error(
@@ -546,6 +577,67 @@ class KeyringFile:
                 passphrase,
                 tpm=current.info.kdf == "tpm",
             )
+
+    def retire(self, version: int, *, passphrase: bytes | None) -> Keyring:
+        """Remove decrypt-only ``version`` and its key for good. Refuses the primary and unknown versions.
+
+        Whatever is still encrypted under that version becomes unreadable: the CLI checks etcd first.
+        """
+        with self._locked():
+            current = self.load(passphrase)
+            numbers = [v.version for v in current.info.versions]
+            if version not in numbers:
+                listed = ", ".join(map(str, numbers))
+                raise self._error(f"version {version} is not in this keyring (its versions: {listed})")
+            if current.info.primary.version == version:
+                raise self._error(
+                    f"version {version} is the primary (it encrypts every new write); rotate first, "
+                    "then retire it once nothing is stored under it"
+                )
+            kept = tuple(v for v in current.info.versions if v.version != version)
+            keys = {n: k for n, k in current.keys.items() if n != version}
+            return self._write(
+                current.info.keyring_id,
+                kept,
+                keys,
+                current.info.argon2,
+                passphrase,
+                tpm=current.info.kdf == "tpm",
+            )
+
+    def write(
+        self,
+        *,
+        keyring_id: str,
+        versions: tuple[KeyringVersion, ...],
+        keys: Mapping[int, bytes],
+        passphrase: bytes | None,
+    ) -> Keyring:
+        """Write exactly these versions as this keyring (restore): sealed by the sealer, the passphrase
+        (with this file's Argon2 cost), or nothing. Replaces an existing file (callers decide whether
+        they may). The versions must be well-formed, exactly one primary, each key matching its keyId.
+        """
+        if passphrase is not None and not passphrase:
+            raise ValueError("passphrase must not be empty (pass None for an unprotected keyring)")
+        if passphrase is not None and self._sealer is not None:
+            raise ValueError("a keyring is sealed by a passphrase or by a TPM, not both")
+        try:
+            if str(uuid.UUID(keyring_id)) != keyring_id:
+                raise ValueError
+        except ValueError:
+            raise ValueError("keyring_id must be a UUID") from None
+        numbers = [v.version for v in versions]
+        if not versions or numbers != sorted(set(numbers)) or set(numbers) != set(keys):
+            raise ValueError("versions must be ascending, distinct and match the keys one to one")
+        if sum(v.state == "primary" for v in versions) != 1:
+            raise ValueError("exactly one version must be primary")
+        for v in versions:
+            if len(keys[v.version]) != KEY_BYTES or key_id_for(v.version, keys[v.version]) != v.key_id:
+                raise ValueError(f"keyId of version {v.version} does not match its key")
+        self._check_directory()
+        with self._locked():
+            argon2 = self._argon2 if passphrase is not None else None
+            return self._write(keyring_id, versions, keys, argon2, passphrase, tpm=self._sealer is not None)
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:

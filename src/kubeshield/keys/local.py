@@ -65,6 +65,8 @@ class _KeySet:
     by_fingerprint: Mapping[bytes, str]
     versions: tuple[KeyVersionInfo, ...]
     stamp: FileStamp
+    keyring_id: str
+    versions_digest: str
 
     @classmethod
     def of(cls, keyring: Keyring) -> _KeySet:
@@ -76,7 +78,15 @@ class _KeySet:
             by_key_id[v.key_id] = AESGCM(key)
             by_fp[fingerprint(key)] = v.key_id
             infos.append(KeyVersionInfo(v.version, v.key_id, v.created_timestamp, v.state))
-        return cls(keyring.info.primary.key_id, by_key_id, by_fp, tuple(infos), keyring.stamp)
+        return cls(
+            keyring.info.primary.key_id,
+            by_key_id,
+            by_fp,
+            tuple(infos),
+            keyring.stamp,
+            keyring.info.keyring_id,
+            keyring.info.versions_digest,
+        )
 
 
 def _aad(key_id: str, aad: bytes) -> bytes:
@@ -219,3 +229,13 @@ class LocalKeyBackend:
 
     def versions(self) -> list[KeyVersionInfo]:
         return list(self._current().versions)
+
+    # --- identity (public, for comparing nodes; see kubeshield.keys.keyring) ----------------------
+
+    def keyring_id(self) -> str:
+        """The ``keyringId`` of the keyring now in use (follows a reload). No I/O."""
+        return self._current().keyring_id
+
+    def versions_digest(self) -> str:
+        """:attr:`~kubeshield.keys.keyring.KeyringInfo.versions_digest` of the versions now in use."""
+        return self._current().versions_digest

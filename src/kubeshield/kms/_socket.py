@@ -6,6 +6,11 @@ Endpoint forms (kms-contract §2.1, kubernetes/kms ``util.ParseEndpoint``):
 * ``unix:///@name``                           -> ``@name`` (a Linux abstract socket)
 * a plain path (``/abs/path`` or ``rel/path``)  -> that path made absolute (our CLI convenience)
 * ``unix://rel/path`` is refused: Go reads ``rel`` as the URL host and would dial ``/path``.
+
+We never *serve* on an abstract socket (:func:`refuse_abstract`, applied by :func:`prepare_socket_path`):
+an abstract name has no filesystem permissions, and the apiserver's static pod (and so our plugin) runs
+with hostNetwork, so any local user could connect and call Decrypt. A path socket is 0600 (or 0660 with
+``--socket-group``) in a directory we control.
 """
 
 from __future__ import annotations
@@ -22,11 +27,13 @@ from urllib.parse import urlsplit
 from kubeshield.errors import ConfigError
 
 __all__ = [
+    "ABSTRACT_REFUSED",
     "SocketListener",
     "grpc_address",
     "parse_endpoint",
     "prepare_socket_path",
     "private_umask",
+    "refuse_abstract",
     "resolve_group",
     "socket_endpoint_url",
 ]
@@ -73,15 +80,28 @@ def grpc_address(path: str) -> str:
     return "unix:" + path
 
 
+ABSTRACT_REFUSED = (
+    "abstract sockets have no filesystem permissions, and kube-apiserver's static pod runs with "
+    "hostNetwork, so any local user could connect and call Decrypt; serve on a path instead, e.g. "
+    "unix:///var/run/kubeshield/kms.sock"
+)
+
+
+def refuse_abstract(path: str, *, what: str = "socket") -> None:
+    """Raise ConfigError if ``path`` is an abstract socket (``@name``): we never serve on one."""
+    if path.startswith("@"):
+        raise ConfigError(f"{what} {path!r} refused: {ABSTRACT_REFUSED}")
+
+
 def prepare_socket_path(path: str) -> None:
     """Make ``path`` bindable without clobbering anything that matters.
 
+    * an abstract socket (``@name``) is refused (:func:`refuse_abstract`);
     * the directory must exist (we do not create it: a missing hostPath mount must be seen);
     * a stale socket (a socket file nobody answers on) is removed;
     * a live socket (another plugin listening) or any non-socket file is refused.
     """
-    if path.startswith("@"):
-        return
+    refuse_abstract(path)
     directory = os.path.dirname(path) or "."
     if not os.path.isdir(directory):
         raise ConfigError(f"socket directory {directory!r} does not exist; create it (or mount it) first")

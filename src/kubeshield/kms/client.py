@@ -10,6 +10,9 @@ exactly as kube-apiserver does (kms-contract §2.1, §2.4, §2.5, §2.9).
   most 32 KiB (``kubeshield.envelope.limits``).
 
 Violations raise :class:`ContractViolation`; an unhealthy Status raises :class:`BackendUnavailable`.
+The ``kubeshield-*`` trailing metadata of the last Status (healthy or not) is kept in
+:attr:`KMSv2Client.status_metadata`: a kubeshield plugin names the keys it serves there
+(:mod:`kubeshield.keys.identity`); other plugins send none.
 gRPC errors are mapped back onto the error tree (the details text is not copied except for transport
 errors raised by the local gRPC library, which hold no response body).
 
@@ -28,6 +31,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any, TypeVar
+from urllib.parse import unquote
 
 import grpc
 
@@ -42,6 +46,7 @@ from kubeshield.errors import (
     InvalidRequest,
     KeyNotFound,
 )
+from kubeshield.keys.identity import METADATA_KEYRING_ID, METADATA_VERSIONS_DIGEST
 from kubeshield.kms._socket import grpc_address, parse_endpoint
 from kubeshield.kms.api.v1beta1 import api_pb2 as v1_pb2
 from kubeshield.kms.api.v1beta1 import api_pb2_grpc as v1_grpc
@@ -115,13 +120,49 @@ class KMSv2Client(_Base):
         super().__init__(endpoint, timeout=timeout)
         self._stub = v2_grpc.KeyManagementServiceStub(self._channel)
         self._version: str | None = None
+        self._status_metadata: dict[str, str] = {}
 
     def __enter__(self) -> KMSv2Client:
         return self
 
+    @property
+    def status_metadata(self) -> Mapping[str, str]:
+        """The ``kubeshield-*`` metadata of the last Status reply or error (empty when none was sent)."""
+        return dict(self._status_metadata)
+
+    @property
+    def keyring_id(self) -> str | None:
+        """``kubeshield-keyring-id`` of the last Status (percent-decoded), or None."""
+        value = self._status_metadata.get(METADATA_KEYRING_ID)
+        return unquote(value) if value is not None else None
+
+    @property
+    def versions_digest(self) -> str | None:
+        """``kubeshield-keyring-versions`` of the last Status, or None."""
+        return self._status_metadata.get(METADATA_VERSIONS_DIGEST)
+
+    def _keep_metadata(self, call: Any) -> None:
+        try:
+            pairs = call.trailing_metadata() or ()
+        except Exception:  # no metadata on a call that never reached a server
+            pairs = ()
+        self._status_metadata = {
+            str(k): v[:_MAX_DETAILS]
+            for k, v in pairs
+            if isinstance(k, str) and k.startswith("kubeshield-") and isinstance(v, str)
+        }
+
     def status(self) -> StatusReply:
         """Status, validated (version known and constant, healthz ok, key_id within limits)."""
-        reply = self._call("Status", self._stub.Status, v2_pb2.StatusRequest())
+        self._status_metadata = {}
+        try:
+            reply, call = self._stub.Status.with_call(
+                v2_pb2.StatusRequest(), timeout=self.timeout, wait_for_ready=True
+            )
+        except grpc.RpcError as exc:
+            self._keep_metadata(exc)
+            raise error_from_rpc(exc, operation="Status") from None
+        self._keep_metadata(call)
         if reply.version not in V2_VERSIONS:
             raise ContractViolation(f"KMS Status version {reply.version!r} is not v2 or v2beta1")
         if self._version is not None and reply.version != self._version:

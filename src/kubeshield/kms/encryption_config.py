@@ -28,7 +28,7 @@ import yaml
 
 from kubeshield.config.encryption import parse_encryption_config
 from kubeshield.errors import ConfigError
-from kubeshield.kms._socket import socket_endpoint_url
+from kubeshield.kms._socket import refuse_abstract, socket_endpoint_url
 
 __all__ = [
     "DEFAULT_NAME",
@@ -51,7 +51,11 @@ def encryption_config(
     resources: Sequence[str] = DEFAULT_RESOURCES,
     timeout: str = DEFAULT_TIMEOUT,
 ) -> dict[str, Any]:
-    """The EncryptionConfiguration document (as a dict) for a plugin on ``socket``. Validated."""
+    """The EncryptionConfiguration document (as a dict) for a plugin on ``socket``. Validated.
+
+    An abstract socket (``@name``) is refused: we never serve on one, so no config may point at one.
+    """
+    refuse_abstract(socket, what="--socket")
     doc: dict[str, Any] = {
         "apiVersion": "apiserver.config.k8s.io/v1",
         "kind": "EncryptionConfiguration",

@@ -3,13 +3,26 @@
 Labels never hold plaintext, keys, ciphertext or even the raw key_id: the current key_id is exported as
 ``key_id_hash`` = the first 16 hex digits of ``sha256(key_id)``, as kube-apiserver does in its own KMS
 metrics, so dashboards can see a rotation without learning key names.
+
+``kubeshield_keyring_info{backend, keyring_id_hash, versions_digest} 1`` names the keys this plugin
+serves (:mod:`kubeshield.keys.identity`): ``keyring_id_hash`` is the same hash of the keyring id
+(``kubeshield keys list -o json`` shows it as ``keyringIdHash``), ``versions_digest`` the keyring's
+versions digest (empty for backends without a keyring file). It is read from the backend at every
+scrape, so a restored or retired keyring shows at once. Every node of a cluster must report one and the
+same series; ``count(count by (keyring_id_hash, versions_digest) (kubeshield_keyring_info)) > 1``
+says they do not.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from kubeshield.keys.identity import KeyringIdentity, identity_hash
 
 __all__ = ["KMSMetrics", "key_id_hash"]
 
@@ -95,6 +108,36 @@ class KMSMetrics:
         del key_id
         self.break_glass.inc()
 
+    def track_keyring(self, source: Callable[[], KeyringIdentity]) -> None:
+        """Export ``kubeshield_keyring_info`` from ``source`` (cheap, no I/O) at every scrape."""
+        self.registry.register(_KeyringCollector(source))
+
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""
         return generate_latest(self.registry)
+
+
+class _KeyringCollector(Collector):
+    """``kubeshield_keyring_info``, computed when scraped (module docstring)."""
+
+    def __init__(self, source: Callable[[], KeyringIdentity]) -> None:
+        self._source = source
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())  # computed at scrape time; nothing to check at registration
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "kubeshield_keyring_info",
+            "The keys this plugin serves: hash of the keyring id, and the keyring's versions digest.",
+            labels=["backend", "keyring_id_hash", "versions_digest"],
+        )
+        try:
+            identity = self._source()
+        except Exception:  # a closed backend: export nothing rather than fail the whole scrape
+            yield family
+            return
+        family.add_metric(
+            [identity.backend, identity_hash(identity.keyring_id), identity.versions_digest or ""], 1
+        )
+        yield family

@@ -37,6 +37,7 @@ from kubeshield.kms._socket import (
     parse_endpoint,
     prepare_socket_path,
     private_umask,
+    refuse_abstract,
     resolve_group,
 )
 from kubeshield.kms.api.v1beta1 import api_pb2 as v1_pb2
@@ -175,6 +176,9 @@ class RelayServer:
         self.v1_socket_path = parse_endpoint(v1_socket) if v1_socket else None
         if self.v1_socket_path is not None and self.v1_socket_path == self.socket_path:
             raise ConfigError("the v1 socket must differ from the v2 socket")
+        for what, path in (("socket", self.socket_path), ("v1 socket", self.v1_socket_path)):
+            if path is not None:
+                refuse_abstract(path, what=what)  # before anything is bound
         self._gid = resolve_group(socket_group) if socket_group else None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._servers: list[grpc.aio.Server] = []

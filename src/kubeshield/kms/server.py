@@ -60,12 +60,14 @@ from kubeshield.errors import (
     KeyNotFound,
     PolicyDenied,
 )
+from kubeshield.keys.identity import KeyringIdentity
 from kubeshield.kms._socket import (
     SocketListener,
     grpc_address,
     parse_endpoint,
     prepare_socket_path,
     private_umask,
+    refuse_abstract,
     resolve_group,
 )
 from kubeshield.kms.api.v1beta1 import api_pb2 as v1_pb2
@@ -293,7 +295,12 @@ class _Servicer:
 
 
 class KMSv2Servicer(_Servicer, v2_grpc.KeyManagementServiceServicer):  # type: ignore[misc]
-    """``/v2.KeyManagementService/{Status,Encrypt,Decrypt}``."""
+    """``/v2.KeyManagementService/{Status,Encrypt,Decrypt}``.
+
+    ``keyring`` (cheap, no I/O) names the keys served: every Status reply, an error included, carries
+    it as trailing metadata (``kubeshield-keyring-id``, ``kubeshield-keyring-versions``), which
+    kube-apiserver ignores and ``kubeshield kms status`` prints (kubeshield.keys.identity).
+    """
 
     def __init__(
         self,
@@ -302,15 +309,26 @@ class KMSv2Servicer(_Servicer, v2_grpc.KeyManagementServiceServicer):  # type: i
         metrics: KMSMetrics | None = None,
         allow: AllowList | None = None,
         limit: CallLimit | None = None,
+        keyring: Callable[[], KeyringIdentity] | None = None,
     ) -> None:
         super().__init__(service, metrics=metrics, api="v2", allow=allow, limit=limit)
+        self._keyring = keyring
 
     def Status(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802 - gRPC method name
         def call() -> Any:
+            self._send_keyring(context)  # after the caller was admitted, before Status can fail
             reply = self._service.status()
             return v2_pb2.StatusResponse(version=reply.version, healthz=reply.healthz, key_id=reply.key_id)
 
         return self._run(context, "Status", call, request)
+
+    def _send_keyring(self, context: grpc.ServicerContext) -> None:
+        if self._keyring is None:
+            return
+        try:
+            context.set_trailing_metadata(self._keyring().metadata())
+        except Exception:  # a closed backend has no identity; Status itself reports why
+            _log.debug("no keyring identity for Status", exc_info=True)
 
     def Encrypt(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
         def call() -> Any:
@@ -397,16 +415,21 @@ class KMSServer:
         status_reserve: int = 8,
         metrics: KMSMetrics | None = None,
         peer_attestation: PeerAttestationGate | None = None,
+        keyring: Callable[[], KeyringIdentity] | None = None,
     ) -> None:
         if not 0 <= status_reserve < max_workers:
             raise ValueError("status_reserve must be >= 0 and below max_workers (0: no reserve)")
         self.service = service
         self._peer_attestation = peer_attestation  # kubeshield.kms.peer_attest: guards TCP Decrypt
         self.metrics = metrics
+        self.keyring = keyring
         self.socket_path = parse_endpoint(socket) if socket else None
         self.v1_socket_path = parse_endpoint(v1_socket) if v1_socket else None
         if self.v1_socket_path is not None and self.v1_socket_path == self.socket_path:
             raise ConfigError("the v1 socket must differ from the v2 socket")
+        for what, path in (("socket", self.socket_path), ("v1 socket", self.v1_socket_path)):
+            if path is not None:
+                refuse_abstract(path, what=what)  # before anything is bound
         self.listen = parse_listen(listen) if listen else None
         if self.listen is not None and tls is None:
             raise ConfigError("--listen requires TLS: give --tls-cert, --tls-key and --client-ca")
@@ -448,7 +471,16 @@ class KMSServer:
                 (
                     self.socket_path,
                     lambda s: s.add_generic_rpc_handlers(
-                        (v2_handler(KMSv2Servicer(self.service, metrics=self.metrics, limit=self._limit())),)
+                        (
+                            v2_handler(
+                                KMSv2Servicer(
+                                    self.service,
+                                    metrics=self.metrics,
+                                    limit=self._limit(),
+                                    keyring=self.keyring,
+                                )
+                            ),
+                        )
                     ),
                 )
             )
@@ -495,7 +527,15 @@ class KMSServer:
         limit = self._limit()  # one pool, one limit for both APIs
         server.add_generic_rpc_handlers(
             (
-                v2_handler(KMSv2Servicer(self.service, metrics=self.metrics, allow=self._allow, limit=limit)),
+                v2_handler(
+                    KMSv2Servicer(
+                        self.service,
+                        metrics=self.metrics,
+                        allow=self._allow,
+                        limit=limit,
+                        keyring=self.keyring,
+                    )
+                ),
                 v1_handler(KMSv1Servicer(self.service, metrics=self.metrics, allow=self._allow, limit=limit)),
             )
         )

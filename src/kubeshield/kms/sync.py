@@ -64,7 +64,7 @@ from prometheus_client import CollectorRegistry, Gauge
 
 from kubeshield.errors import ConfigError, KeyringError
 from kubeshield.keys.base import Health, KeyBackend, KeyVersionInfo, Refreshable, Rotatable, Wrapped
-from kubeshield.keys.files import exclusive_lock, fsync_directory
+from kubeshield.keys.files import exclusive_lock, replace_private
 from kubeshield.keys.keyring import KeyringFile, KeyringInfo
 from kubeshield.kms.logging import fields, get_logger
 
@@ -379,8 +379,7 @@ class KeyringSync:
         with exclusive_lock(self.path):
             if self.path.read_bytes() != expected:
                 return False
-            os.replace(staged, self.path)
-            fsync_directory(self.path.parent)
+            replace_private(staged, self.path)  # keeps the keyring's owner, group and mode
             return True
 
     # -- background --------------------------------------------------------------------------------

@@ -120,7 +120,29 @@ def test_bad_values_are_per_key_errors_and_the_run_continues(
     assert doc["summary"]["total"] == 13
 
 
-def test_plugin_down_is_an_error_per_kms_key_not_a_crash(
+def test_plugin_down_fails_at_once_naming_the_socket(
+    etcd_server: EtcdServer, etcd: EtcdClient, enc_config, kms_plugin: Base64KMSPlugin, prefix: str, capsys
+) -> None:
+    """Issue 16 item 9: a dead socket used to cost a 3 s deadline per key; now the run stops before it
+    reads anything, saying which provider and why."""
+    seed_mix(etcd, enc_config.config, prefix, n=9)
+    kms_plugin.stop()
+    code, out, err = run_cli(
+        capsys,
+        *_live("audit", etcd_server, prefix),
+        "--encryption-config",
+        str(enc_config.path),
+        "-o",
+        "json",
+    )
+    assert code == 1
+    assert out == ""  # not a single record: nothing was walked
+    assert f"KMS provider 'kms-provider' (unix://{kms_plugin.socket_path})" in err
+    assert "does not exist" in err or "connection refused" in err
+    assert "--kms-endpoint kms-provider=unix:///PATH" in err
+
+
+def test_skip_kms_is_an_error_per_kms_key_not_a_crash(
     etcd_server: EtcdServer, etcd: EtcdClient, enc_config, kms_plugin: Base64KMSPlugin, prefix: str, capsys
 ) -> None:
     seed_mix(etcd, enc_config.config, prefix, n=9)
@@ -130,6 +152,8 @@ def test_plugin_down_is_an_error_per_kms_key_not_a_crash(
         *_live("audit", etcd_server, prefix),
         "--encryption-config",
         str(enc_config.path),
+        "--skip-kms",
+        "kms-provider",
         "-o",
         "json",
     )
@@ -141,6 +165,7 @@ def test_plugin_down_is_an_error_per_kms_key_not_a_crash(
         secret_key(6, prefix=prefix).decode(),
     ]
     assert all("cannot ask KMS plugin 'kms-provider'" in r["error"] for r in errors)
+    assert all("--skip-kms" in r["error"] for r in errors)
     assert sum(1 for r in doc["records"] if r["stale"]) == 7  # every other entry of MIX
 
 

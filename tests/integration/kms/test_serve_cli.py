@@ -105,6 +105,7 @@ def test_startup_errors(tmp_path: Path, setup: str, message: str) -> None:
     args = ["--keyring", str(keyring), "--socket", str(sock), "--health-addr", ""]
     if setup != "missing-keyring":
         (tmp_path / "pass").write_text("right-passphrase\n")
+        (tmp_path / "pass").chmod(0o600)  # a readable passphrase file is refused on its own
         created = run_cli(
             "keys", "init", "--keyring", str(keyring), "--passphrase-file", str(tmp_path / "pass")
         )

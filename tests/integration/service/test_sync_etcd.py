@@ -262,3 +262,25 @@ def test_a_replica_with_an_empty_keyring_path_adopts_the_cluster_keyring(
     with pytest.raises(ConfigError, match="etcd is not reachable"):
         adopt_keyring(store=Partitioned(), keyring=cut, passphrase=PASS, timeout=1.0,  # type: ignore[arg-type]
                       clock=lambda: clock[0], sleep=sleep)  # fmt: skip
+
+
+def test_adopting_a_newer_keyring_from_etcd_keeps_the_files_owner_group_and_mode(
+    tmp_path: Path, store: EtcdClient
+) -> None:
+    """The backup CronJob reads the keyring as uid 65532: an adoption by sync must not reset it to
+    root:root (keys.files.replace_private, as every other keyring rewrite does)."""
+    import os
+
+    prefix = f"/t/{tmp_path.name}/"
+    a, b = _replicas(tmp_path, 2)
+    os.chown(b, 65532, 65532)
+    os.chmod(b, 0o640)
+    syncs = [_sync(store, p, prefix) for p in (a, b)]
+    assert syncs[0].sync_once() is SyncOutcome.CREATED
+    assert syncs[1].sync_once() is SyncOutcome.IN_SYNC
+    new_key = LocalKeyBackend(path=a, passphrase=PASS).rotate()
+    assert syncs[0].sync_once() is SyncOutcome.PUBLISHED
+    assert syncs[1].sync_once() is SyncOutcome.ADOPTED
+    assert KeyringFile(b).read_info().primary.key_id == new_key
+    st = b.stat()
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (65532, 65532, 0o640)

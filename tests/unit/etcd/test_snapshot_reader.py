@@ -70,7 +70,7 @@ def test_malformed_revision_key_is_named(tmp_path: Path) -> None:
         SnapshotReader(_write(tmp_path, build_bbolt([(b"short", _kv(b"k", b"v", 1))]), with_hash=False))
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     st.lists(
         st.tuples(st.integers(min_value=0, max_value=5 * 4096 - 1), st.integers(1, 255)),
@@ -94,6 +94,7 @@ def test_any_corruption_gives_snapshot_error_or_a_consistent_read(
         assert str(exc)
 
 
+@settings(deadline=None)  # the machine is shared: no timing limits in tests
 @given(st.binary(max_size=9000))
 def test_random_bytes_never_crash(data: bytes) -> None:
     import tempfile

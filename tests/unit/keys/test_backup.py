@@ -146,7 +146,11 @@ def test_restore_refuses_an_existing_keyring_unless_force(tmp_path: Path) -> Non
     with pytest.raises(BackupError, match="already exists; refusing to overwrite"):
         backups.restore_backup(contents, keyring=tmp_path / "existing")
     assert (tmp_path / "existing").read_bytes() == before
-    info = backups.restore_backup(contents, keyring=tmp_path / "existing", force=True)
+    # another keyring: --force alone would drop its only version, so that must be named explicitly
+    with pytest.raises(BackupError, match=r"would drop version\(s\) 1 \(local:v1:.*another keyring"):
+        backups.restore_backup(contents, keyring=tmp_path / "existing", force=True)
+    assert (tmp_path / "existing").read_bytes() == before
+    info = backups.restore_backup(contents, keyring=tmp_path / "existing", force=True, allow_drop=[1])
     assert info.keyring_id == contents.keyring_id != existing.info.keyring_id
 
 
@@ -163,11 +167,14 @@ def test_a_failing_write_leaves_nothing_behind(tmp_path: Path) -> None:
     assert _nothing_at(tmp_path / "t" / "kr")
 
 
-def test_restore_into_a_missing_directory_names_it(tmp_path: Path) -> None:
+def test_restore_onto_a_fresh_node_creates_a_private_directory(tmp_path: Path) -> None:
     make_keyring(tmp_path / "kr", passphrase=None)
     contents = backups.parse_payload(backups.export_payload(KeyringFile(tmp_path / "kr").load(None)))
-    with pytest.raises(BackupError, match="directory does not exist"):
-        backups.restore_backup(contents, keyring=tmp_path / "nope" / "kr")
+    backups.restore_backup(contents, keyring=tmp_path / "new" / "dir" / "kr")
+    assert stat.S_IMODE(os.stat(tmp_path / "new" / "dir").st_mode) == 0o700
+    (tmp_path / "file").write_bytes(b"x")
+    with pytest.raises(BackupError, match="cannot create the keyring's directory"):
+        backups.restore_backup(contents, keyring=tmp_path / "file" / "kr")
 
 
 # -- the payload: strict parsing, fingerprints ----------------------------------------------------------
@@ -285,8 +292,10 @@ def test_recipient_and_identity_files_skip_comments(tmp_path: Path) -> None:
         backups.read_identities(tmp_path / "missing")
 
 
-@pytest.mark.parametrize("backend", ["pkcs11", "transit", "awskms", "tpm", "custody", "thirdparty"])
+@pytest.mark.parametrize("backend", ["pkcs11", "transit", "awskms", "custody", "thirdparty"])
 def test_non_exportable_backends_name_a_procedure(backend: str) -> None:
     reason = backups.non_exportable_reason(backend)
     assert reason is not None and len(reason) > 30
+    # keyring files are exportable: local, and tpm (opened with its TPM, so rotations can be backed up)
     assert backups.non_exportable_reason("local") is None
+    assert backups.non_exportable_reason("tpm") is None

@@ -109,7 +109,12 @@ def test_restore_refuses_existing_keyring_then_force(tmp_path: Path) -> None:
     assert refused.exit_code == 1
     assert "already exists; refusing to overwrite" in refused.stderr
     assert (tmp_path / "b").read_bytes() == before
+    # the backup is of another keyring: --force alone would drop b's only version, so it is refused
     forced = run(*args, "--force")
+    assert forced.exit_code == 1
+    assert "would drop version(s) 1 (local:v1:" in forced.stderr and "--allow-drop 1" in forced.stderr
+    assert (tmp_path / "b").read_bytes() == before
+    forced = run(*args, "--force", "--allow-drop", "1")
     assert forced.exit_code == 0, forced.output
     assert "WARNING: no passphrase given" in forced.stderr
     assert (

@@ -117,7 +117,7 @@ _json = st.recursive(
 )
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     sealed=st.one_of(_json, st.binary(min_size=0, max_size=64).map(lambda b: base64.b64encode(b).decode())),
     pcrs=st.one_of(_json, st.lists(st.integers(-2, 26), max_size=5)),

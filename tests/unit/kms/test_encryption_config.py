@@ -92,3 +92,8 @@ def test_any_colon_free_name_renders_and_validates(name: str) -> None:
     doc = yaml.safe_load(text)
     validate_encryption_config(doc)
     assert doc["resources"][0]["providers"][0]["kms"]["name"] == name
+
+
+def test_no_config_points_the_apiserver_at_an_abstract_socket() -> None:
+    with pytest.raises(ConfigError, match="abstract sockets have no filesystem permissions"):
+        render_encryption_config(socket="@kubeshield")

@@ -97,3 +97,29 @@ def test_live_socket_is_refused(tmp_path: Path) -> None:
         assert os.path.exists(path)
     finally:
         sock.close()
+
+
+@pytest.mark.parametrize("endpoint", ["unix:///@kubeshield", "unix:///@kms-v1"])
+def test_abstract_sockets_are_never_served(endpoint: str) -> None:
+    """Issue 15 item 2: an abstract name has no permissions and the pods run with hostNetwork."""
+    with pytest.raises(ConfigError, match="abstract sockets have no filesystem permissions"):
+        prepare_socket_path(parse_endpoint(endpoint))
+
+
+def test_the_plugin_and_the_relay_refuse_abstract_sockets_before_binding(tmp_path: Path) -> None:
+    from kubeshield.keys.testing import InMemoryBackend
+    from kubeshield.kms.relay_server import RelayServer
+    from kubeshield.kms.server import KMSServer
+    from kubeshield.kms.service import KMSService
+
+    service = KMSService(InMemoryBackend())
+    try:
+        with pytest.raises(ConfigError, match="socket '@kms' refused"):
+            KMSServer(service, socket="unix:///@kms")
+        with pytest.raises(ConfigError, match="v1 socket '@kms-v1' refused"):
+            KMSServer(service, socket=str(tmp_path / "kms.sock"), v1_socket="unix:///@kms-v1")
+    finally:
+        service.close()
+    with pytest.raises(ConfigError, match="socket '@relay' refused"):
+        RelayServer(None, socket="unix:///@relay")  # type: ignore[arg-type]  # refused before it is used
+    assert list(tmp_path.iterdir()) == []
