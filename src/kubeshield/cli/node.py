@@ -209,7 +209,8 @@ def _public_key(source: str, ca_file: Path | None) -> Any:
     if source.startswith(("https://", "http://")):
         from kubeshield.node.client import ReleaseClient
 
-        doc = ReleaseClient(source, ca_file=ca_file).public_key()
+        with ReleaseClient(source, ca_file=ca_file) as client:
+            doc = client.public_key()
         return PublicSealingKey.from_json(json.dumps(doc), source=source)
     try:
         text = Path(source).read_text(encoding="utf-8")
@@ -284,10 +285,11 @@ def seal_cmd(
 
             assert url is not None and token_file is not None
             token = token_file.read_text(encoding="ascii").strip()
-            text = ReleaseClient(url, ca_file=ca_file).seal(
-                token, value, namespace=namespace, service_account=service_account, audience=audience,
-                selector=selector,
-            )  # fmt: skip
+            with ReleaseClient(url, ca_file=ca_file) as client:
+                text = client.seal(
+                    token, value, namespace=namespace, service_account=service_account, audience=audience,
+                    selector=selector,
+                )  # fmt: skip
     except KubeshieldError as exc:
         raise_cli_error(exc)
     except ValueError as exc:
@@ -317,9 +319,8 @@ def unseal_cmd(config_path: Path, path: Path | None, reason: str, out: Path | No
     from kubeshield.node.sealed import parse_sealed
     from kubeshield.node.wiring import open_sealing_keys
 
-    _logging()
     text = _read_value(path).decode("ascii", "replace")
-    audit = AuditLog()
+    audit = AuditLog(stream=sys.stderr)
     actor = f"{getpass.getuser()} (uid {os.getuid()})"
     try:
         sealed = parse_sealed(text)
@@ -521,7 +522,8 @@ def fetch_cmd(
         raise click.BadParameter(str(exc), param_hint="--url") from None
     if once:
         try:
-            written = fetch_once(client, plan)
+            with client:
+                written = fetch_once(client, plan)
         except KubeshieldError as exc:
             raise_cli_error(exc)
         click.echo(f"wrote {len(written)} changed file(s) to {out_dir}", err=True)

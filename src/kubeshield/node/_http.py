@@ -136,7 +136,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self.close_connection = True
             self._send(Reply(exc.status, {"error": str(exc)}, headers=headers))
         except Exception as exc:  # never leak internals
-            log.error("%s %s: internal error (%s)", method, path, type(exc).__name__)
+            log.error("%s %s: internal error (%s)", method, path, type(exc).__name__, exc_info=True)
             self._send(Reply(500, {"error": "internal error"}))
 
     def do_GET(self) -> None:

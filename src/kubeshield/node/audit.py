@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from typing import TextIO
 
 __all__ = ["AUDIT_LOGGER", "AuditLog"]
 
@@ -25,9 +26,16 @@ _MAX_REASON = 300
 
 class AuditLog:
     def __init__(
-        self, *, logger: logging.Logger | None = None, clock: Callable[[], float] = time.time
+        self,
+        *,
+        logger: logging.Logger | None = None,
+        stream: TextIO | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        """Lines go to ``logger`` (default ``kubeshield.node.audit``), or straight to ``stream`` when given
+        (the CLI's operator unseal: its audit line must appear whatever logging is configured)."""
         self._log = logger or logging.getLogger(AUDIT_LOGGER)
+        self._stream = stream
         self._clock = clock
 
     def record(
@@ -63,5 +71,10 @@ class AuditLog:
             line["objects"] = [o[:253] for o in objects][:256]
         if key_versions:
             line["keyVersions"] = sorted(set(key_versions))
-        self._log.info(json.dumps(line, sort_keys=True))
+        text = json.dumps(line, sort_keys=True)
+        if self._stream is not None:
+            self._stream.write(f"audit {text}\n")
+            self._stream.flush()
+        else:
+            self._log.info(text)
         return line

@@ -96,7 +96,14 @@ class ReleaseClient:
                 return
         conn.close()
 
+    def __enter__(self) -> ReleaseClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
+        """Close the pooled connections."""
         with self._lock:
             idle, self._idle = self._idle, []
         for conn in idle:

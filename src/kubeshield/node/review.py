@@ -167,7 +167,7 @@ class PodVerifier:
         answer = self._reviewer.token_review(token, [self._audience])
         if not answer.authenticated:
             self._on_review("rejected", False)
-            why = f" ({answer.error[:120]})" if answer.error else ""
+            why = f" ({answer.error[:200]})" if answer.error else ""
             raise TokenRejected(f"the API server did not authenticate the token{why}")
         if self._audience not in answer.audiences:
             self._on_review("rejected", False)

@@ -106,7 +106,9 @@ def build_csi_provider(
                 "node.csi.mode local: the provider needs the Kubernetes API (--kubeconfig or in-cluster)"
             )
         sealed: Any = LocalSealedSource(
-            keys or open_sealing_keys(config), _verifier(config, reviewer, pods, metrics)
+            keys or open_sealing_keys(config),
+            _verifier(config, reviewer, pods, metrics),
+            owns_keys=keys is None,
         )
     else:
         sealed = RemoteSealedSource(release_client(config)) if config.node.client is not None else None

@@ -52,7 +52,7 @@ _SOURCE_FIELDS = {
 }
 _OBJECT_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,251}[A-Za-z0-9])?$")
 _MAX_OBJECTS = 256
-_MAX_ATTRIBUTES = 4 << 20
+_MAX_ATTRIBUTES = 24 << 20  # below the gRPC server's 32 MiB receive limit
 
 
 class ParamError(InvalidRequest):

@@ -90,6 +90,8 @@ class Grant:
 class SealedSource(Protocol):
     def release(self, token: str, objects: Sequence[tuple[str, str]]) -> Grant: ...
 
+    def close(self) -> None: ...
+
 
 class RemoteSealedSource:
     """Ask the release server (the default: no key on the node)."""
@@ -104,12 +106,15 @@ class RemoteSealedSource:
             raise MountError(_HTTP_TO_GRPC.get(exc.status, "PERMISSION_DENIED"), str(exc)) from None
         return Grant(released.identity, released.pod_uid, released.values)
 
+    def close(self) -> None:
+        self._client.close()
+
 
 class LocalSealedSource:
     """Hold the sealing key here and verify the token here (``node.csi.mode: local``)."""
 
-    def __init__(self, keys: SealingKeys, verifier: PodVerifier) -> None:
-        self._keys, self._verifier = keys, verifier
+    def __init__(self, keys: SealingKeys, verifier: PodVerifier, *, owns_keys: bool = True) -> None:
+        self._keys, self._verifier, self._owns_keys = keys, verifier, owns_keys
 
     def release(self, token: str, objects: Sequence[tuple[str, str]]) -> Grant:
         try:
@@ -122,6 +127,10 @@ class LocalSealedSource:
         except HttpError as exc:
             raise MountError(_HTTP_TO_GRPC.get(exc.status, "INTERNAL"), str(exc)) from None
         return Grant(str(pod.identity), pod.pod_uid, {n: v for n, v, _ in values})
+
+    def close(self) -> None:
+        if self._owns_keys:
+            self._keys.close()
 
 
 def load_hmac_key(path: Path, *, rng: Callable[[int], bytes] = os.urandom) -> bytes:
@@ -167,6 +176,11 @@ class CsiProvider:
         self._hmac_key = hmac_key
         self.metrics = metrics or NodeMetrics()
 
+    def close(self) -> None:
+        """Drop pooled connections (remote mode) or the sealing key (local mode)."""
+        if self._sealed is not None:
+            self._sealed.close()
+
     def version_of(self, obj: MountObject, content: bytes) -> str:
         mac = hmac.new(self._hmac_key, obj.config_bytes() + content, hashlib.sha256).digest()
         return base64.urlsafe_b64encode(mac).decode("ascii")
@@ -177,7 +191,10 @@ class CsiProvider:
         start = time.perf_counter()
         pod = "?"
         try:
-            params = parse_mount(attributes, secrets, permission)
+            try:
+                params = parse_mount(attributes, secrets, permission)
+            except ParamError as exc:
+                raise MountError("INVALID_ARGUMENT", str(exc)) from None
             pod = f"{params.pod_namespace}/{params.pod_name}"
             contents = self._fetch(params)
             files = [

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 import stat
 from concurrent import futures
 from pathlib import Path
@@ -82,6 +83,27 @@ class CsiServicer(pb_grpc.CSIDriverProviderServicer):  # type: ignore[misc]
         return response
 
 
+def _remove_stale_socket(path: str) -> None:
+    """Remove a socket left by an earlier run; refuse a non-socket or a socket someone answers on."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise ConfigError(f"--socket: {path} exists and is not a socket; refusing to replace it")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(path)
+    except OSError:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)  # stale: nobody listens (the driver re-dials the new one)
+        return
+    finally:
+        probe.close()
+    raise ConfigError(f"--socket: another process is listening on {path}; refusing to take it over")
+
+
 class CsiProviderServer:
     """The gRPC server on ``socket`` (a path; its directory must exist)."""
 
@@ -90,15 +112,16 @@ class CsiProviderServer:
         directory = os.path.dirname(self.socket) or "."
         if not os.path.isdir(directory):
             raise ConfigError(f"--socket: directory {directory} does not exist (mount the provider hostPath)")
-        with contextlib.suppress(FileNotFoundError):
-            st = os.lstat(self.socket)
-            if not stat.S_ISSOCK(st.st_mode):
-                raise ConfigError(f"--socket: {self.socket} exists and is not a socket")
-            os.unlink(self.socket)  # a stale socket of an earlier run (the driver re-dials)
+        _remove_stale_socket(self.socket)
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kubeshield-csi"),
-            options=[("grpc.max_send_message_length", DRIVER_MAX_MESSAGE + (1 << 20))],
+            options=[
+                ("grpc.max_send_message_length", DRIVER_MAX_MESSAGE + (1 << 20)),
+                # sealed texts inline in a SecretProviderClass make large requests (about 1.4 x the values)
+                ("grpc.max_receive_message_length", 32 << 20),
+            ],
         )
+        self._provider = provider
         pb_grpc.add_CSIDriverProviderServicer_to_server(CsiServicer(provider), self._server)
         old = os.umask(0o177)
         try:
@@ -113,7 +136,9 @@ class CsiProviderServer:
         self._server.wait_for_termination()
 
     def stop(self, grace: float = 5.0) -> None:
+        """Stop serving (in-flight Mounts get ``grace`` seconds), remove our socket, close the provider."""
         self._server.stop(grace).wait(grace + 1)
+        self._provider.close()
         with contextlib.suppress(FileNotFoundError):
             if os.lstat(self.socket).st_ino == self._inode:
                 os.unlink(self.socket)
