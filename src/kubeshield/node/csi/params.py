@@ -52,6 +52,8 @@ _SOURCE_FIELDS = {
 }
 _OBJECT_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,251}[A-Za-z0-9])?$")
 _MAX_OBJECTS = 256
+#: libyaml's safe loader when PyYAML has it (about 20x faster: parsing was 90% of a Mount), else PyYAML's
+_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _MAX_ATTRIBUTES = 24 << 20  # below the gRPC server's 32 MiB receive limit
 
 
@@ -196,7 +198,7 @@ def parse_mount(attributes: str, secrets: str, permission: str) -> MountParams:
     if not text:
         raise ParamError("objects: required (a YAML list of objects)")
     try:
-        items = yaml.safe_load(text)
+        items = yaml.load(text, Loader=_LOADER)  # a safe loader (libyaml's when PyYAML has it)
     except yaml.YAMLError:
         raise ParamError("objects: not valid YAML") from None
     if not isinstance(items, list) or not items:
