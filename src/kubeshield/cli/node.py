@@ -381,7 +381,7 @@ def release_server_cmd(config_path: Path, listen: str | None, kubeconfig: Path |
 @option("--socket", required=True, type=click.Path(dir_okay=False, path_type=Path),
         help="The unix socket the driver dials: <provider dir>/kubeshield.sock.")  # fmt: skip
 @option("--kubeconfig", type=click.Path(dir_okay=False, exists=True, path_type=Path),
-        help="node.csi.mode local only: the API server for TokenReviews [default: in-cluster].")  # fmt: skip
+        help="With node.csi.mode local or readConfigMaps: the API server [default: in-cluster].")  # fmt: skip
 def csi_provider_cmd(config_path: Path, socket: Path, kubeconfig: Path | None) -> int:
     """Serve the Secrets Store CSI driver's provider API (v1alpha1.CSIDriverProvider).
 
@@ -398,11 +398,15 @@ def csi_provider_cmd(config_path: Path, socket: Path, kubeconfig: Path | None) -
     _logging()
     config = _config(config_path)
     try:
-        if config.node.csi.mode == "local":
-            from kubeshield.node.kube_link import pod_lookup
+        csi = config.node.csi
+        if csi.mode == "local" or csi.read_config_maps:
+            from kubeshield.node.kube_link import config_map_reader, pod_lookup
 
             kube = _kube(kubeconfig)
-            provider = build_csi_provider(config, reviewer=kube, pods=pod_lookup(kube))
+            readers: dict[str, Any] = {"config_maps": config_map_reader(kube)} if csi.read_config_maps else {}
+            if csi.mode == "local":
+                readers.update(reviewer=kube, pods=pod_lookup(kube))
+            provider = build_csi_provider(config, **readers)
         else:
             provider = build_csi_provider(config)
         server = CsiProviderServer(provider, socket)

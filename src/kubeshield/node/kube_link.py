@@ -7,7 +7,7 @@ None`` the verifier calls. Connection failures stay ``KubeUnavailable`` (the rel
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,7 @@ from kubeshield.errors import KubeNotFound
 from kubeshield.kube import KubeClient, resources
 from kubeshield.node.review import PodLookup
 
-__all__ = ["connect", "pod_lookup"]
+__all__ = ["config_map_reader", "connect", "pod_lookup"]
 
 
 def connect(kubeconfig: Path | None = None, *, timeout: float = 10.0) -> KubeClient:
@@ -23,6 +23,17 @@ def connect(kubeconfig: Path | None = None, *, timeout: float = 10.0) -> KubeCli
     if kubeconfig is not None:
         return KubeClient.from_kubeconfig(kubeconfig, timeout=timeout)
     return KubeClient.in_cluster(timeout=timeout)
+
+
+def config_map_reader(kube: KubeClient) -> Callable[[str, str], Mapping[str, str] | None]:
+    def get(namespace: str, name: str) -> Mapping[str, str] | None:
+        try:
+            obj = kube.get(resources.CONFIG_MAPS, name, namespace=namespace)
+        except KubeNotFound:
+            return None
+        return {str(k): str(v) for k, v in (obj.get("data") or {}).items()}
+
+    return get
 
 
 def pod_lookup(kube: KubeClient) -> PodLookup:

@@ -27,6 +27,7 @@ unknown fields are errors naming the field; secrets are never in the file (only 
       csi:
         mode: release                      # release (ask the release server) | local (hold the key here)
         hmacKeyFile: /var/lib/kubeshield/csi/object-version.key
+        readConfigMaps: false              # objects' sealedFrom: {configMap, key} (needs get configmaps)
       stores:                              # external stores a SecretProviderClass may read, by name
         bao: {type: openbao, address: https://bao:8200, caFile: /etc/bao-ca.crt, authMount: kubernetes,
               audience: vault}
@@ -109,6 +110,7 @@ class ClientSettings:
 class CsiSettings:
     mode: Literal["release", "local"] = "release"
     hmac_key_file: Path = Path("/var/lib/kubeshield/csi/object-version.key")
+    read_config_maps: bool = False
 
 
 @dataclass(frozen=True, slots=True)

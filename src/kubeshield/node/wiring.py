@@ -16,7 +16,13 @@ from kubeshield.keys.base import KeyBackend
 from kubeshield.keys.registry import open_primary
 from kubeshield.node.audit import AuditLog
 from kubeshield.node.client import ReleaseClient
-from kubeshield.node.csi.provider import CsiProvider, LocalSealedSource, RemoteSealedSource, load_hmac_key
+from kubeshield.node.csi.provider import (
+    ConfigMapReader,
+    CsiProvider,
+    LocalSealedSource,
+    RemoteSealedSource,
+    load_hmac_key,
+)
 from kubeshield.node.injector.mutate import InjectorConfig
 from kubeshield.node.metrics import NodeMetrics
 from kubeshield.node.release import AccessReviewer, ReleaseService
@@ -97,6 +103,7 @@ def build_csi_provider(
     keys: SealingKeys | None = None,
     metrics: NodeMetrics | None = None,
     stores: Mapping[str, Store] | None = None,
+    config_maps: ConfigMapReader | None = None,
 ) -> CsiProvider:
     metrics = metrics or NodeMetrics()
     csi = config.node.csi
@@ -116,7 +123,11 @@ def build_csi_provider(
         dict(stores) if stores is not None else {n: open_store(n, s) for n, s in config.node.stores.items()}
     )
     return CsiProvider(
-        sealed=sealed, stores=built, hmac_key=load_hmac_key(csi.hmac_key_file), metrics=metrics
+        sealed=sealed,
+        stores=built,
+        hmac_key=load_hmac_key(csi.hmac_key_file),
+        metrics=metrics,
+        config_maps=config_maps,
     )
 
 

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from kubeshield.node.csi.server import CsiProviderServer
-from kubeshield.node.kube_link import pod_lookup
+from kubeshield.node.kube_link import config_map_reader, pod_lookup
 from kubeshield.node.sealed import MAX_PLAINTEXT
 from kubeshield.node.wiring import build_csi_provider
 from tests.integration.node.conftest import NodeWorld
@@ -45,7 +45,13 @@ def local_provider(node_world: NodeWorld, tmp_path: Path):
     sockets.mkdir()
 
     def start() -> CsiProviderServer:
-        provider = build_csi_provider(config, reviewer=kube, pods=pod_lookup(kube), keys=node_world.keys)
+        provider = build_csi_provider(
+            config,
+            reviewer=kube,
+            pods=pod_lookup(kube),
+            keys=node_world.keys,
+            config_maps=config_map_reader(kube),
+        )
         return CsiProviderServer(provider, sockets / "kubeshield.sock")
 
     servers = [start()]
@@ -208,3 +214,39 @@ def test_the_socket_is_0600_and_another_uid_cannot_connect(node_world: NodeWorld
     finally:
         server.stop()
         os.rmdir(directory)
+
+
+def test_sealed_texts_from_a_configmap_of_the_pods_namespace(
+    node_world: NodeWorld, local_provider, tmp_path
+) -> None:
+    driver, _servers, _start = local_provider
+    name = f"sealed-{os.urandom(4).hex()}"
+    node_world.admin.create(
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": name},
+            "data": {"db": node_world.seal(b"from-configmap", "ns-a", "app")},
+        },
+        namespace="ns-a",
+    )
+    node_world.spc(
+        "ns-a", "cm", _objects({"objectName": "db", "sealedFrom": {"configMap": name, "key": "db"}})
+    )
+    target = tmp_path / "cm"
+    target.mkdir()
+    driver.mount(node_world.pod("ns-a", "app"), "cm", target)
+    assert (target / "db").read_bytes() == b"from-configmap"
+    # the ConfigMap is looked up in the mounting pod's namespace, never another one
+    node_world.spc(
+        "ns-b", "cm", _objects({"objectName": "db", "sealedFrom": {"configMap": name, "key": "db"}})
+    )
+    with pytest.raises(grpc.RpcError) as err:
+        driver.mount(node_world.pod("ns-b", "app"), "cm", tmp_path)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND and f"ns-b/{name}" in details(err.value)
+    node_world.spc(
+        "ns-a", "cm-key", _objects({"objectName": "db", "sealedFrom": {"configMap": name, "key": "x"}})
+    )
+    with pytest.raises(grpc.RpcError) as err:
+        driver.mount(node_world.pod("ns-a", "app"), "cm-key", tmp_path)
+    assert "no key 'x'" in details(err.value)

@@ -50,6 +50,10 @@ def test_a_full_request() -> None:
     assert (db.kind, db.file_name, db.mode, db.sealed) == ("sealed", "db/password", 0o400, SEALED)
     assert api.ref == {"store": "bao", "path": "secret/data/app", "key": "api", "role": "app"}
     assert tok.ref["roleArn"] == "arn:aws:iam::1:role/r" and tok.mode is None and tok.file_name == "tok"
+    (ref,) = parse_mount(
+        attrs("- {objectName: c, sealedFrom: {configMap: sealed, key: c}}"), "{}", "420"
+    ).objects
+    assert (ref.kind, ref.sealed, ref.ref) == ("sealed", "", {"configMap": "sealed", "key": "c"})
     assert params.default_mode == 0o644 and params.audience == "kubeshield"
     assert (params.pod_namespace, params.pod_name, params.pod_uid, params.service_account) == (
         "ns-a",
@@ -104,9 +108,11 @@ def test_tokens_may_come_in_the_secrets_field() -> None:
             {},
             "collides",
         ),
-        ("- {objectName: a}", {}, "exactly one of sealed, openbao or aws"),
+        ("- {objectName: a}", {}, "exactly one of sealed, sealedFrom, openbao or aws"),
         (f"- {{objectName: a, sealed: {SEALED}, aws: {{store: x, secretId: y}}}}", {}, "exactly one"),
         ("- {objectName: a, openbao: {store: bao}}", {}, "openbao.path: required"),
+        ("- {objectName: a, sealedFrom: {configMap: cm}}", {}, "sealedFrom: {configMap"),
+        ("- {objectName: a, sealedFrom: {configMap: cm, key: ''}}", {}, "non-empty strings"),
         ("- {objectName: a, openbao: {store: bao, path: p, extra: 1}}", {}, "unknown field"),
         ("- {objectName: 'a b', sealed: x}", {}, "objectName"),
         (

@@ -57,8 +57,9 @@ def test_the_secret_provider_class_example_parses() -> None:
     params = dict(spc["spec"]["parameters"])
     params["objects"] = params["objects"].replace("kubeshield:node:v1:...", _sealed("shop", "web"))
     parsed = parse_mount(json.dumps(params), "{}", "420")
-    assert [o.kind for o in parsed.objects] == ["sealed", "openbao", "aws"]
-    assert parsed.objects[1].ref["role"] == "web" and parsed.objects[2].ref["roleArn"].endswith("shop-web")
+    assert [o.kind for o in parsed.objects] == ["sealed", "sealed", "openbao", "aws"]
+    assert parsed.objects[1].ref == {"configMap": "sealed-values", "key": "tls-key"}
+    assert parsed.objects[2].ref["role"] == "web" and parsed.objects[3].ref["roleArn"].endswith("shop-web")
 
 
 def test_the_injector_example_injects() -> None:

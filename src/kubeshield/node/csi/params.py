@@ -5,9 +5,11 @@
 
     objects: |                          # required: a YAML list
       - objectName: db-password         # required, unique; the ObjectVersion id
-        sealed: kubeshield:node:v1:...  # exactly one source: sealed | openbao | aws
+        sealed: kubeshield:node:v1:...  # exactly one source: sealed | sealedFrom | openbao | aws
         fileName: db/password           # default objectName; relative, no '..' element
         mode: "0400"                    # octal string, 0..0777; default the request's permission
+      - objectName: cert-key
+        sealedFrom: {configMap: sealed-values, key: cert-key}   # the pod's namespace only
       - objectName: api-key
         openbao: {store: bao, path: secret/data/app, key: api-key}
       - objectName: token
@@ -45,7 +47,7 @@ POD_NAMESPACE = "csi.storage.k8s.io/pod.namespace"
 POD_UID = "csi.storage.k8s.io/pod.uid"
 POD_SA = "csi.storage.k8s.io/serviceAccount.name"
 _KNOWN = {"objects", "audience", "openbaoRole", "awsRoleArn", "secretProviderClass"}
-_OBJECT_FIELDS = {"objectName", "sealed", "openbao", "aws", "fileName", "mode"}
+_OBJECT_FIELDS = {"objectName", "sealed", "sealedFrom", "openbao", "aws", "fileName", "mode"}
 _SOURCE_FIELDS = {
     "openbao": ({"store", "path"}, {"key", "encoding", "role"}),
     "aws": ({"store", "secretId"}, {"versionStage", "versionId", "jsonKey", "roleArn"}),
@@ -223,9 +225,9 @@ def parse_mount(attributes: str, secrets: str, permission: str) -> MountParams:
         if name in names:
             raise ParamError(f"{where}.objectName: {name!r} appears twice")
         names.add(name)
-        kinds = [k for k in ("sealed", "openbao", "aws") if k in item]
+        kinds = [k for k in ("sealed", "sealedFrom", "openbao", "aws") if k in item]
         if len(kinds) != 1:
-            raise ParamError(f"{where}: give exactly one of sealed, openbao or aws")
+            raise ParamError(f"{where}: give exactly one of sealed, sealedFrom, openbao or aws")
         kind = kinds[0]
         file_name = check_file_path(item.get("fileName", name), f"{where}.fileName")
         if file_name in files or any(
@@ -234,7 +236,16 @@ def parse_mount(attributes: str, secrets: str, permission: str) -> MountParams:
             raise ParamError(f"{where}.fileName: {file_name!r} collides with another object's file")
         files.add(file_name)
         mode = _mode(item["mode"], f"{where}.mode") if "mode" in item else None
-        if kind == "sealed":
+        if kind == "sealedFrom":
+            ref = item["sealedFrom"]
+            if not isinstance(ref, dict) or set(ref) != {"configMap", "key"}:
+                raise ParamError(
+                    f"{where}.sealedFrom: {{configMap: <name>, key: <key>}} (in the pod's namespace)"
+                )
+            if not all(isinstance(v, str) and v for v in ref.values()):
+                raise ParamError(f"{where}.sealedFrom: configMap and key are non-empty strings")
+            objects.append(MountObject(name, file_name, mode, "sealed", ref=dict(ref)))
+        elif kind == "sealed":
             sealed = item["sealed"]
             if not isinstance(sealed, str) or not sealed.strip():
                 raise ParamError(f"{where}.sealed: the text from `kubeshield node seal`")

@@ -49,6 +49,7 @@ from kubeshield.node.sealing_keys import SealingKeys
 from kubeshield.node.stores import Store
 
 __all__ = [
+    "ConfigMapReader",
     "CsiProvider",
     "LocalSealedSource",
     "MountError",
@@ -91,6 +92,10 @@ class SealedSource(Protocol):
     def release(self, token: str, objects: Sequence[tuple[str, str]]) -> Grant: ...
 
     def close(self) -> None: ...
+
+
+#: ``(namespace, name) -> the ConfigMap's data, or None when it does not exist``
+ConfigMapReader = Callable[[str, str], Mapping[str, str] | None]
 
 
 class RemoteSealedSource:
@@ -168,10 +173,12 @@ class CsiProvider:
         stores: Mapping[str, Store],
         hmac_key: bytes,
         metrics: NodeMetrics | None = None,
+        config_maps: ConfigMapReader | None = None,
     ) -> None:
         if len(hmac_key) != 32:
             raise ValueError("the object-version HMAC key is 32 bytes")
         self._sealed = sealed
+        self._config_maps = config_maps
         self._stores = dict(stores)
         self._hmac_key = hmac_key
         self.metrics = metrics or NodeMetrics()
@@ -231,8 +238,9 @@ class CsiProvider:
         if self._sealed is None:
             raise MountError("FAILED_PRECONDITION", "this provider is not configured for sealed values")
         token = params.token_for(params.audience)
+        texts = [(o.name, o.sealed or self._from_config_map(params, o)) for o in objects]
         try:
-            grant = self._sealed.release(token, [(o.name, o.sealed) for o in objects])
+            grant = self._sealed.release(token, texts)
         except BackendError as exc:
             raise MountError("UNAVAILABLE", f"release: {exc}") from None
         expected = f"{params.pod_namespace}:{params.service_account}"
@@ -244,6 +252,26 @@ class CsiProvider:
         if params.pod_uid and grant.pod_uid and grant.pod_uid != params.pod_uid:
             raise MountError("PERMISSION_DENIED", "the token is bound to another pod than the one mounting")
         return dict(grant.values)
+
+    def _from_config_map(self, params: MountParams, obj: MountObject) -> str:
+        """The sealed text ``sealedFrom`` names, from a ConfigMap of the *pod's* namespace only."""
+        name, key = str(obj.ref["configMap"]), str(obj.ref["key"])
+        where = f"{obj.name} (sealedFrom configmap {params.pod_namespace}/{name})"
+        if self._config_maps is None:
+            raise MountError("FAILED_PRECONDITION", f"{where}: this provider does not read ConfigMaps "
+                             "(set node.csi.readConfigMaps and give it get on configmaps)")  # fmt: skip
+        if not params.pod_namespace:
+            raise MountError("INVALID_ARGUMENT", f"{where}: the driver sent no pod namespace")
+        try:
+            data = self._config_maps(params.pod_namespace, name)
+        except KubeshieldError as exc:
+            raise MountError("UNAVAILABLE", f"{where}: {type(exc).__name__}") from None
+        if data is None:
+            raise MountError("NOT_FOUND", f"{where}: no such ConfigMap")
+        text = data.get(key)
+        if not text:
+            raise MountError("NOT_FOUND", f"{where}: no key {key!r}")
+        return text.strip()
 
     def _read_store(self, params: MountParams, obj: MountObject) -> bytes:
         where = f"{obj.name} ({obj.kind})"
