@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Protocol
 
 from kubeshield.errors import (
-    BackendError,
     ConfigError,
     InvalidRequest,
     KubeshieldError,
@@ -241,8 +240,8 @@ class CsiProvider:
         texts = [(o.name, o.sealed or self._from_config_map(params, o)) for o in objects]
         try:
             grant = self._sealed.release(token, texts)
-        except BackendError as exc:
-            raise MountError("UNAVAILABLE", f"release: {exc}") from None
+        except KubeshieldError as exc:  # the release server, the API server or the key backend is down
+            raise MountError("UNAVAILABLE", f"release: {type(exc).__name__}: {exc}") from None
         expected = f"{params.pod_namespace}:{params.service_account}"
         if params.pod_namespace and params.service_account and grant.identity != expected:
             raise MountError(
