@@ -95,7 +95,7 @@ class BaoServer:
             base_url=self.address + "/v1/",
             headers={"X-Vault-Token": token or self.root_token},
             verify=ssl.create_default_context(cafile=self.ca_file) if self.ca_file else True,
-            timeout=10.0,
+            timeout=30.0,  # admin calls of the fixtures: generous, a loaded CI machine is slow
             trust_env=False,
         )
 
@@ -156,7 +156,7 @@ class BaoServer:
                 time.sleep(0.05)
         raise RuntimeError("bao did not start listening in time")
 
-    def wait_active(self, deadline: float = 30.0) -> None:
+    def wait_active(self, deadline: float = 90.0) -> None:
         """Wait until the server is initialised, unsealed and active (sys/health answers 200)."""
         end = time.monotonic() + deadline
         while time.monotonic() < end:
@@ -261,7 +261,8 @@ def start_persistent_server(workdir: Path) -> BaoServer:
     )
     server.start()
     try:
-        with httpx.Client(base_url=server.address + "/v1/", timeout=10.0, trust_env=False) as client:
+        # raft initialisation writes and fsyncs the barrier: seconds on a loaded CI machine, so a long budget
+        with httpx.Client(base_url=server.address + "/v1/", timeout=60.0, trust_env=False) as client:
             reply = client.post("sys/init", json={"secret_shares": 1, "secret_threshold": 1})
             reply.raise_for_status()
             init = reply.json()

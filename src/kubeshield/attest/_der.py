@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from kubeshield.attest.errors import EvidenceFormatError
 
-__all__ = ["decode_oid", "read_tlv", "sequence_items"]
+__all__ = ["decode_oid", "read_tlv", "sequence_items", "signature_is_whole_octets"]
 
 SEQUENCE = 0x30
 OID = 0x06
@@ -16,6 +16,7 @@ INTEGER = 0x02
 OCTET_STRING = 0x04
 ENUMERATED = 0x0A
 BOOLEAN = 0x01
+BIT_STRING = 0x03
 
 
 def read_tlv(data: bytes, pos: int, *, what: str) -> tuple[int, bytes, int]:
@@ -71,3 +72,20 @@ def decode_oid(value: bytes, *, what: str) -> str:
     first = arcs[0]
     head = [0, first] if first < 40 else [1, first - 40] if first < 80 else [2, first - 80]
     return ".".join(str(a) for a in head + arcs[1:])
+
+
+def signature_is_whole_octets(der: bytes) -> bool:
+    """True when a signed X.509 structure (``SEQUENCE { tbs, algorithm, BIT STRING signature }``: a
+    certificate or a CRL) is exactly one SEQUENCE whose signature BIT STRING has no unused bits.
+
+    A signature is a whole number of octets; a BIT STRING that claims unused bits is malformed (DER
+    verifiers such as dcap-qvl's refuse it, while cryptography reads the octets and ignores the count).
+    """
+    try:
+        items = sequence_items(der, what="signed structure")
+    except EvidenceFormatError:
+        return False
+    if len(items) != 3 or items[2][0] != BIT_STRING:
+        return False
+    bits = items[2][1]
+    return len(bits) >= 1 and bits[0] == 0

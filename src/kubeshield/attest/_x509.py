@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from kubeshield.attest import _cache
+from kubeshield.attest._der import signature_is_whole_octets
 from kubeshield.attest.errors import AttestationError, EvidenceFormatError
 
 __all__ = [
@@ -131,6 +132,8 @@ def _load_certificate(der: bytes, *, allow_zero_serial: bool = False) -> x509.Ce
         caught = [w for w in caught if "serial number" not in str(w.message)]
     if caught:  # e.g. a country name that is not 2 letters: refused rather than warned about on every use
         raise ValueError("certificate is malformed (cryptography warns about it)")
+    if not signature_is_whole_octets(der):
+        raise ValueError("certificate is malformed (signature BIT STRING with unused bits)")
     return cert
 
 
@@ -208,6 +211,8 @@ def _load_crl(der: bytes, *, what: str) -> x509.CertificateRevocationList:
         raise EvidenceFormatError(f"{what}: not a DER CRL") from None
     if caught:
         raise EvidenceFormatError(f"{what}: malformed CRL")
+    if not signature_is_whole_octets(der):
+        raise EvidenceFormatError(f"{what}: malformed CRL (signature BIT STRING with unused bits)")
     return crl
 
 

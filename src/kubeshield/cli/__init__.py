@@ -18,7 +18,7 @@ from kubeshield.errors import KubeshieldError
 
 __all__ = ["cli", "main", "run"]
 
-_GROUPS = ("keys", "kms", "etcd", "custody", "attest", "node")
+_GROUPS = ("keys", "kms", "etcd", "custody", "attest", "sops", "seal", "node")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -32,6 +32,8 @@ def cli() -> None:
     etcd     prove encryption at rest, recover Secrets from etcd or a backup, migrate keys
     custody  an isolated key-custody process that checks who calls it
     attest   verify SGX/TDX/SEV-SNP/TPM evidence; release keys only to attested software
+    sops     SOPS-compatible encrypted files (the sops binary reads what kubeshield writes)
+    seal     sealed secrets for Git (kubeseal-compatible), their keys, unseal, the controller
     node     values sealed per ServiceAccount, released only to the pod (CSI provider, injector)
 
     Every flag can also be set with KUBESHIELD_<FLAG> (for example KUBESHIELD_SOCKET); the command

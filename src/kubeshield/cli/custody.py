@@ -4,7 +4,9 @@
 kubeshield custody serve   (--keyring PATH | --config FILE) [--backend local|tpm] [--tcti T --pcrs 7]
                            --socket PATH --policy FILE [--user NAME] [--require-mlock]
 kubeshield custody attest  --socket PATH --tcti TCTI --nonce HEX [--pcrs 7,16]
-kubeshield custody verify  --statement FILE --nonce HEX [--ak-public PEM]
+kubeshield custody verify  --statement FILE --nonce HEX [--ak-public PEM | --ak-fingerprint sha256:HEX]
+kubeshield custody measure --pid N [--name NAME] [-o yaml|json]
+kubeshield custody ak      --tcti TCTI [-o pem|json]
 """
 
 from __future__ import annotations
@@ -17,11 +19,14 @@ from pathlib import Path
 
 import click
 
-from kubeshield.cli._common import option, raise_cli_error
+from kubeshield.cli._common import CLIError, option, raise_cli_error
 from kubeshield.config import KeysSettings, load_config
 from kubeshield.config.settings import TpmSettings
+from kubeshield.custody.ak import ak_fingerprint as ak_fingerprint_of
+from kubeshield.custody.ak import read_ak_public
 from kubeshield.custody.attest import dumps, make_statement, verify_statement
 from kubeshield.custody.daemon import ServeOptions, serve
+from kubeshield.custody.suggest import measure_process, render_yaml, suggest_rule
 from kubeshield.errors import KubeshieldError
 
 __all__ = ["group"]
@@ -192,8 +197,20 @@ def attest_cmd(socket: str, tcti: str, nonce: str, pcrs: str) -> None:
 @option(
     "--ak-public", type=click.Path(dir_okay=False, exists=True), help="Pin the expected AK public key (PEM)."
 )
-def verify_cmd(statement_file: str, nonce: str, ak_public: str | None) -> None:
-    """Verify a statement from `custody attest` (signature, magic, type, nonce, PCR selection)."""
+@option(
+    "--ak-fingerprint",
+    help="Pin the expected AK by its fingerprint (sha256:HEX, as `custody ak` printed it on the node).",
+)
+def verify_cmd(statement_file: str, nonce: str, ak_public: str | None, ak_fingerprint: str | None) -> None:
+    """Verify a statement from `custody attest` (signature, magic, type, nonce, PCR selection).
+
+    \b
+    Pin the attestation key, or the check proves only that the statement is self-consistent:
+      --ak-public ak.pem              the PEM that `kubeshield custody ak` printed on the node
+      --ak-fingerprint sha256:HEX     its fingerprint, recorded by a trusted route (docs/custody.md)
+    """
+    if ak_public and ak_fingerprint:
+        raise click.UsageError("give --ak-public or --ak-fingerprint, not both")
     try:
         statement = json.loads(Path(statement_file).read_text())
     except (OSError, ValueError) as exc:
@@ -203,10 +220,18 @@ def verify_cmd(statement_file: str, nonce: str, ak_public: str | None) -> None:
     pinned = Path(ak_public).read_bytes() if ak_public else None
     try:
         info = verify_statement(statement, nonce=_nonce(nonce), ak_public_pem=pinned)
+        fingerprint = ak_fingerprint_of(str(statement["akPublicKey"]).encode())
     except KubeshieldError as exc:
         raise_cli_error(exc)
-    note = "" if pinned else " (attestation key NOT pinned: pass --ak-public to trust only your TPM's AK)"
-    click.echo(f"verified: quote over PCRs {','.join(map(str, info.pcrs))} with our nonce{note}")
+    except ValueError:  # pragma: no cover - verify_statement already loaded this key
+        raise CLIError("the statement's akPublicKey is not a public key") from None
+    if ak_fingerprint is not None and fingerprint != ak_fingerprint.strip().lower():
+        raise CLIError(f"the statement is signed by AK {fingerprint}, not by the pinned {ak_fingerprint}")
+    pinned_any = pinned is not None or ak_fingerprint is not None
+    note = "" if pinned_any else " (attestation key NOT pinned: pass --ak-public or --ak-fingerprint)"
+    click.echo(
+        f"verified: quote over PCRs {','.join(map(str, info.pcrs))} with our nonce by AK {fingerprint}{note}"
+    )
 
 
 @group.command("serve-attested")
@@ -280,3 +305,71 @@ def serve_attested_cmd(
     except KubeshieldError as exc:
         raise_cli_error(exc)
         raise  # unreachable
+
+
+@group.command("measure")
+@option("--pid", required=True, type=click.IntRange(min=1), help="The process to measure.")
+@option("--name", default="kms-plugin", show_default=True, help="The rule's name.")
+@option("-o", "--output", type=click.Choice(["yaml", "json"]), default="yaml", show_default=True)
+def measure_cmd(pid: int, name: str, output: str) -> None:
+    """Print what a custody policy can pin for process PID, as a rule ready to paste.
+
+    \b
+    The values are measured exactly as the custody process measures a caller: uid and gid (the
+    effective ids, as SO_PEERCRED reports them), the cgroup (for a pod: the pod's cgroup, which
+    survives container restarts), and the sha256 of the executable (needs root for another uid's
+    process). Examples:
+      kubeshield custody measure --pid "$(pgrep -f 'kubeshield kms serve')" >> rule.yaml
+      kubeshield custody measure --pid 4242 -o json | jq .rule
+    """
+    try:
+        measured = measure_process(pid)
+    except OSError as exc:
+        raise CLIError(f"cannot measure process {pid}: {exc.strerror or exc}") from None
+    if output == "yaml":
+        click.echo(render_yaml(measured, name=name), nl=False)
+        return
+    rule, notes = suggest_rule(measured, name=name)
+    identity = measured.identity
+    click.echo(
+        json.dumps(
+            {
+                "pid": identity.pid,
+                "uid": identity.uid,
+                "gid": identity.gid,
+                "realUid": measured.real_uid,
+                "realGid": measured.real_gid,
+                "exe": identity.exe,
+                "exeSha256": identity.exe_sha256,
+                "cgroup": identity.cgroup,
+                "startTime": identity.start_time,
+                "rule": rule,
+                "notes": notes,
+            },
+            indent=2,
+        )
+    )
+
+
+@group.command("ak")
+@option("--tcti", required=True, help="The TPM, e.g. device:/dev/tpmrm0 or swtpm:host=127.0.0.1,port=2321.")
+@option("-o", "--output", type=click.Choice(["pem", "json"]), default="pem", show_default=True)
+def ak_cmd(tcti: str, output: str) -> None:
+    """Print this TPM's attestation key (the one `custody attest` signs with) and its fingerprint.
+
+    \b
+    Run it on the node while it is provisioned, record the fingerprint where verifiers read it,
+    and pin it with `custody verify --ak-fingerprint` (or the PEM with --ak-public). The same TPM
+    always gives the same AK. The PEM goes to stdout, its fingerprint to stderr. Examples:
+      kubeshield custody ak --tcti device:/dev/tpmrm0 > ak-$(hostname).pem
+      kubeshield custody ak --tcti device:/dev/tpmrm0 -o json > ak-$(hostname).json
+    """
+    try:
+        ak = read_ak_public(tcti=tcti)
+    except KubeshieldError as exc:
+        raise_cli_error(exc)
+    if output == "json":
+        click.echo(json.dumps({"akPublicKey": ak.pem, "fingerprint": ak.fingerprint}, indent=2))
+    else:
+        click.echo(f"fingerprint {ak.fingerprint}", err=True)  # stdout stays a plain PEM file
+        click.echo(ak.pem if ak.pem.endswith("\n") else ak.pem + "\n", nl=False)

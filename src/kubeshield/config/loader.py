@@ -221,3 +221,12 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("keys.hierarchy.maxAge: must be greater than 0")
     if keys.hierarchy.max_uses <= 0:
         raise ConfigError("keys.hierarchy.maxUses: must be greater than 0")
+    seal = settings.seal
+    if seal.key_size not in (2048, 3072, 4096):
+        raise ConfigError(f"seal.keySize: must be 2048, 3072 or 4096, got {seal.key_size}")
+    if seal.key_ttl <= 0:
+        raise ConfigError("seal.keyTtl: must be greater than 0")
+    if seal.private_keys == "token" and keys.backend != "pkcs11":
+        raise ConfigError(
+            "seal.privateKeys: token needs keys.backend: pkcs11 (the token that holds the keys)"
+        )

@@ -26,6 +26,7 @@ __all__ = [
     "KmsSettings",
     "LocalSettings",
     "Pkcs11Settings",
+    "SealSettings",
     "Settings",
     "TLSSettings",
     "TpmSettings",
@@ -164,8 +165,29 @@ class KeysSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class SealSettings:
+    """``seal:``: the sealed-secrets sealing keys (RSA) whose private halves ``keys:`` protects.
+
+    ``privateKeys`` is ``wrapped`` (each private key stored only wrapped by the ``keys:`` backend) or
+    ``token`` (the RSA key is made and kept on the ``keys.pkcs11`` token; it never leaves it).
+    ``keyRenewPeriod`` 0 turns automatic renewal off. ``pkcs11Mechanism`` picks how a token decrypts:
+    ``oaep`` (CKM_RSA_PKCS_OAEP with SHA-256 and the label), ``rsa-x509`` (raw RSA on the token, OAEP
+    decoded by kubeshield) or ``auto`` (``oaep`` when the token accepts it, else ``rsa-x509``).
+    """
+
+    registry: Path = Path("/var/lib/kubeshield/seal-keys.json")
+    private_keys: Literal["wrapped", "token"] = "wrapped"
+    key_size: int = 4096
+    key_renew_period: float = field(default=30 * 24 * 3600.0, metadata={"duration": True})
+    key_ttl: float = field(default=10 * 365 * 24 * 3600.0, metadata={"duration": True})
+    common_name: str | None = None
+    pkcs11_mechanism: Literal["auto", "oaep", "rsa-x509"] = "auto"
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """The whole ``kubeshield.yaml``. ``Settings()`` is the built-in default."""
 
     kms: KmsSettings = field(default_factory=KmsSettings)
     keys: KeysSettings = field(default_factory=KeysSettings)
+    seal: SealSettings = field(default_factory=SealSettings)

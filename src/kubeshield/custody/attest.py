@@ -39,7 +39,16 @@ from kubeshield.attest import tpm as _tpm
 from kubeshield.attest.errors import AttestationError
 from kubeshield.custody.measure import measure_pid, peer_credentials
 from kubeshield.errors import BackendUnavailable, PolicyDenied
-from kubeshield.keys._custody_protocol import Op, Request, Status, decode_response, encode_request, read_body
+from kubeshield.keys._custody_protocol import (
+    Op,
+    ProtocolError,
+    Request,
+    Status,
+    decode_response,
+    encode_request,
+    read_body,
+    read_greeting,
+)
 from kubeshield.keys.tpm import MAX_NONCE, TpmSealer
 
 __all__ = [
@@ -102,15 +111,17 @@ def _custody_key_id(path: str, timeout: float) -> tuple[str, tuple[int, int, int
         try:
             s.connect(path)
             creds = peer_credentials(s)
-            s.sendall(encode_request(Request(Op.KEY_ID)))
-            body = read_body(s)
-        except OSError as exc:
+            response = read_greeting(s)  # None: admitted; else the refusal sent instead
+            if response is None:
+                s.sendall(encode_request(Request(Op.KEY_ID)))
+                body = read_body(s)
+                if body is None:
+                    raise BackendUnavailable("the custody process closed the connection")
+                response = decode_response(body)
+        except (OSError, ProtocolError) as exc:
             raise BackendUnavailable(
                 f"cannot reach the custody process at {path}: {type(exc).__name__}"
             ) from None
-    if body is None:
-        raise BackendUnavailable("the custody process closed the connection")
-    response = decode_response(body)
     if response.status == Status.PERMISSION_DENIED:
         raise PolicyDenied("the custody process refused this caller")
     if response.status != Status.OK or len(response.fields) != 1:
@@ -140,7 +151,7 @@ def make_statement(
             "exe": measurement["exe"],
             "exeSha256": measurement["exe_sha256"],
             "cgroup": measurement["cgroup"],
-            "packageDigest": measurement["package_digest"],
+            "packageDigest": None,  # no longer measured (docs/custody.md); kept for the schema
             "startTime": measurement["start_time"],
         },
         "pcrs": sorted(set(pcrs)),

@@ -1,8 +1,10 @@
 """Start-up of the custody process (the library half of ``kubeshield custody serve``).
 
 Order matters and is fixed here: load the policy (a bad policy refuses to start) -> bind the socket
-(as the starting user, usually root) -> harden (no core, not dumpable, fds closed, memory locked) ->
-open the key store into locked memory -> drop to ``user`` -> serve until SIGTERM/SIGINT.
+(as the starting user, usually root; a live socket of another custody process, a file that is not a
+socket or a missing directory refuses to start with one line, as ``kms serve`` does) -> harden (no
+core, not dumpable, fds closed, memory locked) -> open the key store into locked memory -> drop to
+``user`` -> serve until SIGTERM/SIGINT -> remove the socket file if it is still ours.
 
 The key store is a real :mod:`kubeshield.keys` backend built from a ``keys:`` settings section by
 :func:`kubeshield.keys.registry.open_primary`: ``local`` (a keyring file, plain or passphrase-sealed)
@@ -11,8 +13,11 @@ or ``tpm`` (a TPM-sealed keyring), or any other backend except ``custody`` itsel
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import signal
+import stat
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -62,6 +67,7 @@ def serve(
     """
     policy = load_policy(options.policy)
     listener = bind_unix_socket(options.socket, mode=options.socket_mode)
+    inode = os.lstat(options.socket).st_ino
     try:
         harden_process(
             require_mlock=options.require_mlock, keep_fds=[listener.fileno()], close_fds=options.close_fds
@@ -95,4 +101,13 @@ def serve(
             backend.close()
     finally:
         listener.close()
+        _remove_own_socket(options.socket, inode)
     return 0
+
+
+def _remove_own_socket(path: str, inode: int) -> None:
+    """Unlink the socket file if it is still the one we bound (never another server's)."""
+    with contextlib.suppress(OSError):
+        info = os.lstat(path)
+        if stat.S_ISSOCK(info.st_mode) and info.st_ino == inode:
+            os.unlink(path)

@@ -1,45 +1,73 @@
 """Measure a local process from what the kernel tells us about it.
 
-A caller of the custody socket is identified by ``SO_PEERCRED`` (pid, uid, gid, filled in by the kernel
-at ``connect()``), then measured through ``/proc/<pid>``:
+A caller of the custody socket is identified by the kernel: ``SO_PEERCRED`` gives (pid, euid, egid) as
+they were at ``connect()``, and every message carries ``SCM_CREDENTIALS`` (see
+:mod:`kubeshield.custody.peer`). What this module adds is read from ``/proc/<pid>``:
 
-* ``exe_sha256``: sha256 of the file ``/proc/<pid>/exe`` points to (opened through that magic link, so
-  a replaced path on disk does not fool it);
+* ``exe_sha256``: sha256 of the file ``/proc/<pid>/exe`` refers to, read through that magic link (the
+  kernel's reference to the mapped executable, so a path replaced on disk does not fool it), and
+  ``exe_id``, that file's ``(st_dev, st_ino)``, which the server compares again at every request;
 * ``cgroup``: the content of ``/proc/<pid>/cgroup`` (its container identity under Kubernetes);
-* ``package_digest``: for Python callers, a digest of the ``kubeshield`` package directory that the
-  caller's interpreter imports (see :func:`package_digest` for how it is found and what it covers);
-* ``start_time``: field 22 of ``/proc/<pid>/stat`` (clock ticks since boot), which with the pid
-  names one process for its lifetime and is what the pid-reuse check compares.
+* ``start_time``: field 22 of ``/proc/<pid>/stat`` (clock ticks since boot).
 
-What this is not: a measurement of the code the caller has *loaded*. A Python process can import
-other files or change itself after start; the digest describes the installation the interpreter
-would load, which is what an allow-list can meaningfully pin.
+Every read is of a regular file only (``fstat`` after ``open``), opened with ``O_NOFOLLOW`` (the
+``/proc/<pid>/exe`` magic link excepted: following it is its purpose) and ``O_NONBLOCK`` (so a FIFO or
+device cannot block the open), under a size and a time budget: a file that is not regular, too large,
+or too slow to read is a :class:`MeasurementError`, and the caller is refused.
+
+There is no "package digest" any more. Earlier versions hashed the ``kubeshield`` package that the
+caller's interpreter would import, found from the caller's own ``argv[0]`` and working directory, which
+the caller chooses: any Python process could present the plugin's digest. Nothing the kernel records
+links a Python process to the source files it executes (the interpreter reads them with ordinary
+``open``/``read``, from a ``sys.path`` the caller controls through its arguments, environment and
+code), so no digest computed here could say what the caller runs. The executable is what the kernel
+does vouch for, and for a Python caller that is the interpreter; uid, gid and cgroup are the gates.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
-import json
 import os
+import stat
 import struct
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 __all__ = [
+    "ExeDigests",
+    "MeasurementError",
     "PeerIdentity",
-    "find_package_dir",
     "measure_pid",
-    "package_digest",
     "peer_credentials",
     "process_start_time",
+    "process_uid_gid",
+    "read_cgroup",
+    "read_regular",
 ]
 
 _UCRED = struct.Struct("3i")
+EXE_MAX_BYTES = 512 * 1024 * 1024
+EXE_TIME_BUDGET = 10.0
+PROC_MAX_BYTES = 64 * 1024
+PROC_TIME_BUDGET = 1.0
+_CHUNK = 1 << 20
+
+
+class MeasurementError(OSError):
+    """A file could not be measured within the rules (not regular, too large, too slow)."""
 
 
 @dataclass(frozen=True, slots=True)
 class PeerIdentity:
-    """Everything we measured about one peer. Safe to log: it holds no secret."""
+    """Everything we measured about one peer. Safe to log: it holds no secret.
+
+    ``exe``/``exe_sha256``/``exe_id`` are ``None`` when the executable could not be measured (another
+    uid and no ``CAP_SYS_PTRACE``); a rule that pins ``exeSha256`` then does not match.
+    """
 
     pid: int
     uid: int
@@ -47,18 +75,30 @@ class PeerIdentity:
     exe: str | None
     exe_sha256: str | None
     cgroup: str
-    package_digest: str | None
     start_time: int
+    exe_id: tuple[int, int] | None = None
 
     def describe(self) -> str:
         return (
-            f"pid={self.pid} uid={self.uid} gid={self.gid} exe={self.exe} exe_sha256={self.exe_sha256} "
-            f"cgroup={self.cgroup!r} package_digest={self.package_digest}"
+            f"pid={self.pid} uid={self.uid} gid={self.gid} exe={self.exe!r} "
+            f"exe_sha256={self.exe_sha256} cgroup={self.cgroup!r}"
+        )
+
+    def unmeasured_exe(self) -> PeerIdentity:
+        """The same identity with the executable unmeasured."""
+        return PeerIdentity(
+            pid=self.pid,
+            uid=self.uid,
+            gid=self.gid,
+            exe=None,
+            exe_sha256=None,
+            cgroup=self.cgroup,
+            start_time=self.start_time,
         )
 
 
 def peer_credentials(sock: object) -> tuple[int, int, int]:
-    """(pid, uid, gid) of the peer of a connected unix socket, from the kernel (SO_PEERCRED)."""
+    """(pid, euid, egid) of the peer of a connected unix socket at connect time (``SO_PEERCRED``)."""
     import socket as _socket
 
     if not isinstance(sock, _socket.socket):
@@ -68,123 +108,174 @@ def peer_credentials(sock: object) -> tuple[int, int, int]:
     return pid, uid, gid
 
 
+def _open_regular(path: str, *, follow: bool) -> tuple[int, os.stat_result]:
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # O_NOFOLLOW met a symbolic link
+            raise MeasurementError(exc.errno, "is a symbolic link; not measured", path) from None
+        raise
+    try:
+        info = os.fstat(fd)
+    except OSError:
+        os.close(fd)
+        raise
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise MeasurementError(errno.EINVAL, "is not a regular file; not measured", path)
+    return fd, info
+
+
+def read_regular(
+    path: str,
+    *,
+    max_bytes: int = PROC_MAX_BYTES,
+    budget: float = PROC_TIME_BUDGET,
+    follow: bool = False,
+    sink: Callable[[bytes], None] | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> tuple[bytes, os.stat_result]:
+    """Read a regular file under a size and time budget; returns (content, fstat of the open file).
+
+    With ``sink`` the content is passed on chunk by chunk and ``b""`` is returned (for hashing large
+    files). ``/proc`` files report size 0, so the limit is enforced on the bytes actually read.
+    """
+    deadline = clock() + budget
+    fd, info = _open_regular(path, follow=follow)
+    try:
+        if info.st_size > max_bytes:
+            raise MeasurementError(errno.EFBIG, f"is larger than {max_bytes} bytes; not measured", path)
+        parts: list[bytes] = []
+        total = 0
+        while True:
+            if clock() > deadline:
+                raise MeasurementError(
+                    errno.ETIME, f"took longer than {budget:g}s to read; not measured", path
+                )
+            try:
+                chunk = os.read(fd, _CHUNK)
+            except BlockingIOError:
+                raise MeasurementError(errno.EAGAIN, "would block; not measured", path) from None
+            if not chunk:
+                break
+            total += len(chunk)
+            if total > max_bytes:
+                raise MeasurementError(errno.EFBIG, f"is larger than {max_bytes} bytes; not measured", path)
+            if sink is not None:
+                sink(chunk)
+            else:
+                parts.append(chunk)
+        return b"".join(parts), info
+    finally:
+        os.close(fd)
+
+
 def process_start_time(pid: int) -> int:
     """Field 22 (starttime) of ``/proc/<pid>/stat``. The comm field may hold spaces and parentheses."""
-    with open(f"/proc/{pid}/stat", "rb") as fh:
-        data = fh.read()
-    rest = data[data.rindex(b")") + 2 :].split()
-    # rest[0] is field 3 (state); field 22 is rest[19]
-    return int(rest[19])
+    data, _ = read_regular(f"/proc/{pid}/stat", max_bytes=4096)
+    try:
+        rest = data[data.rindex(b")") + 2 :].split()
+        # rest[0] is field 3 (state); field 22 is rest[19]
+        return int(rest[19])
+    except (ValueError, IndexError):
+        raise MeasurementError(errno.EIO, "malformed stat", f"/proc/{pid}/stat") from None
 
 
-def _sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+def process_uid_gid(pid: int) -> tuple[int, int, int, int]:
+    """(real uid, effective uid, real gid, effective gid) of ``pid`` from ``/proc/<pid>/status``."""
+    data, _ = read_regular(f"/proc/{pid}/status")
+    fields: dict[bytes, list[bytes]] = {}
+    for line in data.splitlines():
+        key, _, value = line.partition(b":")
+        fields[key] = value.split()
+    try:
+        uids, gids = fields[b"Uid"], fields[b"Gid"]
+        return int(uids[0]), int(uids[1]), int(gids[0]), int(gids[1])
+    except (KeyError, IndexError, ValueError):
+        raise MeasurementError(errno.EIO, "malformed status", f"/proc/{pid}/status") from None
 
 
-def _cmdline(pid: int) -> list[str]:
-    with open(f"/proc/{pid}/cmdline", "rb") as fh:
-        return [a.decode("utf-8", "surrogateescape") for a in fh.read().split(b"\x00") if a]
+def read_cgroup(pid: int) -> str:
+    """The content of ``/proc/<pid>/cgroup``, stripped."""
+    data, _ = read_regular(f"/proc/{pid}/cgroup")
+    return data.decode("utf-8", "replace").strip()
 
 
-def find_package_dir(pid: int, *, package: str = "kubeshield") -> Path | None:
-    """The ``kubeshield`` directory the Python interpreter of ``pid`` would import, or None.
+class ExeDigests:
+    """sha256 of executables, cached by file identity so a busy caller is hashed once.
 
-    How it is found: argv[0] of the caller (the interpreter path as it was invoked, before symlinks are
-    resolved; for a console script the kernel puts the shebang's interpreter there), resolved inside
-    the caller's root (``/proc/<pid>/root``) and working directory. If the interpreter belongs to a
-    virtual environment (``pyvenv.cfg`` one level above ``bin/``) its ``site-packages`` is searched,
-    else the system's ``dist-packages``/``site-packages``. An editable install is followed through the
-    PEP 610 ``direct_url.json`` of the distribution to its source tree.
+    The key is ``(st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns)`` of the opened file: a file
+    changed in place gets a new ctime (which no caller can set), so a stale digest is never served.
     """
-    try:
-        argv = _cmdline(pid)
-    except OSError:
-        return None
-    try:
-        exe = os.readlink(f"/proc/{pid}/exe")
-    except OSError:
-        return None
-    if not argv or "python" not in os.path.basename(exe):
-        return None
-    root = Path(f"/proc/{pid}/root")
-    arg0 = argv[0]
-    if not arg0.startswith("/"):
+
+    def __init__(self, *, max_entries: int = 64, clock: Callable[[], float] = time.monotonic) -> None:
+        self._max = max_entries
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._cache: OrderedDict[tuple[int, ...], str] = OrderedDict()
+
+    def of(self, path: str) -> tuple[str, tuple[int, int]]:
+        """(sha256 hex, (st_dev, st_ino)) of the regular file at ``path`` (a magic link is followed)."""
+        fd, info = _open_regular(path, follow=True)
         try:
-            cwd = os.readlink(f"/proc/{pid}/cwd")
-        except OSError:
-            return None
-        arg0 = os.path.normpath(os.path.join(cwd, arg0))
-    bindir = Path(os.path.dirname(arg0))
-    candidates: list[Path] = []
-    venv = bindir.parent
-    if (root / venv.relative_to("/") / "pyvenv.cfg").is_file():
-        candidates.extend(sorted((root / venv.relative_to("/")).glob("lib/python3*/site-packages")))
-    else:
-        for pattern in ("usr/local/lib/python3*/dist-packages", "usr/lib/python3/dist-packages"):
-            candidates.extend(sorted(root.glob(pattern)))
-    for site in candidates:
-        direct = site / package
-        if (direct / "__init__.py").is_file():
-            return direct
-        for dist in sorted(site.glob(f"{package}-*.dist-info")):
-            url_file = dist / "direct_url.json"
-            if not url_file.is_file():
-                continue
-            try:
-                info = json.loads(url_file.read_text())
-            except (OSError, ValueError):
-                continue
-            url = str(info.get("url", ""))
-            if url.startswith("file://") and info.get("dir_info", {}).get("editable"):
-                src = Path(url[len("file://") :])
-                for sub in (src / "src" / package, src / package):
-                    target = root / sub.relative_to("/")
-                    if (target / "__init__.py").is_file():
-                        return target
-    return None
+            key = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+            with self._lock:
+                cached = self._cache.get(key)
+                if cached is not None:
+                    self._cache.move_to_end(key)
+                    return cached, (info.st_dev, info.st_ino)
+            digest = self._hash(fd, info, path)
+        finally:
+            os.close(fd)
+        with self._lock:
+            self._cache[key] = digest
+            while len(self._cache) > self._max:
+                self._cache.popitem(last=False)
+        return digest, (info.st_dev, info.st_ino)
+
+    def _hash(self, fd: int, info: os.stat_result, path: str) -> str:
+        if info.st_size > EXE_MAX_BYTES:
+            raise MeasurementError(errno.EFBIG, f"is larger than {EXE_MAX_BYTES} bytes; not measured", path)
+        deadline = self._clock() + EXE_TIME_BUDGET
+        h = hashlib.sha256()
+        offset = 0
+        while True:
+            if self._clock() > deadline:
+                raise MeasurementError(errno.ETIME, f"took longer than {EXE_TIME_BUDGET:g}s to hash", path)
+            chunk = os.pread(fd, _CHUNK, offset)
+            if not chunk:
+                break
+            offset += len(chunk)
+            if offset > EXE_MAX_BYTES:
+                raise MeasurementError(
+                    errno.EFBIG, f"is larger than {EXE_MAX_BYTES} bytes; not measured", path
+                )
+            h.update(chunk)
+        return h.hexdigest()
 
 
-def package_digest(directory: Path) -> str:
-    """sha256 over every ``*.py`` file of a package directory, in sorted order of relative path.
-
-    Layout hashed: for each file, ``relpath || 0x00 || sha256(content) || 0x0a``. Byte-compiled caches
-    are not covered (an interpreter ignores a stale one). The result is ``"sha256:" + hex``.
-    """
-    h = hashlib.sha256()
-    files = sorted(p for p in directory.rglob("*.py") if "__pycache__" not in p.parts)
-    for path in files:
-        rel = path.relative_to(directory).as_posix().encode()
-        h.update(rel + b"\x00" + bytes.fromhex(_sha256_file(str(path))) + b"\n")
-    return "sha256:" + h.hexdigest()
+_DEFAULT_DIGESTS = ExeDigests()
 
 
-def measure_pid(pid: int, uid: int, gid: int) -> PeerIdentity:
-    """Measure ``pid``. Raises ``OSError`` if the process is gone.
+def measure_pid(pid: int, uid: int, gid: int, *, digests: ExeDigests | None = None) -> PeerIdentity:
+    """Measure ``pid`` (uid and gid come from the kernel, e.g. ``SO_PEERCRED``). Raises ``OSError``.
 
-    The executable (and so the package digest) of a process of another uid can only be read with
-    CAP_SYS_PTRACE, which the custody process gives up when it drops to its own user: then
-    ``exe``/``exe_sha256``/``package_digest`` are ``None`` ("unmeasured"), and a policy rule that
-    pins them does not match. Rules on uid, gid and cgroup still work.
+    The executable of a process of another uid can only be read with ``CAP_SYS_PTRACE``, which the
+    custody process gives up when it drops to its own user: then ``exe``/``exe_sha256`` are ``None``
+    ("unmeasured") and a rule that pins them does not match. Rules on uid, gid and cgroup still work.
+    A process that exits or is replaced (pid reuse) while measured raises ``ProcessLookupError``.
     """
     start = process_start_time(pid)
     exe: str | None
     exe_sha: str | None
+    exe_id: tuple[int, int] | None
     try:
         exe = os.readlink(f"/proc/{pid}/exe")
-        exe_sha = _sha256_file(f"/proc/{pid}/exe")
+        exe_sha, exe_id = (digests or _DEFAULT_DIGESTS).of(f"/proc/{pid}/exe")
     except PermissionError:  # another uid and we lack CAP_SYS_PTRACE: unmeasurable, not an error
-        exe = exe_sha = None
-    with open(f"/proc/{pid}/cgroup", encoding="utf-8", errors="replace") as fh:
-        cgroup = fh.read().strip()
-    try:
-        pkg_dir = find_package_dir(pid) if exe is not None else None
-        digest = package_digest(pkg_dir) if pkg_dir is not None else None
-    except PermissionError:
-        digest = None
+        exe = exe_sha = exe_id = None
+    cgroup = read_cgroup(pid)
     if process_start_time(pid) != start:
         raise ProcessLookupError("the process changed while it was measured")
     return PeerIdentity(
@@ -194,6 +285,6 @@ def measure_pid(pid: int, uid: int, gid: int) -> PeerIdentity:
         exe=exe,
         exe_sha256=exe_sha,
         cgroup=cgroup,
-        package_digest=digest,
         start_time=start,
+        exe_id=exe_id,
     )

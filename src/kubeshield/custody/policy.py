@@ -5,15 +5,20 @@ A policy file is YAML::
     version: 1
     rules:
       - name: kms-plugin                 # required, shown in logs
-        uid: 0                           # each condition is optional; a rule needs at least one
+        uid: 0                           # who: at least one of uid, gid, cgroupPrefix
         gid: 0
-        exeSha256: 3f0c...               # sha256 hex of /proc/<pid>/exe
         cgroupPrefix: /kubepods/         # a cgroup path (third field of a /proc/<pid>/cgroup line)
-        packageDigest: sha256:9ab1...    # see kubeshield.custody.measure.package_digest
+        exeSha256: 3f0c...               # narrows a rule: sha256 hex of /proc/<pid>/exe
         ops: [wrap, unwrap, key_id, health]   # optional; default all but rotate
 
-A caller is allowed when every condition of at least one rule holds for it. Anything the loader does
-not understand (an unknown field, a wrong type, an empty rule, a file that is not YAML) is a
+A caller is allowed when every condition of at least one rule holds for it. Every rule names *who*
+(uid, gid or cgroupPrefix, which the kernel reports and an unprivileged process cannot change);
+``exeSha256`` only narrows such a rule, because any user can run any executable it can read.
+``cgroupPrefix`` matches whole path components: ``/kubepods/pod1`` matches ``/kubepods/pod1`` and
+``/kubepods/pod1/ctr``, not ``/kubepods/pod12``. ``packageDigest`` is gone (it was computed from inputs
+the caller chooses; see :mod:`kubeshield.custody.measure`): a policy that still has it is refused,
+rather than silently allowing more than it says. Anything the loader does not understand (an unknown
+field, a wrong type, a rule without uid/gid/cgroupPrefix, a file that is not YAML) is a
 ``ConfigError`` that names the line, and the custody process refuses to start.
 """
 
@@ -34,8 +39,8 @@ __all__ = ["ALL_OPS", "DEFAULT_OPS", "Policy", "Rule", "load_policy", "parse_pol
 ALL_OPS = frozenset({"wrap", "unwrap", "key_id", "health", "rotate"})
 DEFAULT_OPS = frozenset({"wrap", "unwrap", "key_id", "health"})
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
-_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
-_RULE_FIELDS = {"name", "uid", "gid", "exeSha256", "cgroupPrefix", "packageDigest", "ops"}
+_RULE_FIELDS = {"name", "uid", "gid", "exeSha256", "cgroupPrefix", "ops"}
+_WHO = ("uid", "gid", "cgroup_prefix")
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,8 +50,11 @@ class Rule:
     gid: int | None = None
     exe_sha256: str | None = None
     cgroup_prefix: str | None = None
-    package_digest: str | None = None
     ops: frozenset[str] = DEFAULT_OPS
+
+    def __post_init__(self) -> None:
+        if all(getattr(self, field) is None for field in _WHO):
+            raise ValueError("a rule needs at least one of uid, gid or cgroup_prefix")
 
     def matches(self, peer: PeerIdentity) -> bool:
         if self.uid is not None and peer.uid != self.uid:
@@ -55,13 +63,17 @@ class Rule:
             return False
         if self.exe_sha256 is not None and peer.exe_sha256 != self.exe_sha256:
             return False
-        if self.package_digest is not None and peer.package_digest != self.package_digest:
-            return False
         if self.cgroup_prefix is not None:
             paths = [line.split(":", 2)[2] for line in peer.cgroup.splitlines() if line.count(":") >= 2]
-            if not any(p.startswith(self.cgroup_prefix) for p in paths):
+            if not any(_under(p, self.cgroup_prefix) for p in paths):
                 return False
         return True
+
+
+def _under(path: str, prefix: str) -> bool:
+    """``path`` is ``prefix`` or below it, by whole path components."""
+    base = prefix.rstrip("/")
+    return path == base or path.startswith(base + "/") or (not base and path.startswith("/"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +120,14 @@ def _pairs(node: yaml.Node, source: str, what: str) -> Iterable[tuple[str, yaml.
 def _rule(node: yaml.Node, source: str) -> Rule:
     values: dict[str, object] = {}
     for key, key_node, value in _pairs(node, source, "a rule"):
+        if key == "packageDigest":
+            raise _err(
+                key_node,
+                source,
+                "packageDigest is no longer supported: it was computed from the caller's own argv[0] "
+                "and working directory, so any Python process could present it; remove it and pin "
+                "uid/gid/cgroupPrefix (and exeSha256)",
+            )
         if key not in _RULE_FIELDS:
             raise _err(
                 key_node, source, f"unknown field {key!r} in rule (known: {', '.join(sorted(_RULE_FIELDS))})"
@@ -119,11 +139,6 @@ def _rule(node: yaml.Node, source: str) -> Rule:
             if not _HEX64.match(text):
                 raise _err(value, source, "exeSha256 must be 64 hex digits")
             values["exe_sha256"] = text
-        elif key == "packageDigest":
-            text = _scalar(value, source, key).lower()
-            if not _DIGEST.match(text):
-                raise _err(value, source, "packageDigest must be 'sha256:' and 64 hex digits")
-            values["package_digest"] = text
         elif key == "cgroupPrefix":
             text = _scalar(value, source, key)
             if not text.startswith("/"):
@@ -146,8 +161,13 @@ def _rule(node: yaml.Node, source: str) -> Rule:
             values["ops"] = frozenset(ops)
     if "name" not in values:
         raise _err(node, source, "a rule needs a name")
-    if not set(values) - {"name", "ops"}:
-        raise _err(node, source, "a rule needs at least one condition (uid, gid, exeSha256, ...)")
+    if not {"uid", "gid", "cgroup_prefix"} & set(values):
+        raise _err(
+            node,
+            source,
+            f"rule {values['name']!r} needs at least one of uid, gid or cgroupPrefix "
+            "(exeSha256 only narrows a rule: any user can run that executable)",
+        )
     return Rule(**values)  # type: ignore[arg-type]
 
 

@@ -1,19 +1,25 @@
 """The custody server: holds the KEK versions and answers five operations over a unix socket.
 
-One thread per connection. For every connection:
+One thread per connection, at most ``max_connections`` at once (a connection beyond that gets
+``UNAVAILABLE`` and is closed at once). For every connection (mechanism and reasons in
+:mod:`kubeshield.custody.peer`):
 
-1. the peer's (pid, uid, gid) come from the kernel (``SO_PEERCRED``) and a pidfd is opened on that
-   pid at once (``os.pidfd_open``);
-2. the peer is measured (:mod:`kubeshield.custody.measure`) and checked against the policy;
-   a denied peer gets ``PERMISSION_DENIED`` for its first request, the connection is closed, and the
-   refusal is logged with the measured identity;
-3. every request is decoded strictly (:mod:`kubeshield.keys._custody_protocol`); a protocol error is
-   answered with ``PROTOCOL_ERROR`` and the connection is closed;
-4. after the operation and before the answer is sent, the pid-reuse guard checks that the pidfd still
-   refers to a live process whose start time (``/proc/<pid>/stat`` field 22) is the measured one. If
-   not, the answer is dropped and the connection closed.
+1. the caller is pinned and measured: ``SO_PEERCRED``, a pidfd, an exec tracker, the measurement;
+   then checked against the policy. A caller that is denied, cannot be measured, changed while it
+   was measured, or wrote before the greeting gets one refusal frame (``PERMISSION_DENIED`` or
+   ``PROTOCOL_ERROR``) and the connection is closed at once; the refusal is logged with the measured
+   identity;
+2. an admitted caller gets the greeting, then sends requests. Every byte of every request must come
+   from the admitted process (``SCM_CREDENTIALS``); each request is decoded strictly
+   (:mod:`kubeshield.keys._custody_protocol`; a protocol error is answered with ``PROTOCOL_ERROR``
+   and the connection is closed) and its op checked against the rule;
+3. before the operation the caller is re-checked (alive, no exec since it was measured, and the
+   same executable and cgroup where its rule pins them); after it and before the answer, alive and
+   no exec again. If not, the request is refused or the answer dropped, and the connection closed.
 
 Backend calls are serialised by one lock: the custody process values simplicity over parallelism.
+``accept()`` errors (``EMFILE`` and the like) are logged and retried with a backoff; only a listener
+that is no longer a socket (closed under us) ends :meth:`CustodyServer.serve_forever`.
 
 A :class:`~kubeshield.keys.base.Refreshable` key store (the local and tpm keyrings) is refreshed before
 every KEY_ID and HEALTH answer (one ``stat`` when the keyring file is unchanged), so a rotation made
@@ -23,19 +29,28 @@ failed reload keeps the old keys and is logged (the error type and its path-only
 
 from __future__ import annotations
 
+import errno
+import functools
 import logging
 import os
-import select
 import socket
-import stat
 import threading
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
-from kubeshield.custody.measure import PeerIdentity, measure_pid, peer_credentials, process_start_time
+from kubeshield.custody.measure import ExeDigests, PeerIdentity, measure_pid
+from kubeshield.custody.peer import (
+    ForeignSender,
+    Peer,
+    PeerRefused,
+    enable_sender_credentials,
+    pending_input,
+    read_frame,
+)
 from kubeshield.custody.policy import Policy, Rule
 from kubeshield.errors import (
     BackendError,
+    ConfigError,
     InvalidCiphertext,
     InvalidRequest,
     KeyNotFound,
@@ -48,9 +63,10 @@ from kubeshield.keys._custody_protocol import (
     Response,
     Status,
     decode_request,
+    encode_greeting,
     encode_response,
-    read_body,
 )
+from kubeshield.keys._unix_socket import prepare_socket_path
 from kubeshield.keys.base import KeyBackend, Refreshable, Rotatable, Wrapped
 
 __all__ = ["CustodyServer", "bind_unix_socket"]
@@ -64,34 +80,37 @@ _OP_NAMES = {
     Op.HEALTH: "health",
     Op.ROTATE: "rotate",
 }
+# accept() errors after which the listener is gone: serving cannot continue
+_FATAL_ACCEPT = frozenset({errno.EBADF, errno.ENOTSOCK, errno.EINVAL})
+_DENIED = Response(Status.PERMISSION_DENIED, (b"caller not allowed by policy",))
 
 
 def bind_unix_socket(path: str, *, mode: int = 0o660, backlog: int = 64) -> socket.socket:
-    """Create a listening unix socket at ``path`` with ``mode`` (a stale socket file is replaced)."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        pass
-    else:
-        if not stat.S_ISSOCK(st.st_mode):
-            raise FileExistsError(f"{path} exists and is not a socket")
-        os.unlink(path)
+    """A listening unix socket at ``path`` with ``mode``; every message will carry sender credentials.
+
+    A stale socket file is replaced; a live socket (another custody process serving), any other file
+    or a missing directory is a :class:`~kubeshield.errors.ConfigError` (the same rule as
+    ``kms serve``). The socket is never, even briefly, more open than ``mode``.
+    """
+    prepare_socket_path(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old = os.umask(0o177)
     try:
-        sock.bind(path)
-    finally:
-        os.umask(old)
-    os.chmod(path, mode)
-    sock.listen(backlog)
+        old = os.umask(0o177)
+        try:
+            sock.bind(path)
+        finally:
+            os.umask(old)
+        os.chmod(path, mode)
+        enable_sender_credentials(sock)
+        sock.listen(backlog)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigError(
+                f"another process bound {path!r} at the same moment; refusing to share it"
+            ) from None
+        raise ConfigError(f"cannot listen on {path!r}: {exc.strerror}") from None
     return sock
-
-
-@dataclass
-class _Peer:
-    identity: PeerIdentity
-    pidfd: int
-    rule: Rule | None
 
 
 class CustodyServer:
@@ -103,38 +122,84 @@ class CustodyServer:
         backend: KeyBackend,
         policy: Policy,
         listener: socket.socket,
-        measure: Callable[[int, int, int], PeerIdentity] = measure_pid,
+        measure: Callable[[int, int, int], PeerIdentity] | None = None,
         idle_timeout: float = 300.0,
+        max_connections: int = 64,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        if max_connections < 1:
+            raise ValueError("max_connections must be at least 1")
         self._backend = backend
         self._policy = policy
         self._listener = listener
-        self._measure = measure
+        self._measure = measure or functools.partial(measure_pid, digests=ExeDigests())
         self._idle_timeout = idle_timeout
+        self._max_connections = max_connections
+        self._clock = clock
         self._lock = threading.Lock()
         self._lock_conns = threading.Lock()
         self._stopping = threading.Event()
         self._conns: set[socket.socket] = set()
         self._threads: set[threading.Thread] = set()
+        self._last_busy_log = float("-inf")
+        enable_sender_credentials(listener)
 
     # ---- lifecycle -------------------------------------------------------------------------------
     def serve_forever(self) -> None:
-        """Accept connections until :meth:`shutdown`."""
+        """Accept connections until :meth:`shutdown`. Survives ``accept()`` errors (logged, backoff)."""
         self._listener.settimeout(0.2)
+        backoff = 0.0
         while not self._stopping.is_set():
             try:
                 conn, _ = self._listener.accept()
             except TimeoutError:
                 continue
-            except OSError:
+            except OSError as exc:
                 if self._stopping.is_set():
                     break
-                raise
-            with self._lock_conns:
+                if exc.errno in _FATAL_ACCEPT or self._listener.fileno() < 0:
+                    log.error("custody: the listening socket is gone (%s); stopping", _errname(exc))
+                    raise
+                backoff = min(max(backoff * 2, 0.05), 1.0)
+                log.warning("custody: accept failed (%s); retrying in %.2fs", _errname(exc), backoff)
+                self._stopping.wait(backoff)
+                continue
+            backoff = 0.0
+            self._start_connection(conn)
+
+    def _start_connection(self, conn: socket.socket) -> None:
+        with self._lock_conns:
+            busy = len(self._conns) >= self._max_connections
+            if not busy:
                 self._conns.add(conn)
-                thread = threading.Thread(target=self._serve_connection, args=(conn,), daemon=True)
-                self._threads.add(thread)
+        if busy:
+            self._refuse_busy(conn)
+            return
+        thread = threading.Thread(target=self._serve_connection, args=(conn,), daemon=True)
+        with self._lock_conns:
+            self._threads.add(thread)
+        try:
             thread.start()
+        except RuntimeError:  # no thread can be started right now: refuse, keep serving
+            with self._lock_conns:
+                self._threads.discard(thread)
+                self._conns.discard(conn)
+            self._refuse_busy(conn)
+
+    def _refuse_busy(self, conn: socket.socket) -> None:
+        now = self._clock()
+        if now - self._last_busy_log >= 1.0:
+            self._last_busy_log = now
+            log.warning(
+                "custody: refused a connection: %d connections open (the limit)", self._max_connections
+            )
+        try:
+            conn.settimeout(0.1)
+            conn.sendall(encode_response(Response(Status.UNAVAILABLE, (b"too many connections",))))
+        except OSError:
+            pass
+        finally:
+            conn.close()
 
     def shutdown(self, *, timeout: float = 5.0) -> None:
         """Stop accepting, end open connections (in-flight operations finish first) and wait for them."""
@@ -151,91 +216,116 @@ class CustodyServer:
                 thread.join(timeout)
 
     # ---- one connection --------------------------------------------------------------------------
-    def _admit(self, conn: socket.socket) -> _Peer | None:
-        pid, uid, gid = peer_credentials(conn)
+    def _admit(self, conn: socket.socket) -> tuple[Peer, Rule] | None:
+        """Pin, measure and judge the caller; send the greeting or a refusal. None: refused and closed."""
         try:
-            pidfd = os.pidfd_open(pid)
-        except OSError:
-            log.warning(
-                "custody: refused a caller that exited before it was measured (pid=%d uid=%d)", pid, uid
-            )
+            peer = Peer.open(conn, measure=self._measure)
+        except PeerRefused as exc:
+            if exc.transient:
+                log.warning("custody: UNAVAILABLE, %s", exc)
+                self._send(
+                    conn, Response(Status.UNAVAILABLE, (b"the custody process is short of resources",))
+                )
+            else:
+                log.warning("custody: PERMISSION DENIED, %s", exc)
+                self._send(conn, _DENIED)
             return None
-        try:
-            identity = self._measure(pid, uid, gid)
-        except OSError:
-            os.close(pidfd)
-            log.warning("custody: refused a caller that could not be measured (pid=%d uid=%d)", pid, uid)
-            return None
-        if not self._same_process(pidfd, identity):
-            os.close(pidfd)
-            log.warning("custody: refused a caller whose pid changed while measured (pid=%d)", pid)
-            return None
-        rule = self._policy.match(identity)
+        rule = self._policy.match(peer.identity)
         if rule is None:
-            log.warning("custody: PERMISSION DENIED, no policy rule matches %s", identity.describe())
-        else:
-            log.info("custody: allowed by rule %r: %s", rule.name, identity.describe())
-        return _Peer(identity=identity, pidfd=pidfd, rule=rule)
-
-    @staticmethod
-    def _same_process(pidfd: int, identity: PeerIdentity) -> bool:
-        """The pidfd's process is alive and is the one measured (same start time)."""
-        poller = select.poll()
-        poller.register(pidfd, select.POLLIN)
-        if poller.poll(0):  # readable pidfd: the process has exited
-            return False
+            log.warning("custody: PERMISSION DENIED, no policy rule matches %s", peer.identity.describe())
+            peer.close()
+            self._send(conn, _DENIED)
+            return None
+        waiting = pending_input(conn)
+        if waiting == "closed":  # e.g. another server's liveness probe of this socket
+            log.info(
+                "custody: the caller closed the connection before its greeting: pid=%d", peer.identity.pid
+            )
+            peer.close()
+            return None
+        if waiting == "data":
+            log.warning(
+                "custody: PROTOCOL ERROR, the caller wrote before the greeting (a protocol-1 client, or "
+                "bytes written before an exec): %s",
+                peer.identity.describe(),
+            )
+            peer.close()
+            self._send(conn, Response(Status.PROTOCOL_ERROR, (b"request sent before the greeting",)))
+            return None
+        log.info("custody: allowed by rule %r: %s", rule.name, peer.identity.describe())
         try:
-            return process_start_time(identity.pid) == identity.start_time
-        except (OSError, ValueError, IndexError):
-            return False
+            conn.sendall(encode_greeting())
+        except OSError:
+            peer.close()
+            raise
+        return peer, rule
 
     def _serve_connection(self, conn: socket.socket) -> None:
-        peer: _Peer | None = None
+        peer: Peer | None = None
         try:
             conn.settimeout(self._idle_timeout)
-            peer = self._admit(conn)
-            while True:
-                try:
-                    body = read_body(conn)
-                except ProtocolError:
-                    self._send(conn, Response(Status.PROTOCOL_ERROR, (b"malformed frame",)))
-                    return
-                if body is None:
-                    return
-                if peer is None or peer.rule is None:
-                    self._send(conn, Response(Status.PERMISSION_DENIED, (b"caller not allowed by policy",)))
-                    return
-                try:
-                    request = decode_request(body)
-                except ProtocolError:
-                    self._send(conn, Response(Status.PROTOCOL_ERROR, (b"malformed frame",)))
-                    return
-                op_name = _OP_NAMES[request.op]
-                if op_name not in peer.rule.ops:
-                    log.warning("custody: PERMISSION DENIED for op %s: %s", op_name, peer.identity.describe())
-                    self._send(
-                        conn, Response(Status.PERMISSION_DENIED, (b"operation not allowed by policy",))
-                    )
-                    return
-                response = self._dispatch(request)
-                if not self._same_process(peer.pidfd, peer.identity):
-                    log.warning(
-                        "custody: caller process changed (pid reuse?), answer dropped: pid=%d",
-                        peer.identity.pid,
-                    )
-                    return
-                self._send(conn, response)
-                if response.status == Status.PROTOCOL_ERROR:
-                    return
+            admitted = self._admit(conn)
+            if admitted is None:
+                return
+            peer, rule = admitted
+            while self._serve_one(conn, peer, rule):
+                pass
         except (OSError, ConnectionError):
             return
         finally:
             if peer is not None:
-                os.close(peer.pidfd)
+                peer.close()
             conn.close()
             with self._lock_conns:
                 self._conns.discard(conn)
                 self._threads.discard(threading.current_thread())
+
+    def _serve_one(self, conn: socket.socket, peer: Peer, rule: Rule) -> bool:
+        """Read and answer one request. False: the connection is to be closed."""
+        try:
+            body = read_frame(conn, sender=peer.creds)
+        except ForeignSender as exc:
+            log.warning(
+                "custody: PERMISSION DENIED, a request on this connection was written by another "
+                "process (sender pid/uid/gid %s) than the admitted one: %s",
+                exc.creds,
+                peer.identity.describe(),
+            )
+            self._send(conn, _DENIED)
+            return False
+        except ProtocolError:
+            self._send(conn, Response(Status.PROTOCOL_ERROR, (b"malformed frame",)))
+            return False
+        if body is None:
+            return False
+        try:
+            request = decode_request(body)
+        except ProtocolError:
+            self._send(conn, Response(Status.PROTOCOL_ERROR, (b"malformed frame",)))
+            return False
+        op_name = _OP_NAMES[request.op]
+        if op_name not in rule.ops:
+            log.warning("custody: PERMISSION DENIED for op %s: %s", op_name, peer.identity.describe())
+            self._send(conn, Response(Status.PERMISSION_DENIED, (b"operation not allowed by policy",)))
+            return False
+        reason = peer.changed(exe=rule.exe_sha256 is not None, cgroup=rule.cgroup_prefix is not None)
+        if reason is not None:
+            log.warning(
+                "custody: PERMISSION DENIED, the caller changed (%s): %s", reason, peer.identity.describe()
+            )
+            self._send(conn, _DENIED)
+            return False
+        response = self._dispatch(request)
+        reason = peer.changed()
+        if reason is not None:
+            log.warning(
+                "custody: answer dropped, the caller changed during the operation (%s): pid=%d",
+                reason,
+                peer.identity.pid,
+            )
+            return False
+        self._send(conn, response)
+        return response.status != Status.PROTOCOL_ERROR
 
     @staticmethod
     def _send(conn: socket.socket, response: Response) -> None:
@@ -301,3 +391,7 @@ class CustodyServer:
         except Exception as exc:  # never leak internals; log the type only
             log.error("custody: internal error in %s: %s", request.op.name, type(exc).__name__)
             return Response(Status.INTERNAL, (b"internal error",))
+
+
+def _errname(exc: OSError) -> str:
+    return errno.errorcode.get(exc.errno or 0, type(exc).__name__)

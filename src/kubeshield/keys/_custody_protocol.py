@@ -3,6 +3,19 @@
 Both sides import this module, so it lives in ``kubeshield.keys`` (layer 1). It is deliberately tiny:
 five operations, no general-purpose RPC surface, and one strict decoder.
 
+A connection (version 2)::
+
+    server -> client   greeting: a response frame, status OK, one field b"kubeshield-custody"
+                       (or a refusal instead: PERMISSION_DENIED, UNAVAILABLE or PROTOCOL_ERROR with a
+                       short message, and the server closes the connection)
+    client -> server   request      } repeated; one answer per request, in order
+    server -> client   response     }
+
+The client sends nothing before it has read the greeting. The server measures the caller before it
+sends the greeting and refuses a connection whose first bytes arrived before that: those bytes may
+have been written by whatever the connecting process ran before an ``execve`` (docs/custody.md).
+Version 1 had no greeting; a version-1 frame is refused ("unsupported protocol version").
+
 Byte layout (every integer big-endian)::
 
     frame    = length(u32) || body                  length = len(body), 3 <= length <= MAX_BODY
@@ -10,7 +23,7 @@ Byte layout (every integer big-endian)::
     response = version(u8) || status(u8) || count(u8) || field * count
     field    = flen(u32) || fbytes(flen)
 
-``version`` is :data:`VERSION` (1). A body must be consumed exactly by its fields: trailing bytes, a
+``version`` is :data:`VERSION` (2). A body must be consumed exactly by its fields: trailing bytes, a
 field running past the end, an unknown version, op or status, a field count above :data:`MAX_FIELDS`
 or a frame longer than :data:`MAX_BODY` (64 KiB) is a protocol error. The server answers a protocol
 error with ``status = PROTOCOL_ERROR`` (no fields) and closes the connection; the client treats any
@@ -39,6 +52,7 @@ import struct
 from dataclasses import dataclass
 
 __all__ = [
+    "GREETING",
     "HEADER_SIZE",
     "MAX_BODY",
     "MAX_FIELDS",
@@ -51,12 +65,15 @@ __all__ = [
     "decode_body_length",
     "decode_request",
     "decode_response",
+    "encode_greeting",
     "encode_request",
     "encode_response",
     "read_body",
+    "read_greeting",
 ]
 
-VERSION = 1
+VERSION = 2
+GREETING = b"kubeshield-custody"
 MAX_BODY = 64 * 1024
 MAX_FIELDS = 64
 HEADER_SIZE = 4
@@ -214,3 +231,25 @@ def read_body(sock: socket.socket) -> bytes | None:
     header = first if len(first) == HEADER_SIZE else first + _recv_exact(sock, HEADER_SIZE - len(first))
     length = decode_body_length(header)
     return _recv_exact(sock, length)
+
+
+def encode_greeting() -> bytes:
+    """The server's first frame on a connection it admits: status OK, one field :data:`GREETING`."""
+    return encode_response(Response(Status.OK, (GREETING,)))
+
+
+def read_greeting(sock: socket.socket) -> Response | None:
+    """Read the server's first frame: ``None`` for the greeting, else the refusal it sent instead.
+
+    Raises ``ProtocolError`` for a frame that is neither (an OK frame with other fields, a version-1
+    server's frame) and ``ConnectionError`` when the server closes before a whole frame.
+    """
+    body = read_body(sock)
+    if body is None:
+        raise ConnectionError("the custody process closed the connection before its greeting")
+    response = decode_response(body)
+    if response.status == Status.OK:
+        if response.fields != (GREETING,):
+            raise ProtocolError("the first frame is not a greeting")
+        return None
+    return response

@@ -1,7 +1,9 @@
 """The ``enclave`` key backend: the plugin side of the custody process.
 
 The KEK never enters this process. Every operation is one request/response on the custody unix socket
-(:mod:`kubeshield.keys._custody_protocol`). One connection is kept and reused under a lock; any
+(:mod:`kubeshield.keys._custody_protocol`). A new connection first reads the custody process's greeting
+(sent once it has measured and admitted us; a refusal instead raises at once, e.g. ``PolicyDenied``),
+and only then sends requests. One connection is kept and reused under a lock; any
 transport failure (the custody process died, a truncated or malformed answer, a timeout) closes it and
 raises ``BackendUnavailable`` or ``BackendTimeout``, and the next call reconnects. Because a broken
 connection is never reused, a late answer can never be taken for the answer of a later request: a
@@ -18,6 +20,7 @@ import socket as _socket_mod
 import threading
 import time
 from collections.abc import Callable
+from typing import NoReturn
 
 from kubeshield.config.settings import CustodySettings
 from kubeshield.errors import (
@@ -32,10 +35,12 @@ from kubeshield.keys._custody_protocol import (
     Op,
     ProtocolError,
     Request,
+    Response,
     Status,
     decode_response,
     encode_request,
     read_body,
+    read_greeting,
 )
 from kubeshield.keys.base import Health, Wrapped
 
@@ -66,6 +71,7 @@ class EnclaveKeyBackend:
 
     # ---- transport -------------------------------------------------------------------------------
     def _connect(self) -> _socket_mod.socket:
+        """Connect and read the greeting; a refusal sent instead of it raises its mapped error."""
         sock = _socket_mod.socket(_socket_mod.AF_UNIX, _socket_mod.SOCK_STREAM)
         sock.settimeout(self._timeout)
         try:
@@ -75,6 +81,22 @@ class EnclaveKeyBackend:
             raise BackendUnavailable(
                 f"cannot reach the custody process at {self._path}: {exc.strerror}"
             ) from None
+        try:
+            refusal = read_greeting(sock)
+        except TimeoutError:
+            sock.close()
+            raise BackendTimeout(
+                f"the custody process at {self._path} sent no greeting within {self._timeout:g}s "
+                "(a custody process older than this plugin speaks protocol 1: upgrade both)"
+            ) from None
+        except (OSError, ConnectionError, ProtocolError):
+            sock.close()
+            raise BackendUnavailable(
+                "the custody process closed the connection before its greeting"
+            ) from None
+        if refusal is not None:
+            sock.close()
+            self._raise_for(refusal)
         return sock
 
     def _drop(self) -> None:
@@ -101,9 +123,13 @@ class EnclaveKeyBackend:
                 raise BackendUnavailable("the connection to the custody process broke") from None
             if response.status != Status.OK:
                 self._drop()  # the server closes after an error too; start fresh next time
+        if response.status == Status.OK:
+            return response.fields
+        self._raise_for(response)
+
+    @staticmethod
+    def _raise_for(response: Response) -> NoReturn:
         status, out = response.status, response.fields
-        if status == Status.OK:
-            return out
         if status == Status.PERMISSION_DENIED:
             raise PolicyDenied(
                 "the custody process refused this caller (see its log for the measured identity)"
@@ -115,7 +141,10 @@ class EnclaveKeyBackend:
         if status == Status.INVALID_REQUEST:
             message = out[0].decode("utf-8", "replace")[:200] if out else "invalid request"
             raise InvalidRequest(message)
-        raise BackendUnavailable(f"the custody process answered {status.name}")
+        detail = out[0].decode("utf-8", "replace")[:200] if len(out) == 1 else ""
+        raise BackendUnavailable(
+            f"the custody process answered {status.name}" + (f": {detail}" if detail else "")
+        )
 
     @staticmethod
     def _expect(fields: tuple[bytes, ...], n: int) -> tuple[bytes, ...]:

@@ -16,15 +16,14 @@ with hostNetwork, so any local user could connect and call Decrypt. A path socke
 from __future__ import annotations
 
 import contextlib
-import errno
 import grp
 import os
-import socket
 import stat
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 from kubeshield.errors import ConfigError
+from kubeshield.keys._unix_socket import prepare_socket_path as _prepare_path  # shared with custody
 
 __all__ = [
     "ABSTRACT_REFUSED",
@@ -94,39 +93,11 @@ def refuse_abstract(path: str, *, what: str = "socket") -> None:
 
 
 def prepare_socket_path(path: str) -> None:
-    """Make ``path`` bindable without clobbering anything that matters.
-
-    * an abstract socket (``@name``) is refused (:func:`refuse_abstract`);
-    * the directory must exist (we do not create it: a missing hostPath mount must be seen);
-    * a stale socket (a socket file nobody answers on) is removed;
-    * a live socket (another plugin listening) or any non-socket file is refused.
-    """
+    """Make ``path`` bindable without clobbering anything that matters: an abstract socket (``@name``) is
+    refused (:func:`refuse_abstract`); the rest is :func:`kubeshield.keys._unix_socket.prepare_socket_path`
+    (the directory must exist, a stale socket is removed, a live socket or any other file is refused)."""
     refuse_abstract(path)
-    directory = os.path.dirname(path) or "."
-    if not os.path.isdir(directory):
-        raise ConfigError(f"socket directory {directory!r} does not exist; create it (or mount it) first")
-    try:
-        info = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(info.st_mode):
-        raise ConfigError(f"socket path {path!r} exists and is not a socket; refusing to replace it")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    probe.settimeout(1.0)
-    try:
-        probe.connect(path)
-    except ConnectionRefusedError:
-        os.unlink(path)  # stale: left behind by a process that is gone
-        return
-    except OSError as exc:
-        if exc.errno in (errno.ECONNREFUSED, errno.ENOENT):
-            if exc.errno == errno.ECONNREFUSED:
-                os.unlink(path)
-            return
-        raise ConfigError(f"cannot check existing socket {path!r}: {exc.strerror}") from None
-    finally:
-        probe.close()
-    raise ConfigError(f"another process is already listening on {path!r}; refusing to take it over")
+    _prepare_path(path)
 
 
 @contextlib.contextmanager

@@ -60,6 +60,15 @@ class Custody:
     def log(self) -> str:
         return "".join(self.stderr_lines)
 
+    def wait_log(self, text: str, bound: float = 30.0) -> str:
+        """The log once it holds ``text`` (the stderr reader thread may lag behind the process)."""
+        import time
+
+        deadline = time.monotonic() + bound
+        while text not in self.log and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return self.log
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()

@@ -197,7 +197,7 @@ def test_mlock_failure_warns_or_refuses(workdir: Path) -> None:
         preexec_fn=as_nobody_without_memlock,
     )
     try:
-        assert "SECURITY WARNING: mlockall failed" in warned.log
+        assert "SECURITY WARNING: mlockall failed" in warned.wait_log("SECURITY WARNING")
     finally:
         warned.stop()
 

