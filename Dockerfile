@@ -5,8 +5,8 @@ FROM python:3.11-slim-bookworm AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY src ./src
-# pkcs11, transit, awskms and backup extras; TPM support needs libtss2 and is left out of the base image
-RUN pip install --no-cache-dir --prefix=/install '.[pkcs11,transit,awskms,backup]'
+# pkcs11, transit, awskms, backup and node extras; TPM support needs libtss2 and is left out of the base image
+RUN pip install --no-cache-dir --prefix=/install '.[pkcs11,transit,awskms,backup,node]'
 
 FROM python:3.11-slim-bookworm
 COPY --from=build /install /usr/local

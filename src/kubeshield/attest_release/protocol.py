@@ -27,11 +27,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from joserfc import jwe
-from joserfc.errors import JoseError
-from joserfc.jwk import ECKey
-
-from kubeshield.errors import InvalidCiphertext, InvalidRequest
+from kubeshield.keys.jwe import checked_jwk, decrypt_jwe, encrypt_to_jwk, generate_ephemeral_key, public_jwk
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -43,55 +39,19 @@ __all__ = [
 ]
 
 PROTOCOL_VERSION = "0.1.0"
-_JWK_FIELDS = ("crv", "kty", "x", "y")
-_HEADER = {"alg": "ECDH-ES", "enc": "A256GCM"}
 
-
-def generate_tee_key() -> ECKey:
-    """A fresh ephemeral P-256 key pair for one request."""
-    return ECKey.generate_key("P-256", private=True)
-
-
-def public_jwk(key: ECKey) -> dict[str, str]:
-    doc = key.as_dict(private=False)
-    return {k: str(doc[k]) for k in _JWK_FIELDS}
-
-
-def _checked_jwk(jwk: object) -> dict[str, str]:
-    if not isinstance(jwk, Mapping) or set(jwk) - {*_JWK_FIELDS, "alg", "use", "kid"}:
-        raise InvalidRequest("tee-pubkey must be an EC JWK (crv, kty, x, y)")
-    doc = {k: jwk.get(k) for k in _JWK_FIELDS}
-    if doc["kty"] != "EC" or doc["crv"] != "P-256" or not all(isinstance(v, str) for v in doc.values()):
-        raise InvalidRequest("tee-pubkey must be an EC P-256 JWK")
-    return {k: str(v) for k, v in doc.items()}
+#: the JWE helpers live in :mod:`kubeshield.keys.jwe` (shared with the node release service)
+generate_tee_key = generate_ephemeral_key
+decrypt_resource = decrypt_jwe
 
 
 def binding(nonce: str, jwk: Mapping[str, Any]) -> bytes:
     """``SHA-384(canonical_json({"nonce", "tee-pubkey"}))``: the report data the evidence must carry."""
-    doc = {"nonce": nonce, "tee-pubkey": _checked_jwk(jwk)}
+    doc = {"nonce": nonce, "tee-pubkey": checked_jwk(jwk, what="tee-pubkey")}
     text = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha384(text.encode("ascii")).digest()
 
 
 def encrypt_resource(plaintext: bytes, jwk: Mapping[str, Any]) -> str:
     """JWE compact (ECDH-ES, A256GCM) of ``plaintext`` to the requester's tee-pubkey."""
-    try:
-        key = ECKey.import_key(dict[str, str | list[str]](_checked_jwk(jwk)))
-        return jwe.encrypt_compact(dict(_HEADER), plaintext, key)
-    except (JoseError, ValueError) as exc:
-        raise InvalidRequest(f"tee-pubkey is not a usable P-256 key ({type(exc).__name__})") from None
-
-
-def decrypt_resource(token: str, key: ECKey) -> bytes:
-    """Open the server's JWE with the ephemeral private key; any failure is ``InvalidCiphertext``."""
-    try:
-        obj = jwe.decrypt_compact(token, key)
-    except (JoseError, ValueError, TypeError):
-        raise InvalidCiphertext() from None
-    if (
-        obj.headers().get("alg") != "ECDH-ES"
-        or obj.headers().get("enc") != "A256GCM"
-        or obj.plaintext is None
-    ):
-        raise InvalidCiphertext()
-    return bytes(obj.plaintext)
+    return encrypt_to_jwk(plaintext, jwk, what="tee-pubkey")

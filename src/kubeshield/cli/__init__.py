@@ -18,7 +18,7 @@ from kubeshield.errors import KubeshieldError
 
 __all__ = ["cli", "main", "run"]
 
-_GROUPS = ("keys", "kms", "etcd", "custody", "attest", "sops", "seal", "posture")
+_GROUPS = ("keys", "kms", "etcd", "custody", "attest", "sops", "seal", "posture", "node")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -35,6 +35,7 @@ def cli() -> None:
     sops     SOPS-compatible encrypted files (the sops binary reads what kubeshield writes)
     seal     sealed secrets for Git (kubeseal-compatible), their keys, unseal, the controller
     posture  every way Secrets can leak (config, RBAC, pods, Git); Pod Security admission
+    node     values sealed per ServiceAccount, released only to the pod (CSI provider, injector)
 
     Every flag can also be set with KUBESHIELD_<FLAG> (for example KUBESHIELD_SOCKET); the command
     line wins. Exit codes: 0 ok, 1 findings or failure, 2 usage error.

@@ -23,6 +23,7 @@ from typing import Any, Literal, TypeVar, Union
 import yaml
 
 from kubeshield.config.duration import parse_duration
+from kubeshield.config.node_settings import validate_node_settings
 from kubeshield.config.settings import Settings
 from kubeshield.errors import ConfigError
 
@@ -144,6 +145,11 @@ def _decode_value(tp: Any, value: object, path: str, f: dataclasses.Field[Any] |
         return value
     if dataclasses.is_dataclass(tp) and isinstance(tp, type):
         return _decode_dataclass(tp, value, path)
+    if origin in (Mapping, dict):
+        (_key_type, item_type) = typing.get_args(tp)
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{path}: expected a mapping, got {_type_name(value)}")
+        return {str(k): _decode_value(item_type, v, f"{path}.{k}", None) for k, v in value.items()}
     if origin is tuple:
         (item_type, _ellipsis) = typing.get_args(tp)
         if not isinstance(value, list):
@@ -189,6 +195,7 @@ def _check_host_port(value: str, path: str) -> None:
 
 
 def _validate(settings: Settings) -> None:
+    validate_node_settings(settings.node)
     kms = settings.kms
     _check_host_port(kms.health_addr, "kms.healthAddr")
     if kms.listen is not None:

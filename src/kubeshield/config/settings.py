@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from kubeshield.config.node_settings import NodeSettings
+
 __all__ = [
     "BACKEND_NAMES",
     "AwsKmsSettings",
@@ -25,6 +27,7 @@ __all__ = [
     "KeysSettings",
     "KmsSettings",
     "LocalSettings",
+    "NodeSettings",
     "Pkcs11Settings",
     "SealSettings",
     "Settings",
@@ -191,3 +194,4 @@ class Settings:
     kms: KmsSettings = field(default_factory=KmsSettings)
     keys: KeysSettings = field(default_factory=KeysSettings)
     seal: SealSettings = field(default_factory=SealSettings)
+    node: NodeSettings = field(default_factory=NodeSettings)

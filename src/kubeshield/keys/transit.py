@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import ipaddress
 import logging
 import os
 import re
@@ -56,10 +55,10 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
-from urllib.parse import urlsplit
 
 import httpx
 
+from kubeshield.config.addresses import check_credential_url
 from kubeshield.config.settings import TransitAuthSettings, TransitSettings
 from kubeshield.errors import (
     BackendAuthError,
@@ -516,22 +515,4 @@ def _check_names(*, mount: str, key: str) -> None:
 
 def check_address(address: str) -> None:
     """``keys.transit.address`` must be https, or http to a loopback address (the token travels on it)."""
-    parts = urlsplit(address)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(
-            f"keys.transit.address: {address!r} must be https://HOST[:PORT] (or http:// on loopback)"
-        )
-    if parts.scheme == "http" and not _is_loopback(parts.hostname):
-        raise ConfigError(
-            f"keys.transit.address: http:// is allowed for loopback addresses only, not {parts.hostname!r}: "
-            "the token and every DEK seed would cross the network in clear; use https://"
-        )
-
-
-def _is_loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    check_credential_url(address, field="keys.transit.address", carries="the token and every DEK seed")

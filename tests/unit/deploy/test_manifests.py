@@ -27,7 +27,13 @@ DEPLOY = ROOT / "deploy"
 CHART = DEPLOY / "helm" / "kubeshield"
 RENDERED = DEPLOY / "helm" / "kubeshield-rendered.yaml"
 K8S_VERSION = "1.33.0"
-CRD_KINDS = {"Certificate", "ServiceMonitor"}
+# custom resources kubernetes-validate has no schema for: (apiVersion, kind) -> structural checks only
+CRD_KINDS = {
+    ("cert-manager.io/v1", "Certificate"),
+    ("cert-manager.io/v1", "Issuer"),
+    ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("secrets-store.csi.x-k8s.io/v1", "SecretProviderClass"),
+}
 
 
 def _docs(path: Path) -> list[dict[str, Any]]:
@@ -73,8 +79,7 @@ def _assert_real_flags(container: dict[str, Any]) -> None:
 
 
 def _validate(doc: dict[str, Any]) -> None:
-    if doc["kind"] in CRD_KINDS:
-        assert doc["apiVersion"] in ("cert-manager.io/v1", "monitoring.coreos.com/v1")
+    if (doc["apiVersion"], doc["kind"]) in CRD_KINDS:
         assert doc["metadata"]["name"] and isinstance(doc["spec"], dict)
         return
     kubernetes_validate.validate(doc, K8S_VERSION, strict=True)

@@ -1,0 +1,1 @@
+"""Generated CSI provider v1alpha1 stubs. Do not edit."""
