@@ -226,7 +226,9 @@ class TestRotation:
         clock.now += 31
         assert backend.refresh() is True
         new_id = backend.key_id()
-        assert new_id == old_id.replace(":v1", ":v2")
+        # transit:<mount>/<key>:v<N>-<creation time of version N>: v2 has its own creation time
+        prefix = old_id.rsplit(":v1-", 1)[0]
+        assert old_id.startswith(prefix + ":v1-") and new_id.startswith(prefix + ":v2-"), (old_id, new_id)
         new = backend.wrap(b"t" * 32, aad=b"x")
         assert new.key_id == new_id and new.ciphertext.startswith(b"vault:v2:")
         assert backend.unwrap(old, aad=b"x") == b"s" * 32
