@@ -522,7 +522,7 @@ def kustomize_cmd(config: Path | None) -> None:
     env = KeyEnv.from_os()
     with _errors(env):
         if config is not None:
-            click.echo(gitops.kustomize_legacy(config, env=env), nl=False)
+            click.echo(gitops.kustomize_legacy(config, env=env, base=Path.cwd()), nl=False)
             return
         click.echo(gitops.kustomize_resource_list(sys.stdin.read(), env=env, base=Path.cwd()), nl=False)
 

@@ -64,7 +64,13 @@ def kustomize_resource_list(text: str, *, env: KeyEnv, base: Path) -> str:
     return yaml.safe_dump(resource_list, sort_keys=False)
 
 
-def kustomize_legacy(config_path: Path, *, env: KeyEnv) -> str:
+def kustomize_legacy(config_path: Path, *, env: KeyEnv, base: Path) -> str:
+    """The legacy exec generator: ``files`` are relative to ``base``, the kustomization directory.
+
+    kustomize writes the generator's config to a temporary file and runs the plugin with the
+    kustomization root as its working directory, so relative names resolve against that, not
+    against the temporary file's directory (KSOPS resolves them the same way).
+    """
     try:
         config = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError):
@@ -78,7 +84,7 @@ def kustomize_legacy(config_path: Path, *, env: KeyEnv) -> str:
         )
     docs: list[Any] = []
     for name in files:
-        path = Path(name) if Path(name).is_absolute() else config_path.parent / name
+        path = Path(name) if Path(name).is_absolute() else base / name
         docs.extend(_decrypted_resources(path, env=env))
     return yaml.safe_dump_all(docs, sort_keys=False)
 

@@ -247,7 +247,7 @@ def test_kustomize_legacy_generator(enc_secret: Path, ks, tmp_path: Path, capsys
     config.write_text(
         f"apiVersion: kubeshield.io/v1alpha1\nkind: SopsGenerator\nfiles: [{enc_secret.name}]\n"
     )
-    assert ks(["sops", "kustomize", str(config)]) == 0
+    assert ks(["sops", "kustomize", str(config)], cwd=enc_secret.parent) == 0
     docs = list(yaml.safe_load_all(capsys.readouterr().out))
     assert docs[0]["metadata"]["name"] == "db" and docs[0]["stringData"]["user"] == "admin"
 
