@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 import click
 
 from kubeshield.cli._common import CLIError, option, raise_cli_error
+from kubeshield.cli._kubeconfig import kubeconfig_namespace
 from kubeshield.config import Settings, load_config
 from kubeshield.errors import KubeshieldError
 from kubeshield.seal import migrate
@@ -202,7 +203,10 @@ _TEN_YEARS = timedelta(days=3650)
 @option("--scope", type=click.Choice(["strict", "namespace-wide", "cluster-wide"]), help="Sealing scope.")
 @option("--raw", is_flag=True, help="Seal one value (stdin or --from-file) and print bare base64.")
 @option("--name", help="Secret name (--raw with the strict scope; overrides the input's name).")
-@option("--namespace", help="Secret namespace (needed unless cluster-wide).")
+@option(
+    "--namespace",
+    help="Secret namespace; default: the Secret's own, else the kubeconfig context's, else 'default'.",
+)
 @option("--from-file", "from_file", help="--raw: read the value from [KEY=]FILE.")
 @option(
     "--merge-into",
@@ -260,6 +264,17 @@ def group(ctx: click.Context, /, **kw: Any) -> None:
         return
     with _errors():
         _seal_main(**kw)
+
+
+def _default_namespace() -> str:
+    """kubeseal's default: the kubeconfig context's namespace, else ``default``; said on stderr."""
+    found = kubeconfig_namespace()
+    chosen = found or "default"
+    origin = (
+        "the kubeconfig's current context" if found else "no namespace in a kubeconfig: kubeseal's default"
+    )
+    click.echo(f"sealing for namespace {chosen!r} ({origin}); set --namespace to choose", err=True)
+    return chosen
 
 
 def _seal_main(
@@ -327,7 +342,10 @@ def _seal_main(
     chosen = Scope.parse(scope) if scope else None
     if raw:
         value = _raw_value(from_file)
-        text = seal_raw(public_key, value, namespace=namespace, name=name, scope=chosen or Scope.STRICT)
+        raw_scope = chosen or Scope.STRICT
+        if not namespace and raw_scope is not Scope.CLUSTER_WIDE:
+            namespace = _default_namespace()
+        text = seal_raw(public_key, value, namespace=namespace, name=name, scope=raw_scope)
         click.echo(text, nl=False)
         return
     data, source = _read_input(secret_file)
@@ -338,8 +356,17 @@ def _seal_main(
     if merge_file is not None:
         _merge(public_key, secrets, merge_file, chosen, fmt, hint=not no_key_hint)
         return
+    default_ns = None if namespace or all(s.namespace for s in secrets) else _default_namespace()
     out = [
-        seal_secret(public_key, s, scope=chosen, name=name, namespace=namespace, hint=not no_key_hint)
+        seal_secret(
+            public_key,
+            s,
+            scope=chosen,
+            name=name,
+            namespace=namespace,
+            default_namespace=default_ns,
+            hint=not no_key_hint,
+        )
         for s in secrets
     ]
     _output(out, output_format, out_file)

@@ -69,6 +69,7 @@ def seal_secret(
     scope: Scope | None = None,
     name: str | None = None,
     namespace: str | None = None,
+    default_namespace: str | None = None,
     hint: bool = True,
     rng: Rng = os.urandom,
 ) -> dict[str, Any]:
@@ -76,7 +77,8 @@ def seal_secret(
 
     ``scope`` (``--scope``) overrides the Secret's scope annotations; ``name``/``namespace`` override the
     Secret's (``--merge-into`` uses them). A mismatch between an explicit ``namespace`` and the Secret's
-    own is an error, as in kubeseal.
+    own is an error, as in kubeseal. ``default_namespace`` (kubeseal takes it from the kubeconfig's
+    context) fills in a Secret that names none, unless the scope is cluster-wide.
     """
     meta = dict(secret.metadata)
     if name:
@@ -98,6 +100,8 @@ def seal_secret(
         else:
             meta.pop("annotations", None)
     effective = scope_of(annotations)
+    if not meta.get("namespace") and default_namespace and effective is not Scope.CLUSTER_WIDE:
+        meta["namespace"] = default_namespace
     ns = str(meta.get("namespace") or "")
     if effective is not Scope.CLUSTER_WIDE and not ns:
         raise SealError(f"{secret.where}: metadata.namespace: required unless the scope is cluster-wide")

@@ -154,12 +154,57 @@ def test_no_private_key_on_disk_in_the_clear(env: Path, capsys: pytest.CaptureFi
             assert blob not in data, f"{path.name} holds private key material in the clear"
 
 
+def test_a_secret_without_a_namespace_is_sealed_for_the_kubeconfig_context_namespace(
+    env: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """kubeseal's rule: the Secret's own namespace, else the kubeconfig context's, else ``default``."""
+    cfg = str(env / "kubeshield.yaml")
+    assert _run(capsys, "seal", "keys", "init", "--config", cfg)[0] == 0
+    (env / "nons.yaml").write_text(yaml.safe_dump(_secret(namespace=None)))
+    kubeconfig = env / "kubeconfig"
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "work",
+                "contexts": [
+                    {"name": "other", "context": {"cluster": "c", "user": "u", "namespace": "wrong"}},
+                    {"name": "work", "context": {"cluster": "c", "user": "u", "namespace": "team-a"}},
+                ],
+            }
+        )
+    )
+    for env_value, expected in ((str(kubeconfig), "team-a"), (str(env / "missing"), "default")):
+        monkeypatch.setenv("KUBECONFIG", env_value)
+        code, out, err = _run(capsys, "seal", "--config", cfg, "-f", str(env / "nons.yaml"))
+        assert code == 0, err
+        assert f"sealing for namespace {expected!r}" in err
+        sealed = json.loads(out)
+        assert sealed["metadata"]["namespace"] == expected
+        (env / "ss.json").write_text(out)
+        code, out, err = _run(
+            capsys, "seal", "unseal", "--config", cfg, "-f", str(env / "ss.json"), "-o", "json"
+        )
+        assert code == 0, err
+        assert base64.b64decode(json.loads(out)["data"]["password"]) == b"hunter2"
+        # the label binds the namespace: the same ciphertext moved to another namespace does not unseal
+        moved = {**sealed, "metadata": {**sealed["metadata"], "namespace": "elsewhere"}}
+        (env / "moved.json").write_text(json.dumps(moved))
+        code, out, _ = _run(capsys, "seal", "unseal", "--config", cfg, "-f", str(env / "moved.json"))
+        assert code == 1 and out == ""
+    # a Secret that names its namespace keeps it, and no note is printed
+    monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+    (env / "s.yaml").write_text(yaml.safe_dump(_secret()))
+    code, out, err = _run(capsys, "seal", "--config", cfg, "-f", str(env / "s.yaml"))
+    assert code == 0 and json.loads(out)["metadata"]["namespace"] == "prod" and "sealing for" not in err
+
+
 def test_bad_input_is_named(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cfg = str(env / "kubeshield.yaml")
     assert _run(capsys, "seal", "keys", "init", "--config", cfg)[0] == 0
     cases = {
         "empty.yaml": (_secret() | {"stringData": {}}, "no data or stringData"),
-        "nons.yaml": (_secret(namespace=None), "metadata.namespace: required"),
         "b64.yaml": ({**_secret(), "stringData": None, "data": {"k": "a_b-"}}, "data.k: not standard base64"),
         "kind.yaml": ({**_secret(), "kind": "ConfigMap"}, "expected apiVersion v1, kind Secret"),
     }
