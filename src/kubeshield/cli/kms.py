@@ -17,6 +17,7 @@ import click
 
 from kubeshield.cli._common import DURATION, EXIT_FAILURE, CLIError, option
 from kubeshield.cli._peer_attest import attested_upstreams, peer_attestation_option, peer_gate
+from kubeshield.config.settings import HEALTH_ADDR_NONE
 from kubeshield.errors import ConfigError, KubeshieldError
 from kubeshield.kms.shutdown import StopSignals
 
@@ -158,8 +159,9 @@ def _with_stop_signals(command: Callable[..., int]) -> Callable[..., int]:
 @option("--v1-socket", help="Also serve the deprecated KMS v1 API on this socket.")
 @option(
     "--health-addr",
-    help=f"HOST:PORT for /livez /healthz /readyz /metrics [default: {_DEFAULT_HEALTH_ADDR}]; '' for none "
-    "(a recovery plugin beside a live one).",
+    help=f"HOST:PORT for /livez /healthz /readyz /metrics [default: {_DEFAULT_HEALTH_ADDR}]; 'none' (or '') "
+    "for none, e.g. a recovery plugin beside a live one (KUBESHIELD_HEALTH_ADDR=none: click ignores an "
+    "empty variable).",
 )
 @option("--socket-group", help="Make the sockets 0660 and owned by this group (non-root apiservers).")
 @option("--passphrase-file", type=click.Path(path_type=Path, dir_okay=False), help="Keyring passphrase file.")
@@ -333,6 +335,8 @@ def serve(
         v1_socket = str(settings.kms.v1_socket)
     if health_addr is None:
         health_addr = settings.kms.health_addr
+    if health_addr in HEALTH_ADDR_NONE:
+        health_addr = ""
     credentials = None
     allow_list = None
     if listen:

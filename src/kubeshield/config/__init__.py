@@ -10,6 +10,7 @@ from kubeshield.config.duration import format_duration, parse_duration
 from kubeshield.config.loader import load_config, settings_from_mapping
 from kubeshield.config.settings import (
     BACKEND_NAMES,
+    HEALTH_ADDR_NONE,
     AwsKmsSettings,
     CustodySettings,
     EmergencySettings,
@@ -28,6 +29,7 @@ from kubeshield.config.settings import (
 
 __all__ = [
     "BACKEND_NAMES",
+    "HEALTH_ADDR_NONE",
     "AwsKmsSettings",
     "CustodySettings",
     "EmergencySettings",

@@ -24,7 +24,7 @@ import yaml
 
 from kubeshield.config.duration import parse_duration
 from kubeshield.config.node_settings import validate_node_settings
-from kubeshield.config.settings import Settings
+from kubeshield.config.settings import HEALTH_ADDR_NONE, Settings
 from kubeshield.errors import ConfigError
 
 __all__ = ["load_config", "settings_from_mapping"]
@@ -197,7 +197,8 @@ def _check_host_port(value: str, path: str) -> None:
 def _validate(settings: Settings) -> None:
     validate_node_settings(settings.node)
     kms = settings.kms
-    _check_host_port(kms.health_addr, "kms.healthAddr")
+    if kms.health_addr not in HEALTH_ADDR_NONE:
+        _check_host_port(kms.health_addr, "kms.healthAddr")
     if kms.listen is not None:
         if not kms.listen.startswith("tcp://"):
             raise ConfigError(f"kms.listen: expected tcp://HOST:PORT, got {kms.listen!r}")

@@ -20,6 +20,7 @@ from kubeshield.config.node_settings import NodeSettings
 
 __all__ = [
     "BACKEND_NAMES",
+    "HEALTH_ADDR_NONE",
     "AwsKmsSettings",
     "CustodySettings",
     "EmergencySettings",
@@ -42,6 +43,7 @@ BACKEND_NAMES: tuple[str, ...] = ("local", "pkcs11", "transit", "awskms", "tpm",
 
 DEFAULT_SOCKET = Path("/var/run/kubeshield/kms.sock")
 DEFAULT_HEALTH_ADDR = "127.0.0.1:8081"
+HEALTH_ADDR_NONE = ("", "none")  # kms.healthAddr values that turn the health/metrics endpoint off
 DEFAULT_KEYRING = Path("/var/lib/kubeshield/keyring")
 
 
