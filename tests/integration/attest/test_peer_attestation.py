@@ -235,3 +235,46 @@ def test_config_file(tmp_path: Path):
 
     with pytest.raises(ConfigError, match="peerPolicy"):
         load_peer_attestation(p)
+
+
+def test_a_renewed_client_certificate_attests_again_bound_to_the_new_certificate(replica, tmp_path):
+    """use_credentials (the relay's certificate was renewed): new channel, new fingerprint, new quote;
+    the token bound to the old certificate is worthless over the new one."""
+    certs, api, target = replica(sample_config())
+    live = tmp_path / "relay-live"
+    live.mkdir()
+    shutil.copy(certs.relay.cert, live / "tls.crt")
+    shutil.copy(certs.relay.key, live / "tls.key")
+
+    async def run() -> None:
+        creds = client_credentials(ca=certs.ca.path, cert=live / "tls.crt", key=live / "tls.key")
+        up = AttestedUpstream(
+            AioUpstream(target, credentials=creds, server_name="localhost"),
+            credentials=creds,
+            client_cert_fingerprint=cert_fingerprint((live / "tls.crt").read_bytes()),
+            config=sample_config(),
+            server_name="localhost",
+            client_cert_path=live / "tls.crt",
+        )
+        try:
+            enc = await up.encrypt(b"x", uid="u", timeout=10)
+            await up.decrypt(decrypt_request(enc), timeout=10)
+            first = up._token
+            assert first is not None
+            # renewal: the files now hold another allow-listed certificate
+            shutil.copy(certs.intruder.cert, live / "tls.crt")
+            shutil.copy(certs.intruder.key, live / "tls.key")
+            renewed = client_credentials(ca=certs.ca.path, cert=live / "tls.crt", key=live / "tls.key")
+            await up.use_credentials(renewed, grace=0)
+            assert up._token is None
+            assert up._fp == cert_fingerprint(certs.intruder.cert.read_bytes())
+            await up.decrypt(decrypt_request(enc), timeout=10)  # attests again, over the new certificate
+            assert up._token is not None and up._token != first
+            up._token = first  # the old certificate's token, presented over the new certificate
+            with pytest.raises(BackendAuthError, match="peer attestation required"):
+                await up.decrypt(decrypt_request(enc), timeout=10)
+        finally:
+            await up.close()
+
+    asyncio.run(run())
+    assert api.calls.count("decrypt") == 2
