@@ -530,7 +530,8 @@ class Relay:
         )
         if not answered:
             raise BackendUnavailable("no replica answered Status")
-        return StatusReply(version=API_VERSION, healthz="ok", key_id=agreed)
+        metadata = getattr(answered[0], "metadata", ())  # the answering replica's keyring identity
+        return StatusReply(version=API_VERSION, healthz="ok", key_id=agreed, metadata=metadata)
 
     async def encrypt(self, plaintext: bytes, *, uid: str) -> EncryptReply:
         """Encrypt on a healthy replica that serves the agreed key_id; never returns another key_id."""

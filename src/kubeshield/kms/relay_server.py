@@ -67,13 +67,24 @@ class _Methods:
         self._relay = relay
         self._metrics = metrics
 
-    def _wrap(self, api: str, operation: str, call: Callable[[bytes], Awaitable[bytes]]) -> _Handler:
+    def _wrap(
+        self,
+        api: str,
+        operation: str,
+        call: Callable[[bytes], Awaitable[bytes]] | None = None,
+        *,
+        with_context: Callable[[bytes, grpc.aio.ServicerContext[Any, Any]], Awaitable[bytes]] | None = None,
+    ) -> _Handler:
         name = f"{api}.{operation}"
 
         async def handle(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
             start = time.perf_counter()
             try:
-                reply = await call(request)
+                if with_context is not None:
+                    reply = await with_context(request, context)
+                else:
+                    assert call is not None
+                    reply = await call(request)
             except Exception as exc:
                 code, details = map_error(exc)
                 if code is grpc.StatusCode.INTERNAL:
@@ -96,9 +107,11 @@ class _Methods:
         if self._metrics is not None:
             self._metrics.observe_operation(name, code, time.perf_counter() - start)
 
-    async def _status(self, request: bytes) -> bytes:
+    async def _status(self, request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
         _parse(v2_pb2.StatusRequest, request)
         reply = await self._relay.status()
+        if reply.metadata:  # what the replica said about its keyring, so `kms status --expect-*` works here
+            context.set_trailing_metadata(reply.metadata)
         response = v2_pb2.StatusResponse(version=reply.version, healthz=reply.healthz, key_id=reply.key_id)
         data: bytes = response.SerializeToString()
         return data
@@ -129,8 +142,10 @@ class _Methods:
 
     def v2(self) -> grpc.GenericRpcHandler[Any, Any]:
         """``/v2.KeyManagementService/{Status,Encrypt,Decrypt}`` (Decrypt as bytes)."""
-        methods = {"Status": self._status, "Encrypt": self._encrypt, "Decrypt": self._relay.decrypt}
-        return _generic("v2.KeyManagementService", {op: self._wrap("v2", op, f) for op, f in methods.items()})
+        methods = {"Encrypt": self._encrypt, "Decrypt": self._relay.decrypt}
+        handlers = {op: self._wrap("v2", op, f) for op, f in methods.items()}
+        handlers["Status"] = self._wrap("v2", "Status", with_context=self._status)
+        return _generic("v2.KeyManagementService", handlers)
 
     def v1(self) -> grpc.GenericRpcHandler[Any, Any]:
         """``/v1beta1.KeyManagementService/{Version,Encrypt,Decrypt}`` (Decrypt as bytes)."""

@@ -21,6 +21,7 @@ Failures raise the kubeshield error tree (:func:`kubeshield.kms.client.error_fro
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from typing import Any, TypeVar
 
 import grpc
@@ -45,6 +46,8 @@ __all__ = ["AioUpstream", "channel_options", "encrypt_reply", "failure_reason", 
 _T = TypeVar("_T")
 _V2 = "/v2.KeyManagementService/"
 _V1 = "/v1beta1.KeyManagementService/"
+_OUR_METADATA = "kubeshield-"  # the only trailing metadata passed on (keys/identity.py)
+_MAX_METADATA = 1024
 
 
 def channel_options(*, server_name: str | None, max_reconnect_backoff_ms: int) -> list[tuple[str, Any]]:
@@ -175,8 +178,20 @@ class AioUpstream:
         return reply
 
     async def status(self, *, timeout: float) -> StatusReply:
-        data = await self._forward("Status", _V2 + "Status", b"", timeout)  # StatusRequest has no fields
-        return status_reply(_parse(v2_pb2.StatusResponse, data, what="Status"))
+        """Status, with the replica's ``kubeshield-*`` trailing metadata (its keyring's identity)."""
+        call = self._call(_V2 + "Status")(b"", timeout=timeout)  # StatusRequest has no fields
+        try:
+            data: bytes = await call
+            trailing = await call.trailing_metadata()
+        except grpc.aio.AioRpcError as exc:
+            raise error_from_rpc(exc, operation="Status") from None
+        reply = status_reply(_parse(v2_pb2.StatusResponse, data, what="Status"))
+        kept = tuple(
+            (str(k), v)
+            for k, v in (trailing or ())
+            if str(k).startswith(_OUR_METADATA) and isinstance(v, str) and len(v) <= _MAX_METADATA
+        )
+        return dataclasses.replace(reply, metadata=kept)
 
     async def encrypt(self, plaintext: bytes, *, uid: str, timeout: float) -> EncryptReply:
         request = v2_pb2.EncryptRequest(plaintext=plaintext, uid=uid).SerializeToString()

@@ -68,11 +68,13 @@ _log = get_logger("kms.service")
 
 @dataclass(frozen=True, slots=True)
 class StatusReply:
-    """What Status answers."""
+    """What Status answers. ``metadata``: the ``kubeshield-*`` trailing metadata a replica sent with
+    it (its keyring's identity), which the relay passes on; empty from the service itself."""
 
     version: str
     healthz: str
     key_id: str
+    metadata: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

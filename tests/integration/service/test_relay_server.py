@@ -15,7 +15,9 @@ from pathlib import Path
 import grpc
 import pytest
 
-from kubeshield.errors import BackendUnavailable, ConfigError, InvalidCiphertext
+from kubeshield.config import KeysSettings
+from kubeshield.errors import BackendUnavailable, ConfigError, InvalidCiphertext, KubeshieldError
+from kubeshield.keys.identity import identity_source
 from kubeshield.keys.local import LocalKeyBackend
 from kubeshield.kms.api.v1beta1 import api_pb2 as v1_pb2
 from kubeshield.kms.api.v2 import api_pb2 as v2_pb2
@@ -63,6 +65,7 @@ class Stack:
     socket: str
     v1_socket: str
     certs: Certs
+    keyring: Path
 
     def replica_decrypts(self) -> int:
         return sum(c.decrypts for _s, _k, c in self.replicas)
@@ -80,12 +83,19 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
     LocalKeyBackend.create(path=keyring).close()
     replicas = []
     for _ in range(2):
-        service = KMSService(LocalKeyBackend(path=keyring), health_interval=0.5)
+        backend = LocalKeyBackend(path=keyring)
+        service = KMSService(backend, health_interval=0.5)
         api = Counting(service)
         tls = ReloadingServerCredentials(
             cert=certs.server.cert, key=certs.server.key, client_ca=certs.ca.path
         )
-        kms = KMSServer(api, listen="tcp://127.0.0.1:0", tls=tls, allow=AllowList((f"dns:{RELAY_ID}",)))
+        kms = KMSServer(
+            api,
+            listen="tcp://127.0.0.1:0",
+            tls=tls,
+            allow=AllowList((f"dns:{RELAY_ID}",)),
+            keyring=identity_source(KeysSettings(), backend),
+        )
         service.start()
         kms.start()
         replicas.append((service, kms, api))
@@ -96,7 +106,7 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
     server = RelayServer(relay, socket=sock, v1_socket=v1_sock, metrics=metrics)
     server.start()
     try:
-        yield Stack(replicas, server, metrics, sock, v1_sock, certs)
+        yield Stack(replicas, server, metrics, sock, v1_sock, certs, keyring)
     finally:
         server.stop(None).wait(10)
         for service, kms, _api in replicas:
@@ -111,6 +121,26 @@ def _raw(sock: str, method: str, body: bytes) -> grpc.RpcError:
             call(body, timeout=5)
     assert isinstance(info.value, grpc.Call)
     return info.value
+
+
+def test_status_through_the_relay_carries_the_replicas_keyring_identity(stack: Stack) -> None:
+    """``kms status --expect-keyring-id`` must work against the relay's socket as against a replica's."""
+    backend = LocalKeyBackend(path=stack.keyring)
+    expected_id, expected_digest = backend.keyring_id(), backend.versions_digest()
+    backend.close()
+    assert expected_id and expected_digest
+    with KMSv2Client(stack.socket, timeout=5) as client:
+        wait_until(lambda: _status_ok(client))
+        assert client.keyring_id == expected_id
+        assert client.versions_digest == expected_digest
+        assert set(client.status_metadata) <= {"kubeshield-keyring-id", "kubeshield-keyring-versions"}
+
+
+def _status_ok(client: KMSv2Client) -> bool:
+    try:
+        return client.status().healthz == "ok"
+    except KubeshieldError:  # the relay has not agreed on a key_id yet
+        return False
 
 
 def test_a_malformed_decrypt_is_refused_by_the_relay_without_reaching_a_replica(stack: Stack) -> None:
