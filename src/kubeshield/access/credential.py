@@ -9,7 +9,20 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-__all__ = ["ClusterCredential"]
+__all__ = ["ClusterCredential", "ClusterEndpoint"]
+
+
+@dataclass(frozen=True)
+class ClusterEndpoint:
+    """Where one cluster's apiserver is and which CA signs its serving certificate (no secret here).
+
+    The relay serves these so that one login serves many clusters and nobody copies a kubeconfig.
+    """
+
+    name: str
+    server: str
+    ca_pem: bytes | None = None
+    tls_server_name: str | None = None
 
 
 @dataclass(frozen=True, repr=False)

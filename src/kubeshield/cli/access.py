@@ -1,7 +1,7 @@
 """``kubeshield access``: secure kubectl (agent, import, proxy, kubeconfig, exec-credential, login, relay).
 
-The commands live in ``_access_agent`` (agent, import, kubeconfig, exec-credential, lock, status),
-``_access_proxy`` (proxy) and ``_access_relay`` (relay, login); this module only groups them.
+The commands live in ``_access_agent`` (agent, import, proxy, kubeconfig, exec-credential, lock,
+status) and ``_access_relay`` (relay, login); each exposes ``commands``; this module only groups them.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import click
 
 __all__ = ["group"]
 
-_PARTS = ("_access_agent", "_access_proxy", "_access_relay")
+_PARTS = ("_access_agent", "_access_relay")
 
 
 @click.group("access")
