@@ -2,14 +2,16 @@
 //
 //   KUBESHIELD_OIDC_MODULES=.venv/tools/oidc/node_modules node provider.mjs CONFIG.json
 //
-// CONFIG.json: {"port": N, "clientId": "...", "users": {"alice": {"email": "...", "groups": [...]}},
+// CONFIG.json: {"clientId": "...", "users": {"alice": {"email": "...", "groups": [...]}},
 //               "idTokenTtl": seconds}
 // One public client (token_endpoint_auth_method none, PKCE S256 required by the provider for public
 // clients, device_code and authorization_code grants, a native loopback redirect on any port),
 // devInteractions on (any login and password are accepted), signing keys made at start (RSA and EC,
-// nothing on disk). Prints "ready <issuer>" on stdout once it listens.
+// nothing on disk). It listens on a port the OS picks (no race for a free port), then prints
+// "ready <issuer>" on stdout.
 import { generateKeyPairSync, randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
+import { createServer } from 'node:http';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 
@@ -21,7 +23,12 @@ if (!modules) {
 const { default: Provider } = await import(pathToFileURL(join(modules, 'oidc-provider', 'lib', 'index.js')).href);
 
 const config = JSON.parse(readFileSync(process.argv[2], 'utf8'));
-const issuer = `http://127.0.0.1:${config.port}`;
+const server = createServer();
+await new Promise((resolve, reject) => {
+  server.once('error', reject);
+  server.listen(0, '127.0.0.1', resolve);
+});
+const issuer = `http://127.0.0.1:${server.address().port}`;
 const users = config.users || {};
 
 function jwk(type, options, alg, kid) {
@@ -81,15 +88,8 @@ const provider = new Provider(issuer, {
   },
 });
 provider.proxy = false;
-
-const server = provider.listen(config.port, '127.0.0.1');
-server.on('listening', () => {
-  process.stdout.write(`ready ${issuer}\n`);
-});
-server.on('error', (err) => {
-  console.error(`cannot listen: ${err.code}`);
-  process.exit(1);
-});
+server.on('request', provider.callback());
+process.stdout.write(`ready ${issuer}\n`);
 for (const signal of ['SIGTERM', 'SIGINT']) {
-  process.on(signal, () => server.close(() => process.exit(0)));
+  process.on(signal, () => process.exit(0));
 }
