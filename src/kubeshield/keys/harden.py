@@ -1,4 +1,7 @@
-"""Process hardening for the custody process (Linux).
+"""Process hardening for a process that holds keys or credentials in memory (Linux).
+
+Shared by the custody process (``kubeshield.custody``) and the access agent (``kubeshield.access``):
+it lives in layer 1 so that both feature packages apply the same rules without importing each other.
 
 Applied once at start, before any key is loaded:
 
@@ -41,7 +44,7 @@ _PR_SET_KEEPCAPS = 8
 _CAP_IPC_LOCK = 14
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
-log = logging.getLogger("kubeshield.custody")
+log = logging.getLogger("kubeshield.harden")
 _state: dict[str, str | None] = {}
 
 
@@ -140,7 +143,7 @@ def drop_privileges(user: str | None) -> None:
     uid, gid = _resolve_user(user)
     if os.geteuid() != 0:
         if uid != os.geteuid():
-            raise ConfigError("--user needs the custody process to be started as root")
+            raise ConfigError("--user needs the process to be started as root")
         return
     if uid != 0:
         name = pwd.getpwuid(uid).pw_name
