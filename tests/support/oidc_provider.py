@@ -129,7 +129,9 @@ def start_provider(
         process.wait(30)
         process.stdout.close()
         raise RuntimeError(f"the OpenID provider did not start: {log_path.read_text()[-2000:]}")
-    provider = OidcProvider(issuer=line.split(" ", 1)[1], client_id=client_id, process=process, log_path=log_path)
+    provider = OidcProvider(
+        issuer=line.split(" ", 1)[1], client_id=client_id, process=process, log_path=log_path
+    )
     deadline = time.monotonic() + _START_TIMEOUT
     while True:
         try:
@@ -238,7 +240,11 @@ def complete_device_login(
 
 
 def complete_browser_login(
-    authorization_url: str, *, login: str = "alice", max_steps: int = 20, callback_hosts: Sequence[str] = ("127.0.0.1",)
+    authorization_url: str,
+    *,
+    login: str = "alice",
+    max_steps: int = 20,
+    callback_hosts: Sequence[str] = ("127.0.0.1",),
 ) -> httpx.Response:
     """Open the authorization URL, sign in, consent, and follow the redirect to the loopback callback
     (the login's listener receives it). Returns the callback's response."""

@@ -304,10 +304,10 @@ class IdTokenVerifier:
         if azp is not None and azp != self.client_id:
             raise IdTokenError(f"ID token: azp {_short(azp)} is not {self.client_id!r}")
         now = self._clock()
-        exp = self._number(claims, "exp", required=True)
+        exp = self._required(claims, "exp")
         if now >= exp + self._leeway:
             raise IdTokenError(f"ID token: expired at {_iso(exp)} (now {_iso(now)})")
-        iat = self._number(claims, "iat", required=True)
+        iat = self._required(claims, "iat")
         if iat > now + self._leeway:
             raise IdTokenError(f"ID token: issued in the future ({_iso(iat)}; now {_iso(now)})")
         nbf = self._number(claims, "nbf", required=False)
@@ -325,6 +325,12 @@ class IdTokenVerifier:
         return VerifiedIdToken(
             claims=dict(claims), issuer=iss, subject=sub, expires_at=datetime.fromtimestamp(exp, tz=UTC)
         )
+
+    @classmethod
+    def _required(cls, claims: Mapping[str, Any], name: str) -> float:
+        value = cls._number(claims, name, required=True)
+        assert value is not None
+        return value
 
     @staticmethod
     def _number(claims: Mapping[str, Any], name: str, *, required: bool) -> float | None:

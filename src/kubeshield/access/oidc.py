@@ -403,7 +403,7 @@ def auth_code_flow(
         server.shutdown()
         server.server_close()
         thread.join(10)
-    result = server.result or {}
+    result: dict[str, str] = server.result or {}
     if "error" in result:
         raise LoginError(f"browser login: the provider answered {result['error'][:64]!r}")
     iss = result.get("iss")

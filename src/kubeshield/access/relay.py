@@ -10,8 +10,9 @@ HTTP API (JSON over https; every error is ``{"error": "<message naming the probl
                                "lifetimeSeconds": N?, "evidence": {...}?}
                            -> {"certificate": "<PEM>", "caCertificate": "<PEM>", "expiresAt": RFC3339,
                                "user", "groups", "clusters": [... as /v1/clusters]}
-    POST /v1/challenge     -> {"nonce": "<b64>", "expiresIn": N}      (only with attestation.policy)
-    GET  /v1/attestation   -> the relay's own evidence               (only with attestation.evidence)
+    POST /v1/challenge     -> {"nonce": "<b64url>", "expiresIn": N}   (only with attestation.policy)
+    POST /v1/attestation   <- {"nonce": "<b64url>"}                  (only with attestation.tcti)
+                           -> {"caCertificate": "<PEM>", "tpm": <TPM evidence>}
 
 ``POST /v1/certificates``: the ID token is verified (:mod:`kubeshield.access.idtoken`: signature
 against the provider's JWKS, issuer, audience, expiry, and the nonce whenever the login sends one);
@@ -48,8 +49,8 @@ from cryptography.hazmat.primitives import serialization
 
 from kubeshield.access.credential import ClusterEndpoint
 from kubeshield.access.idtoken import IdTokenError, IdTokenVerifier, JwksCache, JwksError, VerifiedIdToken
-from kubeshield.access.relay_ca import CsrError, RelayCA, check_csr
 from kubeshield.access.oidc import LoginError, discover, http_request, tls_context
+from kubeshield.access.relay_ca import CsrError, RelayCA, check_csr
 from kubeshield.access.relay_settings import OidcSettings, RelaySettings
 from kubeshield.errors import ConfigError, InvalidRequest, KubeshieldError, PolicyDenied
 from kubeshield.keys.base import KeyBackend
@@ -189,9 +190,10 @@ class _ReplayCache:
 class Relay:
     """The relay's logic, independent of HTTP (the server below and tests call it).
 
-    ``attest`` (optional) checks the login's evidence: ``attest(evidence_doc) -> str`` returns a short
-    description of what was verified or raises ``PolicyDenied``; with it a request without evidence
-    is refused (:mod:`kubeshield.access.relay_attest`).
+    ``attest`` (optional) checks the login's evidence: ``attest(evidence_doc, csr_pem) -> str``
+    returns a short description of what was verified or raises ``PolicyDenied``; with it a request
+    without evidence is refused. ``challenge()`` makes the nonce for it; ``own_evidence(nonce)`` is
+    the relay's own quote (:mod:`kubeshield.access.relay_attest`).
     """
 
     def __init__(
@@ -203,9 +205,9 @@ class Relay:
         clusters: Sequence[ClusterEndpoint],
         lifetime: timedelta = timedelta(minutes=15),
         max_lifetime: timedelta = timedelta(hours=1),
-        attest: Callable[[object], str] | None = None,
+        attest: Callable[[object, bytes], str] | None = None,
         challenge: Callable[[], dict[str, Any]] | None = None,
-        own_evidence: Callable[[], dict[str, Any]] | None = None,
+        own_evidence: Callable[[object], dict[str, Any]] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if lifetime > max_lifetime:
@@ -248,10 +250,10 @@ class Relay:
             raise InvalidRequest("this relay requires no attestation: there is no challenge to ask for")
         return self._challenge()
 
-    def evidence(self) -> dict[str, Any]:
+    def evidence(self, body: Mapping[str, Any]) -> dict[str, Any]:
         if self._own_evidence is None:
             raise InvalidRequest("this relay serves no attestation evidence of its own")
-        return self._own_evidence()
+        return self._own_evidence(body.get("nonce"))
 
     def issue(self, body: Mapping[str, Any]) -> dict[str, Any]:
         """Verify the ID token (and evidence), check the CSR, sign. Errors are safe to show the caller."""
@@ -269,7 +271,8 @@ class Relay:
         if self._attest is not None:
             if body.get("evidence") is None:
                 raise PolicyDenied("evidence: this relay requires attestation evidence from the login side")
-            attested = self._attest(body["evidence"])
+            csr_pem = body["csr"].encode("ascii") if isinstance(body["csr"], str) else bytes(body["csr"])
+            attested = self._attest(body["evidence"], csr_pem)
         else:
             attested = None
         user = self._mapping.user(verified.claims)
@@ -379,7 +382,7 @@ class _Handler(BaseHTTPRequestHandler):
         routes: dict[tuple[str, str], Callable[[], dict[str, Any]]] = {
             ("GET", "/v1/config"): relay.config,
             ("GET", "/v1/clusters"): relay.clusters,
-            ("GET", "/v1/attestation"): relay.evidence,
+            ("POST", "/v1/attestation"): lambda: relay.evidence(self._body()),
             ("POST", "/v1/challenge"): relay.new_challenge,
             ("POST", "/v1/certificates"): lambda: relay.issue(self._body()),
         }
@@ -529,6 +532,8 @@ def open_relay(
     finally:
         if backend is None:
             opened.close()
+    if attestation is not None:
+        attestation.ca_pem = ca.cert_pem
     oidc = settings.oidc
     context = tls_context(ca_file=oidc.ca_file) if oidc.issuer.startswith("https://") else None
     verifier = IdTokenVerifier(

@@ -76,9 +76,7 @@ class CsrError(InvalidRequest):
 
 
 def spki_fingerprint(public_key: Any) -> str:
-    der = public_key.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
+    der = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     return "sha256:" + hashlib.sha256(der).hexdigest()
 
 
@@ -303,7 +301,7 @@ class RelayCA:
             x509.CertificateBuilder()
             .subject_name(x509.Name(attrs))
             .issuer_name(self.certificate.subject)
-            .public_key(public)  # type: ignore[arg-type]  # check_csr allowed only EC and RSA keys
+            .public_key(public)
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - _SKEW)
             .not_valid_after(not_after)
@@ -331,9 +329,7 @@ class RelayCA:
         return builder.sign(self._key, algorithm)
 
 
-def _wrap(
-    key: SigningKey, fp: str, *, backend: KeyBackend, rng: Callable[[int], bytes]
-) -> dict[str, Any]:
+def _wrap(key: SigningKey, fp: str, *, backend: KeyBackend, rng: Callable[[int], bytes]) -> dict[str, Any]:
     der = key.private_bytes(
         serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )

@@ -21,7 +21,10 @@
     clusters:
       - {name: prod, server: "https://prod.example.com:6443", caFile: /etc/kubeshield/prod-ca.pem}
     keys: {backend: local, local: {keyring: /var/lib/kubeshield/keyring}}   # as in kubeshield.yaml
-    attestation: {policy: /etc/kubeshield/login-policy.yaml}                  # optional, see relay_attest
+    attestation:                         # optional, see kubeshield.access.relay_attest
+      policy: /etc/kubeshield/login-policy.yaml   # the login side must present a TPM quote passing it
+      tcti: device:/dev/tpmrm0                    # the relay's own TPM quotes for --expect-relay-attestation
+      pcrs: [0, 1, 2, 3, 4, 5, 6, 7]
 
 ``keys:`` is the ``keys:`` section of kubeshield.yaml, decoded by :mod:`kubeshield.config` (so its
 errors read ``keys.local.passphraseFlie: unknown field`` too). Secrets never live in this file: the
@@ -120,11 +123,12 @@ class AttestationSettings:
     """``attestation``: login evidence the relay requires, and the relay's own evidence (optional).
 
     ``policy`` is a kubeshield attestation policy file the login side's TPM quote must satisfy;
-    ``evidence`` is the relay's own evidence file served at ``/v1/attestation`` (see relay_attest).
+    ``tcti`` is the relay's own TPM, which quotes ``pcrs`` at ``/v1/attestation`` (see relay_attest).
     """
 
     policy: Path | None = None
-    evidence: Path | None = None
+    tcti: str | None = None
+    pcrs: tuple[int, ...] = (0, 1, 2, 3, 4, 5, 6, 7)
     challenge_ttl: float = field(default=300.0, metadata={"duration": True})
 
 
@@ -150,11 +154,15 @@ class RelaySettings:
                 try:
                     ca_pem = c.ca_file.read_bytes()
                 except OSError as exc:
-                    raise ConfigError(f"clusters[{i}].caFile: cannot read {c.ca_file}: {exc.strerror}") from None
+                    raise ConfigError(
+                        f"clusters[{i}].caFile: cannot read {c.ca_file}: {exc.strerror}"
+                    ) from None
                 if b"-----BEGIN CERTIFICATE-----" not in ca_pem:
                     raise ConfigError(f"clusters[{i}].caFile: {c.ca_file} holds no PEM certificate")
             out.append(
-                ClusterEndpoint(name=c.name, server=c.server, ca_pem=ca_pem, tls_server_name=c.tls_server_name)
+                ClusterEndpoint(
+                    name=c.name, server=c.server, ca_pem=ca_pem, tls_server_name=c.tls_server_name
+                )
             )
         return out
 
@@ -218,7 +226,7 @@ def _relative_to(settings: RelaySettings, base: Path) -> RelaySettings:
         oidc=swap(settings.oidc, ca_file=settings.oidc.ca_file),
         ca=swap(settings.ca, file=settings.ca.file),
         clusters=tuple(swap(c, ca_file=c.ca_file) for c in settings.clusters),
-        attestation=None if att is None else swap(att, policy=att.policy, evidence=att.evidence),
+        attestation=None if att is None else swap(att, policy=att.policy),
     )
 
 
@@ -259,7 +267,11 @@ def _decode(cls: type[T], data: object, path: str) -> T:
             raise ConfigError(f"{_join(path, key)}: unknown field{hint}")
         kwargs[f.name] = _value(hints[f.name], value, _join(path, key), f)
     for key, f in fields.items():
-        if f.name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+        if (
+            f.name not in kwargs
+            and f.default is dataclasses.MISSING
+            and f.default_factory is dataclasses.MISSING
+        ):
             raise ConfigError(f"{_join(path, key)}: required")
     return cls(**kwargs)
 
@@ -295,6 +307,10 @@ def _value(tp: Any, value: object, path: str, f: dataclasses.Field[Any] | None) 
     if tp is str:
         if not isinstance(value, str) or not value:
             raise ConfigError(f"{path}: expected a non-empty string, got {_kind(value)}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path}: expected an integer, got {_kind(value)}")
         return value
     if tp is Path:
         if not isinstance(value, str) or not value or "\x00" in value:
@@ -344,5 +360,11 @@ def _validate(s: RelaySettings) -> None:
             raise ConfigError(f"clusters[{i}].name: {cluster.name!r} appears twice")
         names.add(cluster.name)
         _check_url(cluster.server, f"clusters[{i}].server", allow_loopback_http=False)
-    if s.attestation is not None and s.attestation.policy is None and s.attestation.evidence is None:
-        raise ConfigError("attestation: give policy (login evidence required), evidence (the relay's own), or both")
+    att = s.attestation
+    if att is not None:
+        if att.policy is None and att.tcti is None:
+            raise ConfigError(
+                "attestation: give policy (login evidence required), tcti (the relay's own TPM), or both"
+            )
+        if not att.pcrs or any(not 0 <= p <= 23 for p in att.pcrs) or len(set(att.pcrs)) != len(att.pcrs):
+            raise ConfigError("attestation.pcrs: distinct PCR indexes in 0..23")
