@@ -39,10 +39,15 @@ from tests.support.kubeapi import KubeAPI
 
 __all__ = [
     "ProxyThread",
+    "RawResponse",
     "ServingPKI",
     "UpgradeEcho",
     "new_bearer",
+    "open_tls",
     "proxy_kubeconfig",
+    "raw_request",
+    "read_response",
+    "request_bytes",
     "standin_credential",
 ]
 
@@ -295,3 +300,68 @@ class UpgradeEcho:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+@dataclass
+class RawResponse:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        import json
+
+        return json.loads(self.body)
+
+
+def open_tls(url: str, ca_pem: bytes, *, timeout: float = 30.0) -> ssl.SSLSocket:
+    """A TLS socket to ``url`` trusting ``ca_pem`` (for hand-written requests)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    ctx = ssl.create_default_context(cadata=ca_pem.decode())
+    ctx.set_alpn_protocols(["http/1.1"])
+    sock = socket.create_connection((parts.hostname, parts.port), timeout=timeout)
+    try:
+        return ctx.wrap_socket(sock, server_hostname=parts.hostname)
+    except BaseException:
+        sock.close()
+        raise
+
+
+def read_response(sock: ssl.SSLSocket, *, method: str = "GET") -> RawResponse:
+    """Read one HTTP response from ``sock`` (the socket stays open for the next one)."""
+    import http.client
+
+    resp = http.client.HTTPResponse(sock, method=method)  # type: ignore[arg-type]
+    resp.begin()
+    body = resp.read()
+    headers = {k.lower(): v for k, v in resp.getheaders()}
+    status = resp.status
+    resp.close()  # closes its file object only; the socket stays open for the next request
+    return RawResponse(status, headers, body)
+
+
+def raw_request(url: str, ca_pem: bytes, raw: bytes, *, method: str = "GET") -> RawResponse:
+    with open_tls(url, ca_pem) as sock:
+        sock.sendall(raw)
+        return read_response(sock, method=method)
+
+
+def request_bytes(
+    method: str,
+    path: str,
+    *,
+    bearer: bytes | None,
+    headers: dict[str, str] | None = None,
+    body: bytes = b"",
+) -> bytes:
+    lines = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1"]
+    if bearer is not None:
+        lines.append(f"Authorization: Bearer {bearer.decode()}")
+    for name, value in (headers or {}).items():
+        lines.append(f"{name}: {value}")
+    if body or method in ("POST", "PUT", "PATCH"):
+        lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
