@@ -6,20 +6,23 @@ form, ``?watch=true``) and gives the audit verb, namespace and name; anything el
 audits and redacts only those requests: a Secret cannot be reached through another core path.
 
 ``redact_document`` replaces every value under ``data`` and ``stringData`` of the Secrets in one JSON
-document with ``MARKER`` (the keys stay, so a person sees what a Secret holds without its values): a
-Secret, a list of them (the apiserver leaves ``kind`` off list items), a ``Table`` whose rows carry the
-objects (``includeObject=Object``), or a watch event (``{"type", "object"}``). ``RedactingLineStream``
+document with a marker (under ``data`` ``DATA_MARKER``, the base64 of ``MARKER``). The keys stay, so a
+person sees what a Secret holds without its values. It handles a Secret, a list of them (the apiserver
+leaves ``kind`` off list items), a ``Table`` whose rows carry the objects (``includeObject=Object``),
+and a watch event (``{"type", "object"}``). ``RedactingLineStream``
 does the same for a watch stream, one JSON document per line, across arbitrary chunk boundaries.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
 
 __all__ = [
+    "DATA_MARKER",
     "MARKER",
     "REVEAL_HEADER",
     "RedactingLineStream",
@@ -30,6 +33,9 @@ __all__ = [
 ]
 
 MARKER = "KUBESHIELD-REDACTED"
+# ``data`` values are base64 on the wire and typed clients (kubectl's) decode them, so there the marker
+# is itself base64: ``kubectl get secret -o jsonpath='{.data.k}' | base64 -d`` prints MARKER
+DATA_MARKER = base64.b64encode(MARKER.encode()).decode()
 REVEAL_HEADER = "X-Kubeshield-Reveal"
 _MAX_LINE = 64 * 1024 * 1024
 
@@ -79,12 +85,12 @@ def secret_access(method: str, path: str, query: str) -> SecretAccess | None:
 
 
 def _redact_secret(obj: dict[str, Any]) -> None:
-    for key in ("data", "stringData"):
+    for key, marker in (("data", DATA_MARKER), ("stringData", MARKER)):
         values = obj.get(key)
         if isinstance(values, dict):
-            obj[key] = dict.fromkeys(values, MARKER)
+            obj[key] = dict.fromkeys(values, marker)
         elif values is not None:
-            obj[key] = MARKER
+            obj[key] = marker
 
 
 def redact_document(doc: Any, *, secrets: bool = True) -> Any:

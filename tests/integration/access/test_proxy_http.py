@@ -18,7 +18,7 @@ import pytest
 
 from kubeshield.access.audit import AuditLog
 from kubeshield.access.credential import ClusterCredential
-from kubeshield.access.redact import MARKER
+from kubeshield.access.redact import DATA_MARKER
 from tests.support.access_proxy import (
     ProxyThread,
     ServingPKI,
@@ -570,14 +570,14 @@ def test_secrets_are_redacted_unless_revealed_and_every_access_is_audited(
     one = f"/api/v1/namespaces/{kube_ns}/secrets/db"
     hidden = _get(proxy, pki, one, bearer, Accept="application/vnd.kubernetes.protobuf, application/json")
     assert hidden.status == 200
-    assert hidden.json()["data"] == {"password": MARKER}
+    assert hidden.json()["data"] == {"password": DATA_MARKER}
     assert b"aHVudGVyMg==" not in hidden.body
     # upstream was asked for JSON only
     assert _last_record(kube_api, one).accept == "application/json"
     shown = _get(proxy, pki, one, bearer, **{"X-Kubeshield-Reveal": "1"})
     assert shown.json()["data"] == {"password": "aHVudGVyMg=="}
     listing = _get(proxy, pki, f"/api/v1/namespaces/{kube_ns}/secrets", bearer)
-    assert [i["data"] for i in listing.json()["items"]] == [{"password": MARKER}]
+    assert [i["data"] for i in listing.json()["items"]] == [{"password": DATA_MARKER}]
     table = _get(
         proxy,
         pki,
@@ -623,7 +623,7 @@ def test_a_secrets_watch_is_redacted_event_by_event(
         events, _ = _read_events(sock, _watch_head(sock), 5)
     assert [e["object"]["metadata"]["name"] for e in events] == [f"s{i}" for i in range(5)]
     for event in events:
-        assert event["object"].get("data", {"v": MARKER}) == {"v": MARKER}
+        assert event["object"].get("data", {"v": DATA_MARKER}) == {"v": DATA_MARKER}
         assert all(v not in json.dumps(event) for v in values)
     assert [(e["verb"], e["revealed"]) for e in _audit_lines(audit_path)] == [("watch", False)]
 

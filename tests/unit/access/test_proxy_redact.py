@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from kubeshield.access.redact import (
+    DATA_MARKER,
     MARKER,
     RedactingLineStream,
     SecretAccess,
@@ -69,20 +70,20 @@ def test_a_secret_keeps_its_keys_and_loses_its_values() -> None:
     doc = _secret(password="aHVudGVyMg==", user="YWxpY2U=")
     doc["stringData"] = {"token": "plain"}
     out = redact_document(doc)
-    assert out["data"] == {"password": MARKER, "user": MARKER}
+    assert out["data"] == {"password": DATA_MARKER, "user": DATA_MARKER}
     assert out["stringData"] == {"token": MARKER}
     assert out["metadata"] == {"name": "s"} and out["type"] == "Opaque"
 
 
 def test_lists_tables_and_watch_events() -> None:
     listing = {"kind": "SecretList", "items": [{"metadata": {"name": "a"}, "data": {"k": "dg=="}}]}
-    assert redact_document(listing)["items"][0]["data"] == {"k": MARKER}
+    assert redact_document(listing)["items"][0]["data"] == {"k": DATA_MARKER}
     table = {"kind": "Table", "rows": [{"cells": ["a"], "object": _secret(k="dg==")}]}
-    assert redact_document(table)["rows"][0]["object"]["data"] == {"k": MARKER}
+    assert redact_document(table)["rows"][0]["object"]["data"] == {"k": DATA_MARKER}
     event = {"type": "ADDED", "object": _secret(k="dg==")}
-    assert redact_document(event)["object"]["data"] == {"k": MARKER}
+    assert redact_document(event)["object"]["data"] == {"k": DATA_MARKER}
     table_event = {"type": "MODIFIED", "object": table}
-    assert redact_document(table_event)["object"]["rows"][0]["object"]["data"] == {"k": MARKER}
+    assert redact_document(table_event)["object"]["rows"][0]["object"]["data"] == {"k": DATA_MARKER}
 
 
 def test_objects_that_are_not_secrets_are_left_alone() -> None:
@@ -122,6 +123,13 @@ def test_a_watch_stream_is_redacted_across_any_chunk_boundaries(
     docs = [json.loads(line) for line in out.splitlines()]
     assert len(docs) == events
     for doc in docs:
-        assert doc["object"]["data"] == dict.fromkeys(data, MARKER)
+        assert doc["object"]["data"] == dict.fromkeys(data, DATA_MARKER)
     for value in data.values():
         assert value.encode() not in out
+
+
+def test_the_data_marker_is_base64_of_the_marker() -> None:
+    import base64
+
+    # typed clients (kubectl create secret) decode data values: the marker must decode
+    assert base64.b64decode(DATA_MARKER, validate=True).decode() == MARKER
