@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -369,6 +370,11 @@ class _Remote:
         raise NotImplementedError
 
     async def finish(self, status: Obj) -> None:
+        """Send the final Status and end the session."""
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        """End the session without a Status (the client left); idempotent."""
         raise NotImplementedError
 
 
@@ -408,6 +414,10 @@ class _WsRemote(_Remote):
         with contextlib.suppress(ConnectionError, RuntimeError):
             if not self.ws.closed:
                 await self.ws.send_bytes(bytes([_ERROR]) + json.dumps(status).encode())
+        await self.close()
+
+    async def close(self) -> None:
+        with contextlib.suppress(ConnectionError, RuntimeError):
             await self.ws.close()
         self._reader.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -458,6 +468,9 @@ class _SpdyRemote(_Remote):
         # could lose bytes still in flight
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.upgrade.session.closed.wait(), _STREAM_WAIT)
+        await self.close()
+
+    async def close(self) -> None:
         await self.upgrade.close()
 
 
@@ -659,7 +672,7 @@ class PodRuntime:
         )
         decision = self.api.authorize(attrs)  # the apiserver asks `create` for these, whatever the method
         if not decision.allowed:
-            raise forbidden_status(attrs, "")
+            raise forbidden_status(dataclasses.replace(attrs, resource=f"pods/{sub}"), "")
         return self.api.store.get(ctx.rtype, ctx.namespace, ctx.name)
 
     def _container(self, request: web.Request, obj: Obj) -> str:
@@ -717,13 +730,21 @@ class PodRuntime:
         pod = self.pod(ctx.namespace or "", ctx.name)
         response, remote = await self._remote(request, wanted)
         if remote is not None:
-            await self._session(
-                self._run_exec(remote, pod, argv, stdin=stdin, stdout=stdout, stderr=stderr, tty=tty)
-            )
+            run = self._run_exec(remote, pod, argv, stdin=stdin, stdout=stdout, stderr=stderr, tty=tty)
+            await self._session(run, remote.close)
         return response
 
-    async def _session(self, coro: Awaitable[None]) -> None:
-        task = asyncio.ensure_future(coro)
+    async def _session(self, coro: Awaitable[None], close: Callable[[], Awaitable[None]]) -> None:
+        """Run one session to its end, then ``close`` its connection, whatever happened; tracked so
+        that stop() can end it."""
+
+        async def run() -> None:
+            try:
+                await coro
+            finally:
+                await close()
+
+        task = asyncio.ensure_future(run())
         self._sessions.add(task)
         try:
             await asyncio.shield(task)
@@ -793,7 +814,8 @@ class PodRuntime:
         )
         gone = asyncio.ensure_future(remote.gone.wait())
         try:
-            await asyncio.wait({outputs, gone}, return_when=asyncio.FIRST_COMPLETED)
+            waiting: set[asyncio.Future[Any]] = {outputs, gone}
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
             if not outputs.done():  # the client left: end the command as the kubelet would
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
@@ -831,7 +853,8 @@ class PodRuntime:
         }
         response, remote = await self._remote(request, wanted)
         if remote is not None:
-            await self._session(self._run_attach(remote, main, stdin=stdin, stdout=stdout, stderr=stderr))
+            run = self._run_attach(remote, main, stdin=stdin, stdout=stdout, stderr=stderr)
+            await self._session(run, remote.close)
         return response
 
     async def _run_attach(
@@ -896,7 +919,7 @@ class PodRuntime:
             up = await _Upgrade.spdy(request, _PORTFORWARD)
         else:
             raise bad_request("Upgrade request required")
-        await self._session(self._run_portforward(up, pod, obj["metadata"].get("uid", "")))
+        await self._session(self._run_portforward(up, pod, obj["metadata"].get("uid", "")), up.close)
         return up.response
 
     async def _run_portforward(self, up: _Upgrade, pod: Pod, uid: str) -> None:
@@ -917,11 +940,10 @@ class PodRuntime:
                     forwards.add(task)
                     task.add_done_callback(forwards.discard)
         finally:
-            for task in list(forwards):
-                task.cancel()
+            for forward in list(forwards):
+                forward.cancel()
                 with contextlib.suppress(BaseException):
-                    await task
-            await up.close()
+                    await forward
 
     async def _forward(self, pod: Pod, uid: str, error: SpdyStream, data: SpdyStream) -> None:
         text = data.headers.get("port", "")
