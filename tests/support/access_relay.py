@@ -124,13 +124,19 @@ def write_relay_config(
     doc = {
         "listen": "127.0.0.1:0",
         "tls": {"cert": str(serving.cert), "key": str(serving.key)},
-        "oidc": {"issuer": provider.issuer, "clientId": provider.client_id, "scopes": ["openid", "email", "groups"]},
+        "oidc": {
+            "issuer": provider.issuer,
+            "clientId": provider.client_id,
+            "scopes": ["openid", "email", "groups"],
+        },
         "ca": {"file": "relay-ca.json", "commonName": "test relay CA"},
         "clusters": [{"name": n, "server": s, "caFile": str(ca)} for n, s, ca in clusters],
-        "keys": {"backend": "local", "local": {"keyring": "keyring", "passphraseFile": "passphrase"}},
+        # keys: paths are kubeshield.config's (resolved against the working directory): absolute here
+        "keys": {
+            "backend": "local",
+            "local": {"keyring": str(directory / "keyring"), "passphraseFile": str(directory / "passphrase")},
+        },
     }
-    # keys.local paths are resolved by kubeshield.config against the working directory: make them absolute
-    doc["keys"]["local"] = {"keyring": str(directory / "keyring"), "passphraseFile": str(directory / "passphrase")}
     path = directory / "relay.yaml"
     path.write_text(yaml.safe_dump(doc))
     return path, tls.path
@@ -158,7 +164,9 @@ class TestKeyHolder:
     def install_certificate(
         self, *, handle: str, cert_pem: bytes, clusters: Sequence[ClusterEndpoint], subject: str | None = None
     ) -> None:
-        self.installed.append({"handle": handle, "cert": cert_pem, "clusters": list(clusters), "subject": subject})
+        self.installed.append(
+            {"handle": handle, "cert": cert_pem, "clusters": list(clusters), "subject": subject}
+        )
 
     def key_pem(self, handle: str) -> bytes:
         return self.keys[handle].private_bytes(

@@ -1,6 +1,6 @@
 """``relay.yaml``: the login relay's settings, camelCase, every error naming its field.
 
-    listen: 0.0.0.0:8443                 # HOST:PORT of the https service
+    listen: 0.0.0.0:8443                 # HOST:PORT of the https service (port 0: any free one)
     tls: {cert: /etc/kubeshield/relay.crt, key: /etc/kubeshield/relay.key}
     oidc:
       issuer: https://login.example.com  # exactly the provider's "iss"
@@ -330,8 +330,8 @@ def _check_url(value: str, path: str, *, allow_loopback_http: bool) -> None:
 
 def _validate(s: RelaySettings) -> None:
     host, _, port = s.listen.rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f"listen: expected HOST:PORT with a port in 1..65535, got {s.listen!r}")
+    if not host or not port.isdigit() or not 0 <= int(port) < 65536:  # 0: a free port, printed at start
+        raise ConfigError(f"listen: expected HOST:PORT with a port in 0..65535, got {s.listen!r}")
     _check_url(s.oidc.issuer, "oidc.issuer", allow_loopback_http=True)
     if "openid" not in s.oidc.scopes:
         raise ConfigError("oidc.scopes: must include openid")

@@ -1,3 +1,4 @@
+# ruff: noqa: F811  (pytest fixtures imported from tests.support are re-bound as arguments)
 """The login relay end to end: the real OpenID provider (npm oidc-provider), the device flow and the
 auth-code flow completed the way a person does, the relay over https, the real agent holding the key,
 and real kubectl whose client certificate the Kubernetes API stand-in accepts (its client CA trusts
@@ -40,7 +41,7 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KubeAPI]:
 
 
 @pytest.fixture
-def relay(tmp_path: Path, oidc_provider: OidcProvider, api: KubeAPI) -> Iterator[RunningRelay]:  # noqa: F811
+def relay(tmp_path: Path, oidc_provider: OidcProvider, api: KubeAPI) -> Iterator[RunningRelay]:
     endpoint = ClusterEndpoint(name="standin", server=api.url, ca_pem=api.ca_path.read_bytes())
     running = start_relay(tmp_path / "relay", provider=oidc_provider, clusters=[endpoint])
     api.trust_client_ca(running.ca_pem)
@@ -50,7 +51,7 @@ def relay(tmp_path: Path, oidc_provider: OidcProvider, api: KubeAPI) -> Iterator
         running.stop()
 
 
-def whoami(kubectl: Kubectl, kubeconfig: Path) -> dict[str, Any]:  # noqa: F811
+def whoami(kubectl: Kubectl, kubeconfig: Path) -> dict[str, Any]:
     out = kubectl.run("auth", "whoami", "-o", "json", kubeconfig=kubeconfig).stdout
     info = json.loads(out)["status"]["userInfo"]
     assert isinstance(info, dict)
@@ -61,10 +62,14 @@ def cert_kubeconfig(api: KubeAPI, tmp_path: Path, cert_pem: bytes, key_pem: byte
     (tmp_path / "client.crt").write_bytes(cert_pem)
     (tmp_path / "client.key").write_bytes(key_pem)
     (tmp_path / "client.key").chmod(0o600)
-    return api.kubeconfig(tmp_path / "kubeconfig", credential=Credential(tmp_path / "client.crt", tmp_path / "client.key"))
+    return api.kubeconfig(
+        tmp_path / "kubeconfig", credential=Credential(tmp_path / "client.crt", tmp_path / "client.key")
+    )
 
 
-def device_login(relay: RunningRelay, provider: OidcProvider, holder: Any, *, login_as: str = "alice") -> LoginResult:
+def device_login(
+    relay: RunningRelay, provider: OidcProvider, holder: Any, *, login_as: str = "alice"
+) -> LoginResult:
     person = DevicePerson(provider, login=login_as)
     result = login(
         relay_url=relay.url,
@@ -79,7 +84,11 @@ def device_login(relay: RunningRelay, provider: OidcProvider, holder: Any, *, lo
 
 
 def test_device_flow_ends_in_a_certificate_the_apiserver_accepts(
-    relay: RunningRelay, oidc_provider: OidcProvider, api: KubeAPI, kubectl: Kubectl, tmp_path: Path  # noqa: F811
+    relay: RunningRelay,
+    oidc_provider: OidcProvider,
+    api: KubeAPI,
+    kubectl: Kubectl,
+    tmp_path: Path,
 ) -> None:
     holder = TestKeyHolder()
     result = device_login(relay, oidc_provider, holder)
@@ -94,7 +103,11 @@ def test_device_flow_ends_in_a_certificate_the_apiserver_accepts(
 
 
 def test_auth_code_flow_with_pkce_ends_in_a_certificate_the_apiserver_accepts(
-    relay: RunningRelay, oidc_provider: OidcProvider, api: KubeAPI, kubectl: Kubectl, tmp_path: Path  # noqa: F811
+    relay: RunningRelay,
+    oidc_provider: OidcProvider,
+    api: KubeAPI,
+    kubectl: Kubectl,
+    tmp_path: Path,
 ) -> None:
     holder = TestKeyHolder()
     opened: list[str] = []
@@ -130,7 +143,11 @@ def test_auth_code_flow_with_pkce_ends_in_a_certificate_the_apiserver_accepts(
 
 
 def test_login_into_the_real_agent_then_kubectl_through_exec_credential(
-    relay: RunningRelay, oidc_provider: OidcProvider, api: KubeAPI, kubectl: Kubectl, tmp_path: Path  # noqa: F811
+    relay: RunningRelay,
+    oidc_provider: OidcProvider,
+    api: KubeAPI,
+    kubectl: Kubectl,
+    tmp_path: Path,
 ) -> None:
     runtime = Path("/tmp") / f"ks-relay-{tmp_path.name[-12:]}"  # a unix socket path must stay short
     runtime.mkdir(mode=0o700, exist_ok=True)
@@ -144,17 +161,31 @@ def test_login_into_the_real_agent_then_kubectl_through_exec_credential(
             kubeconfig = {
                 "apiVersion": "v1",
                 "kind": "Config",
-                "clusters": [{"name": "standin", "cluster": {"server": api.url, "certificate-authority": str(api.ca_path)}}],
-                "users": [{"name": "me", "user": {"exec": {
-                    "apiVersion": "client.authentication.k8s.io/v1",
-                    "command": KUBESHIELD,
-                    "args": ["access", "exec-credential", "--context", "standin"],
-                    "env": [{"name": "KUBESHIELD_AGENT_SOCKET", "value": str(runtime / "agent.sock")}],
-                    "interactiveMode": "Never",
-                }}}],
+                "clusters": [
+                    {
+                        "name": "standin",
+                        "cluster": {"server": api.url, "certificate-authority": str(api.ca_path)},
+                    }
+                ],
+                "users": [
+                    {
+                        "name": "me",
+                        "user": {
+                            "exec": {
+                                "apiVersion": "client.authentication.k8s.io/v1",
+                                "command": KUBESHIELD,
+                                "args": ["access", "exec-credential", "--context", "standin"],
+                                "env": [
+                                    {"name": "KUBESHIELD_AGENT_SOCKET", "value": str(runtime / "agent.sock")}
+                                ],
+                                "interactiveMode": "Never",
+                            }
+                        },
+                    }
+                ],
                 "contexts": [{"name": "standin", "context": {"cluster": "standin", "user": "me"}}],
                 "current-context": "standin",
-            }  # fmt: skip
+            }
             path = tmp_path / "exec.kubeconfig"
             path.write_text(yaml.safe_dump(kubeconfig))
             info = whoami(kubectl, path)
@@ -164,7 +195,7 @@ def test_login_into_the_real_agent_then_kubectl_through_exec_credential(
         shutil.rmtree(runtime, ignore_errors=True)
 
 
-def test_login_refuses_a_plain_http_relay(oidc_provider: OidcProvider) -> None:  # noqa: F811
+def test_login_refuses_a_plain_http_relay(oidc_provider: OidcProvider) -> None:
     with pytest.raises(LoginError, match="must be https"):
         login(relay_url="http://127.0.0.1:1", holder=TestKeyHolder(), relay_context=tls_context(), show=print)
 

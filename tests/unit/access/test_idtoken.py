@@ -58,8 +58,11 @@ def b64(data: bytes) -> str:
 def verifier(jwks: Jwks | None = None, **kw: Any) -> IdTokenVerifier:
     jwks = jwks or Jwks(RSA, EC)
     return IdTokenVerifier(
-        issuer=ISSUER, client_id=CLIENT, jwks=JwksCache(fetch=jwks.fetch, clock=kw.pop("mono", time.monotonic)),
-        clock=lambda: NOW, **kw
+        issuer=ISSUER,
+        client_id=CLIENT,
+        jwks=JwksCache(fetch=jwks.fetch, clock=kw.pop("mono", time.monotonic)),
+        clock=lambda: NOW,
+        **kw,
     )
 
 
@@ -87,7 +90,9 @@ def test_alg_none_is_refused_by_name() -> None:
 def test_hmac_signed_with_the_public_key_is_refused() -> None:
     # the classic confusion: HS256 with the provider's public key (which everybody has) as the secret
     pem = RSA.as_pem(private=False)
-    signing_input = f"{b64(json.dumps({'alg': 'HS256', 'kid': 'rsa-1'}).encode())}.{b64(json.dumps(claims()).encode())}"
+    signing_input = (
+        f"{b64(json.dumps({'alg': 'HS256', 'kid': 'rsa-1'}).encode())}.{b64(json.dumps(claims()).encode())}"
+    )
     mac = hmac.new(pem, signing_input.encode(), hashlib.sha256).digest()
     refused(f"{signing_input}.{b64(mac)}", "HMAC")
 
@@ -100,7 +105,7 @@ def test_an_alg_outside_the_allowed_list_is_refused() -> None:
 def test_a_forged_signature_is_refused() -> None:
     refused(sign(claims(), OTHER_RSA), "signature does not verify")
     good = sign(claims())
-    head, payload, sig = good.split(".")
+    head, _, sig = good.split(".")
     tampered = b64(json.dumps(claims(sub="mallory")).encode())
     refused(f"{head}.{tampered}.{sig}", "signature does not verify")
 
@@ -180,13 +185,19 @@ def test_refreshes_are_rate_limited_so_forged_kids_cannot_hammer_the_provider() 
 def test_symmetric_and_encryption_keys_in_the_jwks_are_ignored() -> None:
     secret = OctKey.generate_key(256, parameters={"kid": "oct"})
     doc = {"keys": [secret.as_dict(private=True), {**RSA.as_dict(private=False), "use": "enc"}]}
-    v = IdTokenVerifier(issuer=ISSUER, client_id=CLIENT, jwks=JwksCache(fetch=lambda: json.dumps(doc).encode()),
-                        clock=lambda: NOW)
+    v = IdTokenVerifier(
+        issuer=ISSUER,
+        client_id=CLIENT,
+        jwks=JwksCache(fetch=lambda: json.dumps(doc).encode()),
+        clock=lambda: NOW,
+    )
     refused(sign(claims()), "has no key 'rsa-1'", v)
 
 
 def test_a_broken_jwks_is_a_jwks_error() -> None:
-    v = IdTokenVerifier(issuer=ISSUER, client_id=CLIENT, jwks=JwksCache(fetch=lambda: b"<html>"), clock=lambda: NOW)
+    v = IdTokenVerifier(
+        issuer=ISSUER, client_id=CLIENT, jwks=JwksCache(fetch=lambda: b"<html>"), clock=lambda: NOW
+    )
     with pytest.raises(JwksError, match="not JSON"):
         v.verify(sign(claims()))
 
@@ -247,8 +258,14 @@ def test_any_one_character_change_of_a_valid_token_is_refused_or_identical(pos: 
 @given(
     st.dictionaries(
         st.sampled_from(["iss", "aud", "sub", "exp", "iat", "nbf", "azp", "nonce"]),
-        st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True), st.text(max_size=20),
-                  st.lists(st.text(max_size=10), max_size=3)),
+        st.one_of(
+            st.none(),
+            st.booleans(),
+            st.integers(),
+            st.floats(allow_nan=True),
+            st.text(max_size=20),
+            st.lists(st.text(max_size=10), max_size=3),
+        ),
     )
 )
 def test_signed_tokens_with_arbitrary_claims_verify_or_are_refused_cleanly(payload: dict[str, Any]) -> None:
@@ -257,7 +274,9 @@ def test_signed_tokens_with_arbitrary_claims_verify_or_are_refused_cleanly(paylo
         got = _V.verify(token, nonce="n")
     except IdTokenError:
         return
-    assert got.claims["iss"] == ISSUER and CLIENT in (got.claims["aud"] if isinstance(got.claims["aud"], list) else [got.claims["aud"]])
+    assert got.claims["iss"] == ISSUER and CLIENT in (
+        got.claims["aud"] if isinstance(got.claims["aud"], list) else [got.claims["aud"]]
+    )
 
 
 def test_pem_of_the_public_key_is_really_public() -> None:

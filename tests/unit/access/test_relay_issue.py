@@ -31,17 +31,29 @@ KEY = RSAKey.generate_key(2048, parameters={"kid": "k1"})
 
 def token(**over: Any) -> str:
     now = time.time()
-    claims = {"iss": ISSUER, "aud": "kubeshield", "sub": "u1", "iat": now, "exp": now + 300,
-              "email": "alice@example.test", "email_verified": True, "groups": ["dev", "ops"]}
+    claims = {
+        "iss": ISSUER,
+        "aud": "kubeshield",
+        "sub": "u1",
+        "iat": now,
+        "exp": now + 300,
+        "email": "alice@example.test",
+        "email_verified": True,
+        "groups": ["dev", "ops"],
+    }
     claims.update(over)
-    return jws.serialize_compact({"alg": "RS256", "kid": "k1"}, json.dumps(claims).encode(), KEY, algorithms=["RS256"])
+    return jws.serialize_compact(
+        {"alg": "RS256", "kid": "k1"}, json.dumps(claims).encode(), KEY, algorithms=["RS256"]
+    )
 
 
 def csr() -> str:
     key = ec.generate_private_key(ec.SECP256R1())
-    req = x509.CertificateSigningRequestBuilder().subject_name(
-        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "system:masters-please")])
-    ).sign(key, hashes.SHA256())
+    req = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "system:masters-please")]))
+        .sign(key, hashes.SHA256())
+    )
     return req.public_bytes(serialization.Encoding.PEM).decode()
 
 
@@ -58,8 +70,14 @@ def make_relay(tmp_path: Path, **oidc_over: Any) -> Relay:
     jwks = json.dumps({"keys": [KEY.as_dict(private=False)]}).encode()
     verifier = IdTokenVerifier(issuer=ISSUER, client_id="kubeshield", jwks=JwksCache(fetch=lambda: jwks))
     clusters = [ClusterEndpoint(name="prod", server="https://prod.example.test:6443", ca_pem=ca.cert_pem)]
-    return Relay(oidc=oidc, verifier=verifier, ca=ca, clusters=clusters,
-                 lifetime=timedelta(minutes=15), max_lifetime=timedelta(hours=1))
+    return Relay(
+        oidc=oidc,
+        verifier=verifier,
+        ca=ca,
+        clusters=clusters,
+        lifetime=timedelta(minutes=15),
+        max_lifetime=timedelta(hours=1),
+    )
 
 
 def subject(doc: dict[str, Any]) -> tuple[str, list[str]]:
@@ -75,7 +93,7 @@ def test_a_certificate_for_the_token_s_person_not_the_csr_s_subject(relay: Relay
     cert = x509.load_pem_x509_certificate(doc["certificate"].encode())
     lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc
     assert timedelta(minutes=15) <= lifetime <= timedelta(minutes=16)  # 1 minute back for clock skew
-    assert [endpoint_from_json(c, "c") for c in doc["clusters"]][0].name == "prod"
+    assert endpoint_from_json(doc["clusters"][0], "c").name == "prod"
     assert doc["caCertificate"] == relay.ca_pem.decode()
 
 
@@ -120,7 +138,9 @@ def test_claim_mapping(relay: Relay, over: dict[str, Any], match: str | None) ->
 def test_requested_lifetimes_are_bounded(relay: Relay) -> None:
     doc = relay.issue({"idToken": token(), "csr": csr(), "lifetimeSeconds": 1800})
     cert = x509.load_pem_x509_certificate(doc["certificate"].encode())
-    assert timedelta(minutes=30) <= cert.not_valid_after_utc - cert.not_valid_before_utc <= timedelta(minutes=31)
+    assert (
+        timedelta(minutes=30) <= cert.not_valid_after_utc - cert.not_valid_before_utc <= timedelta(minutes=31)
+    )
     with pytest.raises(InvalidRequest, match="at most 3600"):
         relay.issue({"idToken": token(), "csr": csr(), "lifetimeSeconds": 7200})
     with pytest.raises(InvalidRequest, match="at least 60"):
@@ -138,7 +158,9 @@ def test_requested_lifetimes_are_bounded(relay: Relay) -> None:
         ({"idToken": "not-a-token", "csr": "x"}, IdTokenError, "not a JWS"),
     ],
 )
-def test_bad_requests_are_named(relay: Relay, body: dict[str, Any], error: type[Exception], match: str) -> None:
+def test_bad_requests_are_named(
+    relay: Relay, body: dict[str, Any], error: type[Exception], match: str
+) -> None:
     with pytest.raises(error, match=match):
         relay.issue(body)
 
@@ -146,7 +168,12 @@ def test_bad_requests_are_named(relay: Relay, body: dict[str, Any], error: type[
 def test_a_bad_csr_is_refused_after_the_token_and_does_not_spend_it(relay: Relay) -> None:
     t = token()
     with pytest.raises(CsrError):
-        relay.issue({"idToken": t, "csr": "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n"})
+        relay.issue(
+            {
+                "idToken": t,
+                "csr": "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n",
+            }
+        )
     assert relay.issue({"idToken": t, "csr": csr()})["user"] == "alice@example.test"
 
 
@@ -176,7 +203,9 @@ def test_claim_mapping_without_groups_claim() -> None:
 
 
 def test_endpoint_json_round_trip_and_errors() -> None:
-    e = ClusterEndpoint(name="a", server="https://a:6443", ca_pem=b"-----BEGIN CERTIFICATE-----\nx\n", tls_server_name="k")
+    e = ClusterEndpoint(
+        name="a", server="https://a:6443", ca_pem=b"-----BEGIN CERTIFICATE-----\nx\n", tls_server_name="k"
+    )
     assert endpoint_from_json(endpoint_to_json(e), "c") == e
     with pytest.raises(InvalidRequest, match=r"c\.server: expected an https://"):
         endpoint_from_json({"name": "a", "server": "http://a"}, "c")
