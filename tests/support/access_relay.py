@@ -113,7 +113,11 @@ def start_relay(
 
 
 def write_relay_config(
-    directory: Path, *, provider: OidcProvider, clusters: Sequence[tuple[str, str, Path]] = ()
+    directory: Path,
+    *,
+    provider: OidcProvider,
+    clusters: Sequence[tuple[str, str, Path]] = (),
+    extra: dict[str, Any] | None = None,
 ) -> tuple[Path, Path]:
     """A relay.yaml (local keyring, TLS from a test CA) for the CLI; returns (config, TLS CA)."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -137,6 +141,7 @@ def write_relay_config(
             "local": {"keyring": str(directory / "keyring"), "passphraseFile": str(directory / "passphrase")},
         },
     }
+    doc.update(extra or {})
     path = directory / "relay.yaml"
     path.write_text(yaml.safe_dump(doc))
     return path, tls.path

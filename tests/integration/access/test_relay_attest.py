@@ -5,7 +5,12 @@ nonce and the CSR, and the login requiring the relay's quote over its nonce and 
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
 import ssl
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,8 +37,16 @@ from kubeshield.attest.tpm import ak_fingerprint
 from kubeshield.errors import PolicyDenied
 from kubeshield.keys.tpm import TpmSealer
 from kubeshield.keys.tpm_attest import TpmAttester
-from tests.support.access_relay import DevicePerson, RunningRelay, TestKeyHolder, start_relay
-from tests.support.oidc_provider import OidcProvider, oidc_provider  # noqa: F401
+from tests.support.access_agent import start_agent_process
+from tests.support.access_relay import (
+    DevicePerson,
+    RunningRelay,
+    TestKeyHolder,
+    start_relay,
+    write_relay_config,
+)
+from tests.support.kubeapi._server import KubeAPI
+from tests.support.oidc_provider import OidcProvider, complete_device_login, oidc_provider  # noqa: F401
 from tests.support.swtpm import SwTpm, start_swtpm
 
 
@@ -241,3 +254,73 @@ def test_login_refuses_a_certificate_from_another_ca_than_the_attested_one(
     finally:
         relay.stop()
         decoy.stop()
+
+
+# --- the commands -----------------------------------------------------------------------------------
+
+
+def test_the_commands_attest_both_ways(tmp_path: Path, oidc_provider: OidcProvider, tpm: SwTpm) -> None:
+    kubeshield = str(Path(sys.executable).parent / "kubeshield")
+    quote = TpmSealer(tcti=tpm.tcti).quote(nonce=b"enrol", pcrs=[7])
+    ak = ak_fingerprint(load_pem_public_key(quote.ak_public_pem))
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(f"version: 1\ntee: [tpm]\nclaims: {{ak_sha256: {{in: ['{ak}']}}}}\n")
+    api = KubeAPI(tmp_path / "kubeapi").start()
+    config, tls_ca = write_relay_config(
+        tmp_path / "relay",
+        provider=oidc_provider,
+        clusters=[("standin", api.url, api.ca_path)],
+        extra={"attestation": {"policy": str(policy), "tcti": tpm.tcti, "pcrs": [7]}},
+    )
+    env = {**os.environ}
+    assert subprocess.run([kubeshield, "access", "relay", "init-ca", "--config", str(config)],
+                          capture_output=True, env=env, timeout=120).returncode == 0  # fmt: skip
+    relay = subprocess.Popen(
+        [kubeshield, "access", "relay", "--config", str(config)],
+        text=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+    )
+    runtime = Path("/tmp") / f"ks-att-{tmp_path.name[-12:]}"
+    runtime.mkdir(mode=0o700, exist_ok=True)
+    agent = start_agent_process(runtime / "agent.sock")
+    login_proc: subprocess.Popen[str] | None = None
+    try:
+        assert relay.stderr is not None
+        line = relay.stderr.readline()
+        match = re.search(r"serving on (https://\S+)", line)
+        assert match is not None, line
+        login_proc = subprocess.Popen(
+            [kubeshield, "access", "login", "--relay", match.group(1), "--relay-ca", str(tls_ca),
+             "--socket", str(runtime / "agent.sock"), "--expect-relay-attestation", str(policy),
+             "--attest-tcti", tpm.tcti],
+            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env,
+        )  # fmt: skip
+        assert login_proc.stderr is not None
+        seen = ""
+        while "enter the code" not in seen:
+            got = login_proc.stderr.readline()
+            assert got, f"login ended early: {seen}"
+            seen += got
+        assert "relay attestation verified: tpm ak sha256:" + ak in seen
+        code = re.search(r"open (\S+) and enter the code (\S+)", seen)
+        assert code is not None
+        complete_device_login(oidc_provider, code.group(1), code.group(2))
+        assert login_proc.wait(120) == 0
+        assert [c["context"] for c in agent.client().contexts()] == ["standin"]
+    finally:
+        if login_proc is not None:
+            if login_proc.poll() is None:
+                login_proc.kill()
+            login_proc.wait(30)
+            for stream in (login_proc.stdout, login_proc.stderr):
+                if stream is not None:
+                    stream.close()
+        agent.stop()
+        relay.terminate()
+        relay.wait(30)
+        if relay.stderr is not None:
+            relay.stderr.close()
+        api.stop()
+        shutil.rmtree(runtime, ignore_errors=True)
