@@ -46,6 +46,10 @@ _METHOD = _TOKEN
 _TARGET = re.compile(rb"/[\x21-\x7e]*\Z")
 # field-value: VCHAR / obs-text / SP / HTAB (no CR, LF, NUL or other controls)
 _VALUE = re.compile(rb"[\t\x20-\x7e\x80-\xff]*\Z")
+# one well-formed field line, whole: the fast path (anything else is diagnosed line by line)
+_FIELD = re.compile(
+    rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[\t ]*((?:[\t\x20-\x7e\x80-\xff]*[\x21-\x7e\x80-\xff])?)[\t ]*"
+)
 _STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: ([\t\x20-\x7e\x80-\xff]*))?\Z")
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,15})(?:[\t ]*;[\t\x20-\x7e\x80-\xff]*)?\Z")
 
@@ -60,13 +64,13 @@ class HttpError(Exception):
         self.message = message
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class _Framing:
     content_length: int | None
     chunked: bool
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class RequestHead:
     """One parsed request head. ``headers`` keeps order and the client's spelling of the names."""
 
@@ -97,7 +101,7 @@ class RequestHead:
         return self.target.split("?", 1)[1] if "?" in self.target else ""
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class ResponseHead:
     version: str
     status: int
@@ -119,11 +123,10 @@ def _split_lines(head: bytes) -> list[bytes]:
         raise HttpError(431, f"the message head is larger than {MAX_HEAD_BYTES} bytes")
     if not head.endswith(b"\r\n\r\n"):
         raise HttpError(400, "the message head does not end with an empty line (CRLF CRLF)")
-    lines = head[:-4].split(b"\r\n")
-    for line in lines:
-        if b"\r" in line or b"\n" in line:
-            raise HttpError(400, "the message head has a bare CR or LF (lines must end in CRLF)")
-    return lines
+    crlf = head.count(b"\r\n")
+    if head.count(b"\r") != crlf or head.count(b"\n") != crlf:
+        raise HttpError(400, "the message head has a bare CR or LF (lines must end in CRLF)")
+    return head[:-4].split(b"\r\n")
 
 
 def _parse_fields(lines: list[bytes]) -> tuple[tuple[tuple[str, str], ...], dict[str, list[str]]]:
@@ -131,7 +134,15 @@ def _parse_fields(lines: list[bytes]) -> tuple[tuple[tuple[str, str], ...], dict
         raise HttpError(431, f"the message has more than {MAX_HEADERS} header fields")
     fields: list[tuple[str, str]] = []
     index: dict[str, list[str]] = {}
+    fast = _FIELD.fullmatch
     for line in lines:
+        matched = fast(line)
+        if matched is not None:
+            key = matched.group(1).decode("ascii")
+            text = matched.group(2).decode("latin-1")
+            fields.append((key, text))
+            index.setdefault(key.lower(), []).append(text)
+            continue
         if not line:
             raise HttpError(400, "the message head has an empty header line")
         if line[:1] in (b" ", b"\t"):
@@ -144,10 +155,7 @@ def _parse_fields(lines: list[bytes]) -> tuple[tuple[tuple[str, str], ...], dict
         value = value.strip(b" \t")
         if not _VALUE.match(value):
             raise HttpError(400, f"the value of header {name.decode()} holds a control character")
-        key = name.decode("ascii")
-        text = value.decode("latin-1")
-        fields.append((key, text))
-        index.setdefault(key.lower(), []).append(text)
+        raise AssertionError("a field line neither matched nor was refused")  # pragma: no cover
     return tuple(fields), index
 
 

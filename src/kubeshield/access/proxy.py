@@ -43,6 +43,8 @@ import ipaddress
 import json
 import logging
 import ssl
+import time
+import weakref
 from collections.abc import Callable
 
 from kubeshield.access import _http1
@@ -213,6 +215,12 @@ class LocalProxy:
         self._tasks: set[asyncio.Task[None]] = set()
         self._host = ""
         self._port = 0
+        # deadlines (waiting for kubectl's next request, for the apiserver's answer) as a dict that one
+        # sweeper checks each second: far cheaper per request than an asyncio.timeout() scope
+        self._deadlines: dict[asyncio.WriteTransport, float] = {}
+        self._expired: weakref.WeakSet[asyncio.WriteTransport] = weakref.WeakSet()
+        self._sweeper: asyncio.Task[None] | None = None
+        self._loop_time: Callable[[], float] = time.monotonic
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
@@ -228,6 +236,8 @@ class LocalProxy:
         self._server = await asyncio.start_server(
             self._serve, host, port, ssl=self._tls, limit=_http1.MAX_HEAD_BYTES + 1024
         )
+        self._loop_time = asyncio.get_running_loop().time
+        self._sweeper = asyncio.ensure_future(self._sweep())
         sockname = self._server.sockets[0].getsockname()
         self._host, self._port = sockname[0], sockname[1]
         return self._host, self._port
@@ -236,6 +246,11 @@ class LocalProxy:
         server, self._server = self._server, None
         if server is not None:
             server.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
         for writer in list(self._writers):
             writer.transport.abort()
         for task in list(self._tasks):
@@ -253,6 +268,16 @@ class LocalProxy:
             raise RuntimeError("the proxy is not started")
         host = f"[{self._host}]" if ":" in self._host else self._host
         return f"https://{host}:{self._port}"
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            now = self._loop_time()
+            for transport, deadline in list(self._deadlines.items()):
+                if deadline <= now:
+                    self._deadlines.pop(transport, None)
+                    self._expired.add(transport)
+                    transport.abort()
 
     # --- one client connection ---------------------------------------------------------------------
 
@@ -299,10 +324,13 @@ class LocalProxy:
 
     async def _one_request(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
         """Serve one request; True when the connection may carry another."""
+        transport = writer.transport
+        self._deadlines[transport] = self._loop_time() + _IDLE_TIMEOUT
         try:
-            async with asyncio.timeout(_IDLE_TIMEOUT):
-                raw = await reader.readuntil(b"\r\n\r\n")
+            raw = await reader.readuntil(b"\r\n\r\n")
         except asyncio.IncompleteReadError as exc:
+            if transport in self._expired:
+                return False
             if exc.partial.strip():
                 return await self._refuse(writer, 400, "the request head is incomplete")
             return False
@@ -310,8 +338,8 @@ class LocalProxy:
             return await self._refuse(
                 writer, 431, f"the request head is larger than {_http1.MAX_HEAD_BYTES} bytes"
             )
-        except TimeoutError:
-            return False
+        finally:
+            self._deadlines.pop(transport, None)
         try:
             head = _http1.parse_request_head(raw)
         except HttpError as exc:
@@ -411,10 +439,12 @@ class LocalProxy:
             conn = await (self._upstream.connect() if head.upgrade else self._upstream.acquire())
             try:
                 conn.writer.write(self._upstream_head(conn, head, body, redact) + body)
-                async with asyncio.timeout(_RESPONSE_TIMEOUT):
-                    raw = await conn.reader.readuntil(b"\r\n\r\n")
+                self._deadlines[conn.writer.transport] = self._loop_time() + _RESPONSE_TIMEOUT
+                raw = await conn.reader.readuntil(b"\r\n\r\n")
             except (ConnectionError, asyncio.IncompleteReadError) as exc:
                 conn.close()
+                if conn.writer.transport in self._expired:
+                    raise UpstreamError(504, "the apiserver did not answer in time") from None
                 stale = conn.reused and (not isinstance(exc, asyncio.IncompleteReadError) or not exc.partial)
                 if stale and attempt == 0:
                     continue
@@ -422,12 +452,11 @@ class LocalProxy:
             except asyncio.LimitOverrunError:
                 conn.close()
                 raise UpstreamError(502, "the apiserver's response head is too large") from None
-            except TimeoutError:
-                conn.close()
-                raise UpstreamError(504, "the apiserver did not answer in time") from None
             except BaseException:
                 conn.close()
                 raise
+            finally:
+                self._deadlines.pop(conn.writer.transport, None)
             try:
                 return conn, _http1.parse_response_head(raw), raw
             except HttpError as exc:
