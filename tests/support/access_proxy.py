@@ -232,10 +232,12 @@ def proxy_kubeconfig(
 
 class UpgradeEcho:
     """A TLS server on 127.0.0.1 that answers any request carrying ``Upgrade`` with 101 and then echoes
-    every byte back until the client closes; other requests get 400. It records the request heads."""
+    every byte back until the client closes; other requests get 400 (``silent``: no answer at all).
+    It records the request heads."""
 
-    def __init__(self, pki: ServingPKI) -> None:
+    def __init__(self, pki: ServingPKI, *, silent: bool = False) -> None:
         self._pki = pki
+        self._silent = silent
         self.heads: list[bytes] = []
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="upgrade-echo", daemon=True)
@@ -252,6 +254,9 @@ class UpgradeEcho:
         try:
             head = await reader.readuntil(b"\r\n\r\n")
             self.heads.append(head)
+            if self._silent:  # an apiserver that never answers
+                await reader.read()
+                return
             if b"\r\nupgrade:" not in head.lower():
                 writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
                 return

@@ -648,3 +648,36 @@ def test_without_redaction_every_secret_read_is_audited_as_revealed(
     assert [(e["verb"], e["status"], e["revealed"]) for e in _audit_lines(tmp_path / "a.jsonl")] == [
         ("get", 200, True)
     ]
+
+
+# --- deadlines ----------------------------------------------------------------------------------------
+
+
+def test_an_apiserver_that_never_answers_gets_504(
+    pki: ServingPKI, bearer: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kubeshield.access import proxy as proxy_module
+
+    monkeypatch.setattr(proxy_module, "_RESPONSE_TIMEOUT", 1.0)
+    upstream_pki = ServingPKI.make("silent-ca")
+    with UpgradeEcho(upstream_pki, silent=True) as silent:
+        cred = ClusterCredential(
+            context="silent", server=silent.url, ca_pem=upstream_pki.ca_pem, token="t" * 20
+        )
+        with ProxyThread(credential=lambda: cred, bearer=bearer, pki=pki) as proxy:
+            resp = _get(proxy, pki, "/version", bearer)
+            assert resp.status == 504 and "did not answer in time" in _status(resp)["message"]
+            assert len(silent.heads) == 1  # asked once, not retried
+
+
+def test_an_idle_client_connection_is_closed(
+    proxy: ProxyThread, pki: ServingPKI, bearer: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kubeshield.access import proxy as proxy_module
+
+    monkeypatch.setattr(proxy_module, "_IDLE_TIMEOUT", 1.0)
+    with open_tls(proxy.url, pki.ca_pem) as sock:
+        sock.sendall(request_bytes("GET", "/version", bearer=bearer))
+        assert read_response(sock).status == 200
+        sock.settimeout(DEADLINE)
+        assert sock.recv(1) == b""  # closed by the proxy once idle, not by us
