@@ -115,8 +115,9 @@ class UserSession:
         path.write_text(yaml.safe_dump(doc))
         return path
 
-    def start_agent(self) -> AgentProcess:
-        self.agent = start_agent_process(self.socket, env=self.env)
+    def start_agent(self, *args: str) -> AgentProcess:
+        """``kubeshield access agent ARGS`` in the session's environment, once it is ready."""
+        self.agent = start_agent_process(self.socket, *args, env=self.env)
         return self.agent
 
     def run(
