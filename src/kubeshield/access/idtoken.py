@@ -43,6 +43,7 @@ from joserfc import jws
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, OKPKey, RSAKey, import_key
 
+from kubeshield.access.oidc import ASYMMETRIC_ALGS, DEFAULT_ALGS
 from kubeshield.errors import InvalidRequest, KubeshieldError
 
 __all__ = [
@@ -55,12 +56,6 @@ __all__ = [
     "VerifiedIdToken",
 ]
 
-#: every algorithm this verifier can be configured to accept (public-key signatures only)
-ASYMMETRIC_ALGS: frozenset[str] = frozenset(
-    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
-)
-#: what a relay accepts unless its settings say otherwise
-DEFAULT_ALGS: tuple[str, ...] = ("RS256", "PS256", "ES256", "ES384", "RS384", "PS384")
 
 _MAX_TOKEN = 16 * 1024
 _MAX_JWKS = 256 * 1024

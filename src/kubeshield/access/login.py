@@ -42,7 +42,7 @@ from kubeshield.access.oidc import (
     start_device_flow,
     tls_context,
 )
-from kubeshield.access.relay import endpoint_from_json
+from kubeshield.access.relay_settings import endpoint_from_json
 from kubeshield.errors import InvalidRequest
 
 __all__ = ["KeyHolder", "LoginResult", "RelayCheck", "RelayConfig", "fetch_relay_config", "login"]

@@ -38,6 +38,8 @@ from typing import Any
 from kubeshield.errors import KubeshieldError
 
 __all__ = [
+    "ASYMMETRIC_ALGS",
+    "DEFAULT_ALGS",
     "DeviceAuthorization",
     "HttpReply",
     "LoginError",
@@ -51,6 +53,13 @@ __all__ = [
     "start_device_flow",
     "tls_context",
 ]
+
+#: every algorithm an ID token may be signed with here (public-key signatures only; never none or HMAC)
+ASYMMETRIC_ALGS: frozenset[str] = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)
+#: what a relay accepts unless its settings say otherwise
+DEFAULT_ALGS: tuple[str, ...] = ("RS256", "PS256", "ES256", "ES384", "RS384", "PS384")
 
 _MAX_BODY = 1 << 20
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"

@@ -51,7 +51,7 @@ from kubeshield.access.credential import ClusterEndpoint
 from kubeshield.access.idtoken import IdTokenError, IdTokenVerifier, JwksCache, JwksError, VerifiedIdToken
 from kubeshield.access.oidc import LoginError, discover, http_request, tls_context
 from kubeshield.access.relay_ca import CsrError, RelayCA, check_csr
-from kubeshield.access.relay_settings import OidcSettings, RelaySettings
+from kubeshield.access.relay_settings import OidcSettings, RelaySettings, endpoint_from_json, endpoint_to_json
 from kubeshield.errors import ConfigError, InvalidRequest, KubeshieldError, PolicyDenied
 from kubeshield.keys.base import KeyBackend
 
@@ -75,33 +75,6 @@ _MAX_BODY = 256 * 1024
 _MAX_NAME = 256
 _MAX_GROUPS = 256
 _REPLAY_ENTRIES = 100_000
-
-
-def endpoint_to_json(endpoint: ClusterEndpoint) -> dict[str, Any]:
-    return {
-        "name": endpoint.name,
-        "server": endpoint.server,
-        "caData": endpoint.ca_pem.decode("ascii") if endpoint.ca_pem is not None else None,
-        "tlsServerName": endpoint.tls_server_name,
-    }
-
-
-def endpoint_from_json(doc: object, where: str) -> ClusterEndpoint:
-    """The inverse of :func:`endpoint_to_json`; ``InvalidRequest`` names the bad field."""
-    if not isinstance(doc, dict):
-        raise InvalidRequest(f"{where}: expected an object")
-    name, server, ca, sni = doc.get("name"), doc.get("server"), doc.get("caData"), doc.get("tlsServerName")
-    if not isinstance(name, str) or not name:
-        raise InvalidRequest(f"{where}.name: expected a non-empty string")
-    if not isinstance(server, str) or not server.startswith("https://"):
-        raise InvalidRequest(f"{where}.server: expected an https:// URL")
-    if ca is not None and (not isinstance(ca, str) or "-----BEGIN CERTIFICATE-----" not in ca):
-        raise InvalidRequest(f"{where}.caData: expected a PEM certificate bundle")
-    if sni is not None and not isinstance(sni, str):
-        raise InvalidRequest(f"{where}.tlsServerName: expected a string")
-    return ClusterEndpoint(
-        name=name, server=server, ca_pem=ca.encode("ascii") if ca else None, tls_server_name=sni
-    )
 
 
 def _rfc3339(when: datetime) -> str:

@@ -29,6 +29,9 @@
 ``keys:`` is the ``keys:`` section of kubeshield.yaml, decoded by :mod:`kubeshield.config` (so its
 errors read ``keys.local.passphraseFlie: unknown field`` too). Secrets never live in this file: the
 TLS key and every cluster CA are file paths. An unknown field anywhere is an error naming it.
+
+``endpoint_to_json``/``endpoint_from_json`` are the JSON form of a cluster the relay serves and the
+login reads back (here, so the login side needs neither the relay nor joserfc).
 """
 
 from __future__ import annotations
@@ -45,9 +48,9 @@ from urllib.parse import urlsplit
 import yaml
 
 from kubeshield.access.credential import ClusterEndpoint
-from kubeshield.access.idtoken import ASYMMETRIC_ALGS, DEFAULT_ALGS
+from kubeshield.access.oidc import ASYMMETRIC_ALGS, DEFAULT_ALGS
 from kubeshield.config import KeysSettings, parse_duration, settings_from_mapping
-from kubeshield.errors import ConfigError
+from kubeshield.errors import ConfigError, InvalidRequest
 
 __all__ = [
     "AttestationSettings",
@@ -57,6 +60,8 @@ __all__ = [
     "OidcSettings",
     "RelaySettings",
     "RelayTLS",
+    "endpoint_from_json",
+    "endpoint_to_json",
     "load_relay_settings",
     "relay_settings_from_mapping",
 ]
@@ -165,6 +170,36 @@ class RelaySettings:
                 )
             )
         return out
+
+
+# --- the wire form of a cluster, as /v1/clusters serves it (the login parses it back) ---------------
+
+
+def endpoint_to_json(endpoint: ClusterEndpoint) -> dict[str, Any]:
+    return {
+        "name": endpoint.name,
+        "server": endpoint.server,
+        "caData": endpoint.ca_pem.decode("ascii") if endpoint.ca_pem is not None else None,
+        "tlsServerName": endpoint.tls_server_name,
+    }
+
+
+def endpoint_from_json(doc: object, where: str) -> ClusterEndpoint:
+    """The inverse of :func:`endpoint_to_json`; ``InvalidRequest`` names the bad field."""
+    if not isinstance(doc, dict):
+        raise InvalidRequest(f"{where}: expected an object")
+    name, server, ca, sni = doc.get("name"), doc.get("server"), doc.get("caData"), doc.get("tlsServerName")
+    if not isinstance(name, str) or not name:
+        raise InvalidRequest(f"{where}.name: expected a non-empty string")
+    if not isinstance(server, str) or not server.startswith("https://"):
+        raise InvalidRequest(f"{where}.server: expected an https:// URL")
+    if ca is not None and (not isinstance(ca, str) or "-----BEGIN CERTIFICATE-----" not in ca):
+        raise InvalidRequest(f"{where}.caData: expected a PEM certificate bundle")
+    if sni is not None and not isinstance(sni, str):
+        raise InvalidRequest(f"{where}.tlsServerName: expected a string")
+    return ClusterEndpoint(
+        name=name, server=server, ca_pem=ca.encode("ascii") if ca else None, tls_server_name=sni
+    )
 
 
 def load_relay_settings(path: str | Path) -> RelaySettings:

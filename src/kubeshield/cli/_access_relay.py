@@ -60,7 +60,14 @@ def _settings(config_file: Path | None) -> Any:
 
 
 def _serve(config_file: Path | None) -> None:
-    from kubeshield.access.relay import RelayServer, open_relay, relay_tls_context
+    try:
+        from kubeshield.access.relay import RelayServer, open_relay, relay_tls_context
+    except ModuleNotFoundError as exc:  # the relay verifies ID tokens with joserfc (an optional package)
+        if not (exc.name or "").startswith("joserfc"):
+            raise
+        raise CLIError(
+            "the relay verifies ID tokens with joserfc, which is not installed: pip install joserfc"
+        ) from None
     from kubeshield.access.relay_attest import open_attestation
 
     settings = _settings(config_file)
