@@ -1,10 +1,13 @@
 """Real kubectl v1.35 through ``LocalProxy`` to the Kubernetes API stand-in: get, list, watch (``get -w``),
-server-side apply, delete, and the refusals kubectl prints (wrong bearer, untrusted apiserver, a body
-over the limit); redaction as kubectl shows it."""
+server-side apply, delete, exec and port-forward (the upgrade splice, over WebSocket and SPDY), and the
+refusals kubectl prints (wrong bearer, untrusted apiserver, a body over the limit); redaction as kubectl
+shows it."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import queue
 import subprocess
 import threading
@@ -17,6 +20,7 @@ import pytest
 from kubeshield.access.audit import AuditLog
 from kubeshield.access.credential import ClusterCredential
 from kubeshield.access.redact import DATA_MARKER
+from tests.support.access_kubectl import EchoServer, Lines, echo_through, forwarded_port, stop
 from tests.support.access_proxy import (
     ProxyThread,
     ServingPKI,
@@ -33,6 +37,13 @@ kube_ns = _kubeapi_fixtures.kube_ns
 kubectl = _kubeapi_fixtures.kubectl
 
 DEADLINE = 60.0
+TRANSPORTS = {
+    "websocket": ({}, "GET"),
+    "spdy": (
+        {"KUBECTL_REMOTE_COMMAND_WEBSOCKETS": "false", "KUBECTL_PORT_FORWARD_WEBSOCKETS": "false"},
+        "POST",
+    ),
+}
 
 
 @pytest.fixture(scope="module")
@@ -209,3 +220,60 @@ def test_kubectl_sees_redacted_secrets_and_the_reads_are_audited(
     ]
     assert "hunter2" not in (tmp_path / "audit.jsonl").read_text()
     assert subprocess.run(["grep", "-r", "aHVudGVyMg", str(tmp_path)], capture_output=True).returncode == 1
+
+
+@pytest.mark.parametrize("transport", sorted(TRANSPORTS))
+def test_exec_and_port_forward_through_the_proxy(
+    kubectl: Kubectl, config: Path, kube_api: KubeAPI, kube_ns: str, transport: str
+) -> None:
+    env, method = TRANSPORTS[transport]
+    pod = kube_api.pods.run(kube_ns, "shell")
+    try:
+        (pod.directory / "motd").write_text("through the proxy\n")
+        assert kubectl.run("exec", "shell", "--", "cat", "motd", kubeconfig=config, env=env).stdout == (
+            "through the proxy\n"
+        )
+        failed = kubectl.run(
+            "exec",
+            "shell",
+            "--",
+            "sh",
+            "-c",
+            "echo out; echo err >&2; exit 3",
+            kubeconfig=config,
+            env=env,
+            check=False,
+        )
+        assert (failed.returncode, failed.stdout) == (3, "out\n")
+        assert failed.stderr.startswith("err\n")
+        payload = os.urandom(256 * 1024).hex()  # 512 KiB each way: many frames through the splice
+        digest = kubectl.run(
+            "exec", "-i", "shell", "--", "sha256sum", kubeconfig=config, env=env, input=payload
+        )
+        assert digest.stdout.split()[0] == hashlib.sha256(payload.encode()).hexdigest()
+    finally:
+        kube_api.pods.delete(kube_ns, "shell")
+    with EchoServer() as echo:
+        kube_api.pods.run(kube_ns, "web", ports={8080: echo.port})
+        try:
+            proc = kubectl.popen("port-forward", "pod/web", ":8080", kubeconfig=config, env=env)
+            lines = Lines(proc.stdout)
+            try:
+                port = forwarded_port(lines)
+                big = os.urandom(128 * 1024)
+                assert echo_through(port, b"ping") == b"ping"
+                assert echo_through(port, big) == big
+            finally:
+                stop(proc, lines)
+        finally:
+            kube_api.pods.delete(kube_ns, "web")
+    upgrades = {
+        r.method
+        for r in list(kube_api.requests)
+        if r.path
+        in (
+            f"/api/v1/namespaces/{kube_ns}/pods/shell/exec",
+            f"/api/v1/namespaces/{kube_ns}/pods/web/portforward",
+        )
+    }
+    assert upgrades == {method}
