@@ -15,14 +15,18 @@ HTTP API (JSON over https; every error is ``{"error": "<message naming the probl
                            -> {"caCertificate": "<PEM>", "tpm": <TPM evidence>}
 
 ``POST /v1/certificates``: the ID token is verified (:mod:`kubeshield.access.idtoken`: signature
-against the provider's JWKS, issuer, audience, expiry, and the nonce whenever the login sends one);
-each ID token buys one certificate (a replay cache keyed by the token's SHA-256, kept until it
-expires); the CSR must prove possession of its key (EC P-256/P-384 or RSA >= 2048); the user name is
-``<usernamePrefix><usernameClaim>`` and the groups ``<groupsPrefix><each of groupsClaim>``. A name
-that would land in Kubernetes' reserved ``system:`` namespace is refused (a provider's ``groups``
-claim must never make anyone ``system:masters``). The certificate lives ``certificates.lifetime``
-(default 15 minutes), or the lifetime asked for, up to ``certificates.maxLifetime``. No
-impersonation: the certificate's subject is the person, so the apiserver's audit log names them.
+against the provider's JWKS, issuer, audience, expiry, and the nonce whenever the login sends one:
+the auth-code login sends the nonce it put in its authorization request, so a token minted for
+another login does not pass as this one's; the nonce is inside the token, so this is a consistency
+check, not a secret). Each ID token buys one certificate: a replay cache keyed by the token's
+SHA-256, in memory, kept until the token expires (a token copied after use is worthless here; one
+copied before use races its owner, who then sees the refusal). The CSR must prove possession of
+its key (EC P-256/P-384 or RSA >= 2048). The user name is ``<usernamePrefix><usernameClaim>`` and
+the groups ``<groupsPrefix><each of groupsClaim>``; a name that would land in Kubernetes' reserved
+``system:`` namespace is refused (a provider's ``groups`` claim must never make anyone
+``system:masters``). The certificate lives ``certificates.lifetime`` (default 15 minutes), or the
+lifetime asked for, up to ``certificates.maxLifetime``. No impersonation: the certificate's subject
+is the person, so the apiserver's audit log names them.
 
 The service is the standard library's threaded ``http.server`` behind TLS (handshake in the worker
 thread). Nothing here logs a token, a CSR or a certificate; the log line of an issuance names the
