@@ -17,8 +17,9 @@ Per connection from kubectl (HTTP/1.1 over TLS; ALPN offers only http/1.1, so Go
    user, so forwarding them grants nothing the credential's owner could not do directly;
 3. a body is read up to ``max_request_bytes`` (``413`` beyond it, before reading it when
    Content-Length says so); chunked bodies are de-chunked and forwarded with a Content-Length;
-4. the request goes out on a pooled keep-alive TLS connection (a fresh one for upgrades); a reused
-   connection the apiserver had closed is retried once on a new one;
+4. the request goes out on a pooled keep-alive TLS connection (a fresh one for upgrades); an
+   idempotent request on a reused connection the apiserver had closed is retried once on a new one
+   (idle connections are dropped after 30 s, well before the apiserver's own idle timeout);
 5. the response is relayed as it arrives: Content-Length bodies in 256 KiB reads, chunked bodies
    (watches) chunk by chunk with no buffering, and ``101 Switching Protocols`` (exec, attach,
    port-forward, cp over SPDY or WebSocket) turns the two connections into a byte splice both ways
@@ -38,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import hmac
 import ipaddress
 import json
@@ -86,6 +88,8 @@ _DROP_REQUEST = frozenset(
         REVEAL_HEADER.lower(),
     }
 )
+# retried once on a fresh connection when a pooled one turns out closed (RFC 9110 §9.2.2)
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 _DROP_RESPONSE = frozenset(
     {
         "connection",
@@ -198,7 +202,8 @@ class LocalProxy:
         if max_request_bytes <= 0:
             raise ValueError("max_request_bytes must be positive")
         self._credential = credential
-        self._bearer = bytes(bearer)
+        # compared as SHA-256 digests: equal lengths, so not even the secret's length leaks by timing
+        self._bearer_digest = hashlib.sha256(bearer).digest()
         self._audit = audit
         self._redact = redact_secrets
         self._max_request = max_request_bytes
@@ -320,7 +325,8 @@ class LocalProxy:
         scheme, _, token = values[0].partition(" ")
         if scheme.lower() != "bearer":
             return False
-        return hmac.compare_digest(token.strip().encode("latin-1"), self._bearer)
+        presented = hashlib.sha256(token.strip().encode("latin-1")).digest()
+        return hmac.compare_digest(presented, self._bearer_digest)
 
     async def _one_request(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
         """Serve one request; True when the connection may carry another."""
@@ -344,6 +350,8 @@ class LocalProxy:
             head = _http1.parse_request_head(raw)
         except HttpError as exc:
             return await self._refuse(writer, exc.status, exc.message)
+        if head.version != "HTTP/1.1":
+            return await self._refuse(writer, 505, "the proxy speaks HTTP/1.1 (as kubectl does)")
         if not self._authorized(head):
             return await self._refuse(
                 writer,
@@ -446,7 +454,7 @@ class LocalProxy:
                 if conn.writer.transport in self._expired:
                     raise UpstreamError(504, "the apiserver did not answer in time") from None
                 stale = conn.reused and (not isinstance(exc, asyncio.IncompleteReadError) or not exc.partial)
-                if stale and attempt == 0:
+                if stale and attempt == 0 and head.method in _IDEMPOTENT:
                     continue
                 raise UpstreamError(502, "the apiserver closed the connection before answering") from None
             except asyncio.LimitOverrunError:
@@ -467,8 +475,11 @@ class LocalProxy:
     @staticmethod
     def _client_head(resp: ResponseHead, framing: bytes, close: bool) -> bytes:
         out = [f"HTTP/1.1 {resp.status} {resp.reason}\r\n".encode("latin-1")]
+        named = resp.get("connection")
+        tokens = {t.strip().lower() for t in named.split(",")} if named else set()
         for name, value in resp.headers:
-            if name.lower() not in _DROP_RESPONSE:
+            lower = name.lower()
+            if lower not in _DROP_RESPONSE and lower not in tokens:
                 out.append(f"{name}: {value}\r\n".encode("latin-1"))
         out.append(framing)
         if close:

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import os
 import ssl
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -57,6 +58,7 @@ class UpstreamConnection:
     credential: ClusterCredential
     host: str
     reused: bool = False
+    idle_since: float = 0.0
 
     def close(self) -> None:
         transport = self.writer.transport
@@ -77,10 +79,12 @@ class Upstream:
         credential: Callable[[], ClusterCredential],
         connect_timeout: float = 15.0,
         max_idle: int = 32,
+        idle_timeout: float = 30.0,
     ) -> None:
         self._credential = credential
         self._connect_timeout = connect_timeout
         self._max_idle = max_idle
+        self._idle_timeout = idle_timeout
         self._idle: list[UpstreamConnection] = []
         self._ctx: ssl.SSLContext | None = None
         self._ctx_for: ClusterCredential | None = None
@@ -117,9 +121,10 @@ class Upstream:
         if self._closed:
             raise UpstreamError(503, "the proxy is stopping")
         cred = self._credential()
+        fresh_after = time.monotonic() - self._idle_timeout
         while self._idle:
             conn = self._idle.pop()
-            if conn.usable and conn.credential is cred:
+            if conn.usable and conn.credential is cred and conn.idle_since > fresh_after:
                 conn.reused = True
                 return conn
             conn.close()
@@ -171,6 +176,7 @@ class Upstream:
         if self._closed or not conn.usable or len(self._idle) >= self._max_idle or conn.reader._buffer:  # type: ignore[attr-defined]
             conn.close()
             return
+        conn.idle_since = time.monotonic()
         self._idle.append(conn)
 
     def authorization(self, conn: UpstreamConnection) -> bytes:

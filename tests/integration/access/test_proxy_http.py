@@ -681,3 +681,30 @@ def test_an_idle_client_connection_is_closed(
         assert read_response(sock).status == 200
         sock.settimeout(DEADLINE)
         assert sock.recv(1) == b""  # closed by the proxy once idle, not by us
+
+
+def test_http10_is_refused_with_505(proxy: ProxyThread, pki: ServingPKI, bearer: bytes) -> None:
+    raw = f"GET /version HTTP/1.0\r\nAuthorization: Bearer {bearer.decode()}\r\n\r\n".encode()
+    resp = raw_request(proxy.url, pki.ca_pem, raw)
+    assert resp.status == 505 and "HTTP/1.1" in _status(resp)["message"]
+
+
+def test_requests_survive_the_apiserver_closing_pooled_connections(
+    proxy: ProxyThread, pki: ServingPKI, bearer: bytes, kube_api: KubeAPI, kube_ns: str
+) -> None:
+    assert _get(proxy, pki, f"/api/v1/namespaces/{kube_ns}", bearer).status == 200
+    running = proxy.proxy
+    assert running is not None
+    _wait(lambda: len(running._upstream._idle) == 1, "a pooled upstream connection")
+    loop = kube_api._loop
+    assert loop is not None
+    for transport in list(kube_api._connections):  # the apiserver restarts / its idle timeout fires
+        loop.call_soon_threadsafe(transport.abort)
+    assert _get(proxy, pki, f"/api/v1/namespaces/{kube_ns}", bearer).status == 200
+    body = json.dumps({"metadata": {"name": "after-drop"}}).encode()
+    created = raw_request(
+        proxy.url,
+        pki.ca_pem,
+        request_bytes("POST", f"/api/v1/namespaces/{kube_ns}/configmaps", bearer=bearer, body=body),
+    )
+    assert created.status == 201
