@@ -180,6 +180,9 @@ def login(
     ``evidence(nonce, csr_pem) -> doc`` produces this side's evidence when the relay requires it.
     """
     config = fetch_relay_config(relay_url, context=relay_context)
+    status = getattr(holder, "status", None)
+    if callable(status):  # the agent: fail now, not after the person has logged in
+        status()
     attested: str | None = None
     attested_ca: bytes | None = None
     if expect_relay is not None:

@@ -203,3 +203,19 @@ def test_login_refuses_a_plain_http_relay(oidc_provider: OidcProvider) -> None:
 def test_login_refuses_a_relay_with_an_untrusted_certificate(relay: RunningRelay) -> None:
     with pytest.raises(LoginError, match="TLS certificate is not trusted"):
         login(relay_url=relay.url, holder=TestKeyHolder(), relay_context=tls_context(), show=print)
+
+
+def test_no_agent_fails_before_the_person_is_asked_to_log_in(
+    relay: RunningRelay, oidc_provider: OidcProvider, tmp_path: Path
+) -> None:
+    from kubeshield.access.agent_client import AgentClient, AgentUnavailable
+
+    person = DevicePerson(oidc_provider)
+    with pytest.raises(AgentUnavailable):
+        login(
+            relay_url=relay.url,
+            holder=AgentClient(tmp_path / "no-agent.sock"),
+            relay_context=tls_context(ca_file=relay.tls_ca),
+            show=person.show,
+        )
+    assert person.lines == []
