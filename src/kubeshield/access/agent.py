@@ -218,10 +218,16 @@ class Agent:
         sock.listen(128)
         return sock
 
-    async def serve(self, sock: socket.socket, *, ready: Callable[[], None] | None = None) -> None:
-        """Serve until a signal (SIGTERM, SIGINT, SIGHUP) or :meth:`shutdown`; then drop everything."""
+    async def serve(
+        self, sock: socket.socket, *, ready: Callable[[], None] | None = None, handle_signals: bool = True
+    ) -> None:
+        """Serve until a signal (SIGTERM, SIGINT, SIGHUP) or :meth:`shutdown`; then drop everything.
+
+        ``handle_signals=False`` for an agent on a thread's loop (tests): only :meth:`shutdown` stops it.
+        """
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP) if handle_signals else ()
+        for sig in signals:
             loop.add_signal_handler(sig, self._on_signal, sig)
         self._server = await asyncio.start_unix_server(self._connection, sock=sock)
         if (
@@ -239,7 +245,7 @@ class Agent:
         try:
             await self._stopped.wait()
         finally:
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            for sig in signals:
                 loop.remove_signal_handler(sig)
             self._server.close()
             await self._drop_all()

@@ -16,7 +16,7 @@ File layout (JSON text, so that a person can see what it is; every binary field 
 
     {"format": "kubeshield-access-store", "version": 1,
      "protection": {"kind": "passphrase", "kdf": "argon2id", "salt": B64, "iterations": 3,
-                    "lanes": 4, "memoryKiB": 65536}
+                    "lanes": 4, "memoryKiB": 65536, "check": B64}
                  | {"kind": "backend", "keyId": "<KEK key_id>", "annotations": {name: B64}},
      "wrappedKey": B64,        # passphrase: nonce(12) || AES-GCM(kek, data key, aad=A)
                                # backend:    KeyBackend.wrap(data key, aad=A).ciphertext
@@ -27,16 +27,19 @@ File layout (JSON text, so that a person can see what it is; every binary field 
 ``{"kind": "backend"}``: its keyId and annotations are the backend's to check, and a changed one fails
 its unwrap): every header field is authenticated, a changed one makes the store unreadable.
 
-Errors: a passphrase that does not unwrap the data key is :class:`~kubeshield.errors.WrongPassphrase`
-(Argon2id makes guessing slow; the wrapped key is the only thing under the passphrase); every other
-failure to open a store, tampered body or header, a backend's refusal, a malformed file, is the one
-opaque :class:`~kubeshield.errors.InvalidCiphertext`.
+``check`` is HMAC-SHA256(passphrase key, fixed label): a passphrase whose key does not match it is
+:class:`~kubeshield.errors.WrongPassphrase` (so is a changed salt or cost: the key differs); every other
+failure to open a store, a changed body, nonce, wrapped key or format field, a backend's refusal, a
+malformed file, is the one opaque :class:`~kubeshield.errors.InvalidCiphertext`. A key service that
+cannot be reached raises its own ``BackendError`` (that says nothing about the store's bytes).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 import json
 import os
 import stat
@@ -51,7 +54,7 @@ from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 
 from kubeshield.access.agent_protocol import ProtocolError, credential_from_wire, credential_to_wire
 from kubeshield.access.credential import ClusterCredential
-from kubeshield.errors import ConfigError, InvalidCiphertext, KubeshieldError, WrongPassphrase
+from kubeshield.errors import ConfigError, InvalidCiphertext, KeyNotFound, KubeshieldError, WrongPassphrase
 from kubeshield.keys.base import KeyBackend, Wrapped
 from kubeshield.keys.files import exclusive_lock, write_private_atomic
 
@@ -138,8 +141,9 @@ class StoreKey:
             "lanes": params.lanes,
             "memoryKiB": params.memory_kib,
         }
-        nonce = os.urandom(_NONCE)
         kek = self._derive(salt, params)
+        protection["check"] = _b64(_passphrase_check(kek))
+        nonce = os.urandom(_NONCE)
         return protection, nonce + AESGCM(kek).encrypt(nonce, data_key, _canonical(_head(protection)))
 
     def unwrap(self, protection: Mapping[str, Any], wrapped_key: bytes) -> bytes:
@@ -163,7 +167,7 @@ class StoreKey:
                     ),
                     aad=aad,
                 )
-            except InvalidCiphertext:
+            except (InvalidCiphertext, KeyNotFound):  # another key, or changed bytes: the same answer
                 raise InvalidCiphertext() from None
         if kind != "passphrase":
             raise InvalidCiphertext()
@@ -182,13 +186,19 @@ class StoreKey:
             salt = _unb64(protection.get("salt"))
         except ValueError:
             raise InvalidCiphertext() from None
+        try:
+            check = _unb64(protection.get("check"))
+        except ValueError:
+            raise InvalidCiphertext() from None
         kek = self._derive(salt, params)
+        if not hmac.compare_digest(check, _passphrase_check(kek)):
+            raise WrongPassphrase()
         if len(wrapped_key) <= _NONCE:
             raise InvalidCiphertext()
         try:
             return AESGCM(kek).decrypt(wrapped_key[:_NONCE], wrapped_key[_NONCE:], aad)
         except InvalidTag:
-            raise WrongPassphrase() from None
+            raise InvalidCiphertext() from None
 
 
 def default_store_dir(environ: Mapping[str, str] | None = None) -> Path:
@@ -328,6 +338,12 @@ class CredentialStore:
 def _fingerprint(c: ClusterCredential) -> tuple[Any, ...]:
     return (c.context, c.server, c.ca_pem, c.tls_server_name, c.client_cert_pem, c.client_key_pem, c.token,
             c.expires_at, c.subject)  # fmt: skip
+
+
+def _passphrase_check(kek: bytes) -> bytes:
+    """Tells a wrong passphrase from a damaged store. It reveals nothing the wrapped key does not:
+    either lets a guess be checked offline, at the cost of one Argon2id derivation."""
+    return hmac.new(kek, b"kubeshield access store: passphrase check", hashlib.sha256).digest()
 
 
 def _authenticated(protection: Mapping[str, Any]) -> dict[str, Any]:
