@@ -8,8 +8,9 @@
 A pod is a directory on this machine: ``exec`` runs the requested command for real with that
 directory as its working directory (so ``kubectl exec``, ``kubectl cp`` (tar) and exit codes are real);
 ``attach`` attaches to the pod's one long-running process (``command`` of ``run``); ``portforward``
-connects to the 127.0.0.1 port the test mapped to the container port. No TTY: a ``-t`` session runs
-without a terminal (stdout carries what the process writes; resize messages are read and ignored).
+connects to the 127.0.0.1 port the test mapped to the container port. ``exec -t`` runs the command on
+a pseudo-terminal of its own, sized as the client's terminal says (resize messages); ``attach`` has
+no terminal (the pod's process runs on pipes).
 
 Protocols, as client-go v1.35 speaks them (staging/src/k8s.io/client-go/tools/remotecommand and
 tools/portforward):
@@ -34,9 +35,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import fcntl
 import json
 import os
+import pty
+import shutil
 import signal
+import struct
+import termios
 import threading
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -362,6 +368,7 @@ class _Remote:
     """What an exec or attach session needs from the client, whichever transport carries it."""
 
     gone: asyncio.Event
+    resizes: asyncio.Queue[tuple[int, int]]  # (width, height) of the client's terminal
 
     async def read_stdin(self) -> bytes:  # b"" once the client closed stdin
         raise NotImplementedError
@@ -382,6 +389,7 @@ class _WsRemote(_Remote):
     def __init__(self, ws: web.WebSocketResponse) -> None:
         self.ws = ws
         self.gone = asyncio.Event()
+        self.resizes = asyncio.Queue()
         self._stdin: asyncio.Queue[bytes] = asyncio.Queue()
         self._reader = asyncio.ensure_future(self._read())
 
@@ -395,7 +403,8 @@ class _WsRemote(_Remote):
                     self._stdin.put_nowait(payload)
                 elif channel == _CLOSE and payload[:1] == bytes([_STDIN]):
                     self._stdin.put_nowait(b"")
-                # resize (4): no terminal here; ignored
+                elif channel == _RESIZE:
+                    _sizes(payload, self.resizes)
         finally:
             self.gone.set()
             self._stdin.put_nowait(b"")
@@ -429,6 +438,14 @@ class _SpdyRemote(_Remote):
         self.upgrade = upgrade
         self.streams = streams
         self.gone = upgrade.session.closed
+        self.resizes = asyncio.Queue()
+        resize = streams.get(_RESIZE)
+        self._resizer = asyncio.ensure_future(self._read_resizes(resize)) if resize else None
+
+    async def _read_resizes(self, stream: SpdyStream) -> None:
+        buffer = b""
+        while chunk := await stream.read():  # JSON objects, one after another
+            buffer = _sizes(buffer + chunk, self.resizes)
 
     @classmethod
     async def gather(cls, upgrade: _Upgrade, wanted: set[int]) -> _SpdyRemote | None:
@@ -471,7 +488,27 @@ class _SpdyRemote(_Remote):
         await self.close()
 
     async def close(self) -> None:
+        if self._resizer is not None:
+            self._resizer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._resizer
         await self.upgrade.close()
+
+
+def _sizes(data: bytes, into: asyncio.Queue[tuple[int, int]]) -> bytes:
+    """Parse ``{"Width":W,"Height":H}`` terminal sizes from ``data`` into ``into``; the incomplete rest."""
+    decoder = json.JSONDecoder()
+    text = data.decode("utf-8", "replace")
+    pos = 0
+    while True:
+        while pos < len(text) and text[pos].isspace():
+            pos += 1
+        try:
+            size, pos = decoder.raw_decode(text, pos)
+        except ValueError:
+            return text[pos:].encode()
+        if isinstance(size, dict):
+            into.put_nowait((int(size.get("Width") or 0), int(size.get("Height") or 0)))
 
 
 # --- pods ------------------------------------------------------------------------------------------
@@ -725,7 +762,9 @@ class PodRuntime:
         if not (stdin or stdout or stderr):
             raise bad_request("you must specify at least 1 of stdin, stdout, stderr")
         wanted = {_ERROR} | {
-            k for k, on in ((_STDIN, stdin), (_STDOUT, stdout), (_STDERR, stderr and not tty)) if on
+            k
+            for k, on in ((_STDIN, stdin), (_STDOUT, stdout), (_STDERR, stderr and not tty), (_RESIZE, tty))
+            if on
         }
         pod = self.pod(ctx.namespace or "", ctx.name)
         response, remote = await self._remote(request, wanted)
@@ -767,6 +806,9 @@ class PodRuntime:
         stderr: bool,
         tty: bool,
     ) -> None:
+        if tty:
+            await self._run_tty(remote, pod, argv, stdin=stdin)
+            return
         try:
             proc = await asyncio.create_subprocess_exec(
                 *argv,
@@ -774,9 +816,7 @@ class PodRuntime:
                 env=self._env(pod),
                 stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE if stdout else asyncio.subprocess.DEVNULL,
-                stderr=(asyncio.subprocess.STDOUT if tty else asyncio.subprocess.PIPE)
-                if stderr
-                else asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE if stderr else asyncio.subprocess.DEVNULL,
                 start_new_session=True,
             )
         except OSError as exc:
@@ -834,6 +874,83 @@ class PodRuntime:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 await proc.wait()
+
+    async def _run_tty(self, remote: _Remote, pod: Pod, argv: Sequence[str], *, stdin: bool) -> None:
+        """``exec -t``: the command on a pseudo-terminal of its own (its controlling terminal, through
+        util-linux ``setsid -c``), stdout and stderr merged as a terminal merges them, the client's
+        terminal size applied with TIOCSWINSZ whenever it sends one."""
+        loop = asyncio.get_running_loop()
+        master, slave = pty.openpty()
+        setsid = shutil.which("setsid")
+        command = [setsid, "-c", *argv] if setsid else list(argv)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *command,
+                cwd=pod.directory,
+                env={**self._env(pod), "TERM": "xterm"},
+                stdin=slave,
+                stdout=slave,
+                stderr=slave,
+            )
+        except OSError as exc:
+            os.close(master)
+            await remote.finish(
+                _internal(f'error executing command in container: exec: "{argv[0]}": {exc.strerror}')
+            )
+            return
+        finally:
+            os.close(slave)
+        reader = asyncio.StreamReader()
+        read_transport, _ = await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(os.dup(master), "rb", buffering=0)
+        )
+        write_transport, write_protocol = await loop.connect_write_pipe(
+            asyncio.streams.FlowControlMixin, os.fdopen(os.dup(master), "wb", buffering=0)
+        )
+        writer = asyncio.StreamWriter(write_transport, write_protocol, None, loop)
+
+        async def output() -> None:
+            with contextlib.suppress(OSError):  # EIO once the terminal's last holder exited
+                while chunk := await reader.read(_CHUNK):
+                    await remote.write(_STDOUT, chunk)
+
+        async def feed() -> None:
+            with contextlib.suppress(OSError):
+                while stdin and (data := await remote.read_stdin()):
+                    writer.write(data)
+                    await writer.drain()
+
+        async def resize() -> None:
+            while True:
+                width, height = await remote.resizes.get()
+                with contextlib.suppress(OSError):
+                    fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", height, width, 0, 0))
+
+        helpers = [asyncio.ensure_future(feed()), asyncio.ensure_future(resize())]
+        out = asyncio.ensure_future(output())
+        gone = asyncio.ensure_future(remote.gone.wait())
+        try:
+            waiting: set[asyncio.Future[Any]] = {out, gone}
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            if out.done():
+                code = await proc.wait()
+                await remote.finish(
+                    _success() if code == 0 else _exit_status(argv, code if code > 0 else 128 - code)
+                )
+        finally:
+            for task in (*helpers, out, gone):
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+            if proc.returncode is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)  # setsid made it a session (and group) leader
+                except ProcessLookupError:
+                    proc.kill()
+                await proc.wait()
+            writer.close()
+            read_transport.close()
+            os.close(master)
 
     async def _attach(self, request: web.Request, ctx: SubresourceContext) -> web.StreamResponse:
         obj = self._target(ctx, "attach")
