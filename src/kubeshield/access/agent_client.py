@@ -114,7 +114,10 @@ class AgentClient:
                     f"the agent at {where} did not accept the connection in time"
                 ) from None
             try:
-                send_message(sock, {"v": PROTOCOL_VERSION, "op": op, **arguments})
+                try:
+                    send_message(sock, {"v": PROTOCOL_VERSION, "op": op, **arguments})
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the agent refused us at connect and closed: its answer is there to read
                 answer = recv_message(sock)
             except TimeoutError:
                 raise AgentUnavailable(f"the agent at {where} did not answer {op!r} in time") from None
