@@ -9,6 +9,9 @@ secret). Measured:
   watch delivering 10,000 events (time from the request to the 10,000th event);
 * throughput: GETs/s and lists/s with ``--clients`` concurrent connections, watch events/s.
 
+Both paths are measured in turns (latency: one request each in alternation; throughput: alternating
+slices; watch: alternating runs), so that a busy machine's load hits both alike.
+
 Goal (issue 11): added p50 latency under 1 ms at concurrency 1, throughput at least 0.7 of direct.
 The direct path is the floor, measured in the same run.
 
@@ -40,6 +43,7 @@ GET = "/api/v1/namespaces/small/configmaps/one"
 LIST = "/api/v1/namespaces/list/configmaps"
 WATCH = "/api/v1/namespaces/watch/configmaps?watch=true&timeoutSeconds=600"
 WATCH_EVENTS = 10_000
+_SLICES = 3  # throughput is measured in this many alternating slices per path (each >= 1 s)
 
 
 @dataclass(frozen=True)
@@ -91,19 +95,26 @@ def fetch(conn: http.client.HTTPSConnection, target: Target, path: str) -> int:
     return len(body)
 
 
-def latencies(target: Target, path: str, seconds: float, at_least: int) -> list[float]:
-    conn = target.connect()
+def latencies(targets: list[Target], path: str, seconds: float, at_least: int) -> dict[str, list[float]]:
+    """Concurrency-1 latencies, one request to each target in turn (the order alternating), so that
+    a busy machine's ups and downs hit both paths alike."""
+    conns = [t.connect() for t in targets]
     try:
-        fetch(conn, target, path)  # connect and warm up
-        out: list[float] = []
-        end = time.perf_counter() + seconds
-        while time.perf_counter() < end or len(out) < at_least:
-            t0 = time.perf_counter()
-            fetch(conn, target, path)
-            out.append(time.perf_counter() - t0)
+        for conn, target in zip(conns, targets, strict=True):
+            fetch(conn, target, path)  # connect and warm up
+        out: dict[str, list[float]] = {t.name: [] for t in targets}
+        pairs = list(zip(conns, targets, strict=True))
+        end = time.perf_counter() + 2 * seconds
+        while time.perf_counter() < end or len(out[targets[0].name]) < at_least:
+            for conn, target in pairs:
+                t0 = time.perf_counter()
+                fetch(conn, target, path)
+                out[target.name].append(time.perf_counter() - t0)
+            pairs.reverse()
         return out
     finally:
-        conn.close()
+        for conn in conns:
+            conn.close()
 
 
 def throughput(target: Target, path: str, seconds: float, clients: int) -> float:
@@ -198,27 +209,30 @@ class Row:
 
 def run(targets: list[Target], seconds: float, clients: int, watch_runs: int) -> dict[str, Row]:
     rows: dict[str, Row] = {}
-    plans: list[tuple[str, Callable[[Target], list[float]], Callable[[Target], float], str]] = [
+    plans: list[
+        tuple[str, Callable[[list[Target]], dict[str, list[float]]], Callable[[Target], float], str]
+    ] = [
         (
             "GET small object",
-            lambda t: latencies(t, GET, seconds, 200),
-            lambda t: throughput(t, GET, seconds, clients),
+            lambda ts: latencies(ts, GET, seconds, 200),
+            lambda t: throughput(t, GET, max(1.0, seconds / _SLICES), clients),
             "req/s",
         ),
         (
             "list of 1,000 objects",
-            lambda t: latencies(t, LIST, seconds, 20),
-            lambda t: throughput(t, LIST, seconds, clients),
+            lambda ts: latencies(ts, LIST, seconds, 20),
+            lambda t: throughput(t, LIST, max(1.0, seconds / _SLICES), clients),
             "lists/s",
         ),
     ]
     for name, lat, rate, unit in plans:
-        row = Row({}, {}, unit)
-        # interleave the two paths so that drift on a busy machine hits both alike
-        for target in targets:
-            row.lat[target.name] = lat(target)
-        for target in targets:
-            row.rate[target.name] = rate(target)
+        row = Row(lat(targets), {}, unit)
+        # throughput in alternating slices, so that drift on a busy machine hits both paths alike
+        done = {t.name: 0.0 for t in targets}
+        for _ in range(_SLICES):
+            for target in targets:
+                done[target.name] += rate(target)
+        row.rate = {n: total / _SLICES for n, total in done.items()}
         rows[name] = row
     watch = Row({t.name: [] for t in targets}, {}, "events/s")
     for _ in range(watch_runs):
