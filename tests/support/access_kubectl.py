@@ -5,15 +5,23 @@ round trip of bytes through a ``kubectl port-forward``."""
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import os
+import pty
 import queue
 import re
+import select
 import socket
+import struct
 import subprocess
+import termios
 import threading
+import time
+from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import IO
 
-__all__ = ["DEADLINE", "EchoServer", "Lines", "echo_through", "forwarded_port", "stop"]
+__all__ = ["DEADLINE", "EchoServer", "Lines", "echo_through", "forwarded_port", "on_a_terminal", "stop"]
 
 DEADLINE = 60.0  # generous: the full suite runs under load
 
@@ -143,3 +151,37 @@ def stop(proc: subprocess.Popen[str], lines: Lines | None = None) -> str:
         if pipe is not None:
             pipe.close()
     return err
+
+
+def on_a_terminal(argv: Sequence[str], env: Mapping[str, str], *, rows: int, cols: int) -> tuple[int, str]:
+    """Run ``argv`` with a pseudo-terminal of ``rows`` x ``cols`` as its stdin/stdout/stderr (as a
+    person's kubectl -it runs); its exit code and everything it wrote."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+    try:
+        proc = subprocess.Popen(
+            argv, stdin=slave, stdout=slave, stderr=slave, env=env, start_new_session=True
+        )
+    finally:
+        os.close(slave)
+    out = bytearray()
+    end = time.monotonic() + DEADLINE
+    try:
+        while time.monotonic() < end:
+            ready, _, _ = select.select([master], [], [], 1.0)
+            if not ready:
+                continue
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: kubectl exited and closed the terminal
+                break
+            if not chunk:
+                break
+            out += chunk
+        code = proc.wait(DEADLINE)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(DEADLINE)
+        os.close(master)
+    return code, out.decode("utf-8", "replace")

@@ -1,8 +1,8 @@
 """A person's first session, end to end, with real processes only: a `kubeshield access agent`
 process, `access import --remove` of a kubeconfig holding a client key and a token, `access proxy`
 in the foreground, `access kubeconfig`, then real kubectl v1.35 with that secret-free kubeconfig for
-get, list, get -w, apply, delete, exec, cp, port-forward and attach, all through the agent's proxy to
-the Kubernetes API stand-in."""
+get, list, get -w, apply, delete, exec (also -it on a terminal), cp, port-forward and attach, all
+through the agent's proxy to the Kubernetes API stand-in."""
 
 from __future__ import annotations
 
@@ -17,7 +17,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.support.access_kubectl import EchoServer, Lines, echo_through, forwarded_port, stop
+from tests.support.access_kubectl import (
+    EchoServer,
+    Lines,
+    echo_through,
+    forwarded_port,
+    on_a_terminal,
+    stop,
+)
 from tests.support.access_session import UserSession
 from tests.support.kubeapi import KubeAPI
 from tests.support.kubeapi import fixtures as _kubeapi_fixtures
@@ -98,6 +105,15 @@ def test_first_login_then_kubectl_through_the_proxy(
             assert run("exec", "app", "--", "pwd", kubeconfig=config, env=spdy).stdout.strip() == str(
                 pod.directory
             )
+            script = 'while [ "$(stty size)" = "0 0" ]; do sleep 0.05; done; echo "rows,cols: $(stty size)"'
+            terminal = {
+                "PATH": os.environ.get("PATH", ""),
+                "HOME": str(session.home),
+                "KUBECONFIG": str(config),
+            }
+            argv = [str(session.kubectl.binary), "exec", "-it", "app", "--", "sh", "-c", script]
+            code, out = on_a_terminal(argv, terminal, rows=30, cols=90)  # kubectl -it, as in a terminal
+            assert code == 0 and "rows,cols: 30 90" in out, out
             upload = tmp_path / "upload.bin"
             upload.write_bytes(os.urandom(200_000))
             run("cp", str(upload), "app:upload.bin", kubeconfig=config)

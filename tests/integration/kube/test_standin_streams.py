@@ -7,15 +7,10 @@ The request log tells which one was used (WebSocket upgrades are GETs, SPDY upgr
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
-import pty
-import select
-import struct
 import subprocess
 import sys
-import termios
 import time
 import uuid
 from collections.abc import Iterator
@@ -23,7 +18,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.access_kubectl import DEADLINE, EchoServer, Lines, echo_through, forwarded_port, stop
+from tests.support.access_kubectl import (
+    DEADLINE,
+    EchoServer,
+    Lines,
+    echo_through,
+    forwarded_port,
+    on_a_terminal,
+    stop,
+)
 from tests.support.kubeapi import KubeAPI
 from tests.support.kubeapi.fixtures import Kubectl
 
@@ -271,40 +274,6 @@ def test_attach_detach_and_attach_again(
             stop(proc, lines)
 
 
-def _on_a_terminal(argv: list[str], env: dict[str, str], *, rows: int, cols: int) -> tuple[int, str]:
-    """Run ``argv`` with a pseudo-terminal of ``rows`` x ``cols`` as its stdin/stdout/stderr (as a
-    person's kubectl -it runs); its exit code and everything it wrote."""
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
-    try:
-        proc = subprocess.Popen(
-            argv, stdin=slave, stdout=slave, stderr=slave, env=env, start_new_session=True
-        )
-    finally:
-        os.close(slave)
-    out = bytearray()
-    end = time.monotonic() + DEADLINE
-    try:
-        while time.monotonic() < end:
-            ready, _, _ = select.select([master], [], [], 1.0)
-            if not ready:
-                continue
-            try:
-                chunk = os.read(master, 65536)
-            except OSError:  # EIO: kubectl exited and closed the terminal
-                break
-            if not chunk:
-                break
-            out += chunk
-        code = proc.wait(DEADLINE)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(DEADLINE)
-        os.close(master)
-    return code, out.decode("utf-8", "replace")
-
-
 def test_exec_with_a_terminal(
     kubectl: Kubectl,
     kube_api: KubeAPI,
@@ -319,7 +288,7 @@ def test_exec_with_a_terminal(
     # the pod's side waits for the size kubectl sends (its first resize message), then reports it
     script = 'while [ "$(stty size)" = "0 0" ]; do sleep 0.05; done; echo "size $(stty size)"; tty; exit 5'
     argv = [str(kubectl.binary), "exec", "-it", "term", "--", "sh", "-c", script]
-    code, out = _on_a_terminal(
+    code, out = on_a_terminal(
         argv,
         {"PATH": os.environ.get("PATH", ""), "HOME": str(kubectl.home), "KUBECONFIG": str(kc), **env},
         rows=33,
