@@ -46,6 +46,7 @@ import json
 import logging
 import ssl
 import time
+import traceback
 import weakref
 from collections.abc import Callable
 
@@ -300,8 +301,13 @@ class LocalProxy:
             pass
         except asyncio.CancelledError:
             pass
-        except Exception:  # one connection's bug must not take the proxy down; never logs data
-            log.exception("kubeshield proxy: a connection failed")
+        except Exception as exc:  # one connection's bug must not take the proxy down
+            # the type and the frames only: an exception's message could quote request or response bytes
+            log.error(
+                "kubeshield proxy: a connection failed (%s)\n%s",
+                type(exc).__name__,
+                "".join(traceback.format_tb(exc.__traceback__)),
+            )
         finally:
             self._writers.discard(writer)
             if task is not None:
@@ -403,8 +409,8 @@ class LocalProxy:
             return
         if cred is None:
             try:
-                cred = self._credential()
-            except Exception:
+                cred = self._upstream.current()
+            except UpstreamError:
                 cred = None
         subject = (cred.subject or "") if cred is not None else ""
         context = cred.context if cred is not None else ""

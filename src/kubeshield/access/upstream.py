@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import ssl
 import time
@@ -30,6 +31,7 @@ from kubeshield.access.credential import ClusterCredential
 __all__ = ["Upstream", "UpstreamConnection", "UpstreamError", "load_chain_from_memory"]
 
 _READ_LIMIT = 256 * 1024
+log = logging.getLogger(__name__)
 
 
 class UpstreamError(Exception):
@@ -117,10 +119,21 @@ class Upstream:
         self._ctx, self._ctx_for = ctx, cred
         return ctx
 
+    def current(self) -> ClusterCredential:
+        """``credential()``; an ``UpstreamError`` it raises passes (the agent's refusal, e.g. locked),
+        anything else becomes a 503 that names no detail (it could hold a secret)."""
+        try:
+            return self._credential()
+        except UpstreamError:
+            raise
+        except Exception as exc:
+            log.error("kubeshield proxy: the credential source failed (%s)", type(exc).__name__)
+            raise UpstreamError(503, "the agent could not provide this context's credential") from None
+
     async def acquire(self) -> UpstreamConnection:
         if self._closed:
             raise UpstreamError(503, "the proxy is stopping")
-        cred = self._credential()
+        cred = self.current()
         fresh_after = time.monotonic() - self._idle_timeout
         while self._idle:
             conn = self._idle.pop()
@@ -132,7 +145,7 @@ class Upstream:
 
     async def connect(self, cred: ClusterCredential | None = None) -> UpstreamConnection:
         """A new connection (never pooled until ``release``d)."""
-        cred = cred or self._credential()
+        cred = cred or self.current()
         if cred.expired():
             raise UpstreamError(
                 401,

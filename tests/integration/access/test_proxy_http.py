@@ -708,3 +708,25 @@ def test_requests_survive_the_apiserver_closing_pooled_connections(
         request_bytes("POST", f"/api/v1/namespaces/{kube_ns}/configmaps", bearer=bearer, body=body),
     )
     assert created.status == 201
+
+
+def test_a_credential_source_that_refuses_or_fails_gets_a_clear_status(
+    pki: ServingPKI, bearer: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    from kubeshield.access.upstream import UpstreamError
+
+    def locked() -> ClusterCredential:
+        raise UpstreamError(401, "the agent holds no valid credential for context 'c': run unlock")
+
+    def broken() -> ClusterCredential:
+        raise RuntimeError("internal detail with a s3cret-value")
+
+    with ProxyThread(credential=locked, bearer=bearer, pki=pki) as proxy:
+        resp = _get(proxy, pki, "/version", bearer)
+        assert resp.status == 401 and "run unlock" in _status(resp)["message"]
+    with ProxyThread(credential=broken, bearer=bearer, pki=pki) as proxy:
+        resp = _get(proxy, pki, "/version", bearer)
+        assert resp.status == 503 and "could not provide" in _status(resp)["message"]
+        assert _get(proxy, pki, "/version", bearer).status == 503  # and it keeps answering
+    assert b"s3cret-value" not in resp.body
+    assert "s3cret-value" not in caplog.text
