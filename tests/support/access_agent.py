@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -23,8 +24,14 @@ from kubeshield.access.agent import Agent, AgentSettings
 from kubeshield.access.agent_client import AgentClient
 from kubeshield.access.credential import ClusterCredential
 
-__all__ = ["AgentProcess", "agent_on_thread", "cert_and_key", "cert_credential", "start_agent_process",
-           "token_credential"]  # fmt: skip
+__all__ = [
+    "AgentProcess",
+    "agent_on_thread",
+    "cert_and_key",
+    "cert_credential",
+    "start_agent_process",
+    "token_credential",
+]
 
 KUBESHIELD = str(Path(sys.executable).parent / "kubeshield")
 
@@ -55,17 +62,19 @@ def cert_and_key(
     return cert.public_bytes(serialization.Encoding.PEM), key_pem
 
 
-def cert_credential(context: str = "prod", **extra: object) -> ClusterCredential:
+def cert_credential(context: str = "prod", **extra: Any) -> ClusterCredential:
     cert, key = cert_and_key()
-    return ClusterCredential(context=context, server="https://127.0.0.1:6443", client_cert_pem=cert,
-                             client_key_pem=key, **extra)  # type: ignore[arg-type]  # fmt: skip
+    return ClusterCredential(
+        context=context, server="https://127.0.0.1:6443", client_cert_pem=cert, client_key_pem=key, **extra
+    )
 
 
-def token_credential(context: str = "dev", token: str | None = None, **extra: object) -> ClusterCredential:
+def token_credential(context: str = "dev", token: str | None = None, **extra: Any) -> ClusterCredential:
     import secrets
 
-    return ClusterCredential(context=context, server="https://127.0.0.1:6443",
-                             token=token or secrets.token_urlsafe(24), **extra)  # type: ignore[arg-type]  # fmt: skip
+    return ClusterCredential(
+        context=context, server="https://127.0.0.1:6443", token=token or secrets.token_urlsafe(24), **extra
+    )
 
 
 @contextmanager
@@ -151,9 +160,12 @@ def start_agent_process(socket: Path, *args: str, env: dict[str, str] | None = N
     """``kubeshield access agent --socket SOCKET ARGS``, once it printed ``ready``."""
     proc = subprocess.Popen(
         [KUBESHIELD, "access", "agent", "--socket", str(socket), *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
         env={**os.environ, **(env or {})},
-    )  # fmt: skip
+    )
     agent = AgentProcess(proc, socket)
     assert proc.stdout is not None
     line = proc.stdout.readline()

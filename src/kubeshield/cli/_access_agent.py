@@ -116,6 +116,19 @@ def _store_key(config_file: Path | None, passphrase_file: Path | None, *, creati
     return StoreKey(passphrase=_passphrase(passphrase_file, confirm=creating))
 
 
+def _agent_store_dir(client: Any) -> Path | None:
+    """The store directory the agent was started with (so the remedy names the right command)."""
+    from kubeshield.access.agent_client import AgentError, AgentUnavailable
+
+    try:
+        store = client.status().get("store")
+    except (AgentError, AgentUnavailable):
+        return None
+    if isinstance(store, dict) and isinstance(store.get("path"), str):
+        return Path(store["path"]).parent
+    return None
+
+
 def _kubeshield_command() -> str:
     """The absolute path of the kubeshield executable, for the kubeconfig's exec entry."""
     beside = Path(sys.executable).parent / "kubeshield"
@@ -478,7 +491,7 @@ def exec_credential_cmd(
     )
 
     client = _client(socket_path)
-    store = _store(store_dir)
+    store = _store(store_dir or _agent_store_dir(client))
     info = parse_exec_info(os.environ)
 
     def prompt() -> bool:

@@ -37,9 +37,17 @@ def workdir() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def _cli(*args: str, env: dict[str, str] | None = None, input: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([KUBESHIELD, "access", *args], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, **(env or {})}, input=input)  # fmt: skip
+def _cli(
+    *args: str, env: dict[str, str] | None = None, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [KUBESHIELD, "access", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+        input=input,
+    )
 
 
 def test_the_agent_runs_hardened(workdir: Path) -> None:
@@ -49,7 +57,9 @@ def test_the_agent_runs_hardened(workdir: Path) -> None:
         assert status["pid"] == agent.proc.pid
         assert status["hardening"]["dumpable"] == 0 and status["hardening"]["coreLimit"] == 0
         assert status["hardening"]["mlocked"] is True  # root: CAP_IPC_LOCK
-        fields = dict(line.split(":", 1) for line in Path(f"/proc/{agent.proc.pid}/status").read_text().splitlines())
+        fields = dict(
+            line.split(":", 1) for line in Path(f"/proc/{agent.proc.pid}/status").read_text().splitlines()
+        )
         assert int(fields["VmLck"].split()[0]) > 0
     finally:
         assert agent.stop() == 0
@@ -65,9 +75,15 @@ def _as_nobody() -> None:
 def _caller(workdir: Path, *, as_nobody: bool) -> str:
     result = workdir / "out" / "result"
     result.unlink(missing_ok=True)
-    subprocess.run([SYSTEM_PYTHON, str(workdir / "caller.py"), str(workdir / "run" / "agent.sock"), str(result)],
-                   preexec_fn=_as_nobody if as_nobody else None, timeout=60, check=True,
-                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    subprocess.run(
+        [SYSTEM_PYTHON, str(workdir / "caller.py"), str(workdir / "run" / "agent.sock"), str(result)],
+        preexec_fn=_as_nobody if as_nobody else None,
+        timeout=60,
+        check=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     return result.read_text().strip()
 
 
@@ -103,7 +119,9 @@ def test_a_caller_whose_executable_is_not_allowed_is_refused(workdir: Path) -> N
 
 
 def test_a_caller_whose_executable_is_allowed_is_served(workdir: Path) -> None:
-    agent = start_agent_process(workdir / "run" / "agent.sock", "--allow-exe", os.path.realpath(sys.executable))
+    agent = start_agent_process(
+        workdir / "run" / "agent.sock", "--allow-exe", os.path.realpath(sys.executable)
+    )
     try:
         assert agent.client().status()["allowExe"] == [os.path.realpath(sys.executable)]
     finally:
@@ -120,11 +138,13 @@ def test_credentials_are_gone_after_lock(workdir: Path) -> None:
         locked = _cli("lock", "--socket", str(sock))
         assert locked.returncode == 0, locked.stderr
         assert agent.client().contexts() == []
-        done = _cli("exec-credential", "--context", "dev", "--socket", str(sock), "--store", str(workdir / "store"))
+        done = _cli(
+            "exec-credential", "--context", "dev", "--socket", str(sock), "--store", str(workdir / "store")
+        )
         assert done.returncode == 1 and done.stdout == ""
         line = done.stderr.strip()
         assert "\n" not in line and "locked" in line and "kubeshield access import" in line
-        assert token.token not in done.stderr
+        assert token.token is not None and token.token not in done.stderr
     finally:
         agent.stop()
 
@@ -148,8 +168,13 @@ def test_credentials_are_gone_after_sigterm_and_the_socket_is_removed(workdir: P
 @pytest.mark.parametrize("mode", [0o755, 0o750])
 def test_the_agent_refuses_a_socket_directory_that_is_not_0700(workdir: Path, mode: int) -> None:
     (workdir / "run").chmod(mode)
-    done = subprocess.run([KUBESHIELD, "access", "agent", "--socket", str(workdir / "run" / "agent.sock")],
-                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)  # fmt: skip
+    done = subprocess.run(
+        [KUBESHIELD, "access", "agent", "--socket", str(workdir / "run" / "agent.sock")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
     assert done.returncode == 1
     assert f"is mode {mode:04o}; it must be 0700" in done.stderr
     assert not (workdir / "run" / "agent.sock").exists()
@@ -159,8 +184,13 @@ def test_a_live_agent_is_not_taken_over(workdir: Path) -> None:
     sock = workdir / "run" / "agent.sock"
     agent = start_agent_process(sock)
     try:
-        done = subprocess.run([KUBESHIELD, "access", "agent", "--socket", str(sock)], capture_output=True,
-                              text=True, timeout=60, stdin=subprocess.DEVNULL)  # fmt: skip
+        done = subprocess.run(
+            [KUBESHIELD, "access", "agent", "--socket", str(sock)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+        )
         assert done.returncode == 1 and "already listening" in done.stderr
         assert agent.client().status()["pid"] == agent.proc.pid
     finally:
@@ -179,7 +209,8 @@ def test_status_lists_contexts_without_secrets(workdir: Path) -> None:
             shown = _cli("status", "--socket", str(sock), "-o", output)
             assert shown.returncode == 0, shown.stderr
             assert "prod" in shown.stdout and "dev" in shown.stdout and "alice" in shown.stdout
-            assert "PRIVATE KEY" not in shown.stdout and tok.token not in shown.stdout
+            assert tok.token is not None and tok.token not in shown.stdout
+            assert "PRIVATE KEY" not in shown.stdout
             assert "BEGIN CERTIFICATE" not in shown.stdout
     finally:
         agent.stop()

@@ -28,7 +28,9 @@ def test_exec_info_absent_is_v1_and_not_interactive() -> None:
     assert parse_exec_info({}) == ExecInfo("client.authentication.k8s.io/v1", False)
 
 
-@pytest.mark.parametrize("version", ["client.authentication.k8s.io/v1", "client.authentication.k8s.io/v1beta1"])
+@pytest.mark.parametrize(
+    "version", ["client.authentication.k8s.io/v1", "client.authentication.k8s.io/v1beta1"]
+)
 @pytest.mark.parametrize("interactive", [True, False])
 def test_exec_info_is_read_as_client_go_sends_it(version: str, interactive: bool) -> None:
     raw = json.dumps({"kind": "ExecCredential", "apiVersion": version, "spec": {"interactive": interactive}})
@@ -53,7 +55,8 @@ def test_token_and_certificate_shapes() -> None:
         "status": {"token": "t", "expirationTimestamp": "2030-01-01T00:00:00Z"},
     }
     cert = exec_credential_document(
-        {"clientCertificateData": "C", "clientKeyData": "K", "expirationTimestamp": None, "other": 1}, info=ExecInfo()
+        {"clientCertificateData": "C", "clientKeyData": "K", "expirationTimestamp": None, "other": 1},
+        info=ExecInfo(),
     )
     assert cert["status"] == {"clientCertificateData": "C", "clientKeyData": "K"}
     with pytest.raises(ValueError):
@@ -75,11 +78,23 @@ class _Agent:
         return dict(answer)
 
 
+def _counting(prompts: list[int]) -> Any:
+    def prompt() -> bool:
+        prompts.append(1)
+        return True
+
+    return prompt
+
+
 def _fetch(agent: _Agent, *, interactive: bool, tty: bool, prompt: Any) -> dict[str, Any]:
     return fetch_exec_credential(
-        context="prod", get=agent, info=ExecInfo(interactive=interactive), stdin_is_tty=tty, prompt=prompt,
+        context="prod",
+        get=agent,
+        info=ExecInfo(interactive=interactive),
+        stdin_is_tty=tty,
+        prompt=prompt,
         remedy_line=remedy("prod", store_exists=True),
-    )  # fmt: skip
+    )
 
 
 @pytest.mark.parametrize(("interactive", "tty"), [(False, True), (True, False), (False, False)])
@@ -87,7 +102,7 @@ def test_not_interactive_fails_with_one_line_naming_the_command(interactive: boo
     prompts: list[int] = []
     agent = _Agent(AgentError("the agent is locked: no credential for context 'prod'", kind="locked"))
     with pytest.raises(ExecCredentialUnavailable) as caught:
-        _fetch(agent, interactive=interactive, tty=tty, prompt=lambda: prompts.append(1) or True)
+        _fetch(agent, interactive=interactive, tty=tty, prompt=_counting(prompts))
     message = str(caught.value)
     assert "\n" not in message and "kubeshield access unlock" in message and "locked" in message
     assert prompts == [] and agent.calls == 1
@@ -96,7 +111,7 @@ def test_not_interactive_fails_with_one_line_naming_the_command(interactive: boo
 def test_interactive_prompts_once_then_answers() -> None:
     prompts: list[int] = []
     agent = _Agent(AgentError("expired", kind="expired"), {"token": "fresh"})
-    doc = _fetch(agent, interactive=True, tty=True, prompt=lambda: prompts.append(1) or True)
+    doc = _fetch(agent, interactive=True, tty=True, prompt=_counting(prompts))
     assert doc["status"] == {"token": "fresh"} and prompts == [1] and agent.calls == 2
 
 
@@ -104,7 +119,7 @@ def test_interactive_prompts_only_once_even_when_it_did_not_help() -> None:
     prompts: list[int] = []
     agent = _Agent(AgentError("gone", kind="not-found"), AgentError("still gone", kind="not-found"))
     with pytest.raises(ExecCredentialUnavailable, match="still gone"):
-        _fetch(agent, interactive=True, tty=True, prompt=lambda: prompts.append(1) or True)
+        _fetch(agent, interactive=True, tty=True, prompt=_counting(prompts))
     assert prompts == [1] and agent.calls == 2
 
 
@@ -126,9 +141,12 @@ def test_remedies_name_a_command() -> None:
 def test_the_printed_kubeconfig_holds_no_secret_and_points_at_the_proxy() -> None:
     ca = LocalCA()
     text = render_kubeconfig(
-        context="prod", proxy_url="https://127.0.0.1:41234", ca_pem=ca.cert_pem, command="/usr/bin/kubeshield",
+        context="prod",
+        proxy_url="https://127.0.0.1:41234",
+        ca_pem=ca.cert_pem,
+        command="/usr/bin/kubeshield",
         namespace="shop",
-    )  # fmt: skip
+    )
     doc = yaml.safe_load(text)
     cluster = doc["clusters"][0]["cluster"]
     assert cluster["server"] == "https://127.0.0.1:41234"
@@ -136,13 +154,33 @@ def test_the_printed_kubeconfig_holds_no_secret_and_points_at_the_proxy() -> Non
     user = doc["users"][0]["user"]
     assert set(user) == {"exec"}
     exec_ = user["exec"]
-    assert exec_["apiVersion"] == "client.authentication.k8s.io/v1" and exec_["interactiveMode"] == "IfAvailable"
+    assert (
+        exec_["apiVersion"] == "client.authentication.k8s.io/v1" and exec_["interactiveMode"] == "IfAvailable"
+    )
     assert exec_["command"] == "/usr/bin/kubeshield"
-    assert exec_["args"] == ["access", "exec-credential", "--context", "prod", "--proxy", "--listen", "127.0.0.1:41234"]
+    assert exec_["args"] == [
+        "access",
+        "exec-credential",
+        "--context",
+        "prod",
+        "--proxy",
+        "--listen",
+        "127.0.0.1:41234",
+    ]
     assert doc["contexts"][0]["context"] == {"cluster": "prod", "user": "prod", "namespace": "shop"}
-    for field in ("token", "client-key", "client-key-data", "client-certificate-data", "password", "tokenFile"):
+    for field in (
+        "token",
+        "client-key",
+        "client-key-data",
+        "client-certificate-data",
+        "password",
+        "tokenFile",
+    ):
         assert field not in text
-    assert "PRIVATE KEY" not in text and "PRIVATE KEY" not in base64.b64decode(cluster["certificate-authority-data"]).decode()
+    assert (
+        "PRIVATE KEY" not in text
+        and "PRIVATE KEY" not in base64.b64decode(cluster["certificate-authority-data"]).decode()
+    )
 
 
 def test_an_http_proxy_url_is_refused() -> None:

@@ -45,8 +45,13 @@ def clock() -> Clock:
 
 @pytest.fixture
 def agent(rundir: Path, tmp_path: Path, clock: Clock) -> Iterator[AgentClient]:
-    settings = AgentSettings(socket_path=rundir / "agent.sock", store=CredentialStore(tmp_path / "store"),
-                             max_connections=3, request_timeout=10, clock=clock)  # fmt: skip
+    settings = AgentSettings(
+        socket_path=rundir / "agent.sock",
+        store=CredentialStore(tmp_path / "store"),
+        max_connections=3,
+        request_timeout=10,
+        clock=clock,
+    )
     with agent_on_thread(settings) as (_, client):
         yield client
 
@@ -110,14 +115,22 @@ def test_new_key_and_install_certificate(agent: AgentClient, clock: Clock) -> No
     ca_key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, "alice@example.com")])
     cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(csr.public_key())
-        .serial_number(1).not_valid_before(clock.now - dt.timedelta(minutes=1))
-        .not_valid_after(clock.now + dt.timedelta(minutes=15)).sign(ca_key, hashes.SHA256())
-    )  # fmt: skip
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(csr.public_key())
+        .serial_number(1)
+        .not_valid_before(clock.now - dt.timedelta(minutes=1))
+        .not_valid_after(clock.now + dt.timedelta(minutes=15))
+        .sign(ca_key, hashes.SHA256())
+    )
     from cryptography.hazmat.primitives.serialization import Encoding
 
     pem = cert.public_bytes(Encoding.PEM)
-    clusters = [ClusterEndpoint("east", "https://east:6443"), ClusterEndpoint("west", "https://west:6443", b"CA")]
+    clusters = [
+        ClusterEndpoint("east", "https://east:6443"),
+        ClusterEndpoint("west", "https://west:6443", b"CA"),
+    ]
     agent.install_certificate(handle=handle, cert_pem=pem, clusters=clusters)
     listed = {c["context"]: c for c in agent.contexts()}
     assert set(listed) == {"east", "west"} and listed["east"]["subject"] == "alice@example.com"
@@ -126,9 +139,9 @@ def test_new_key_and_install_certificate(agent: AgentClient, clock: Clock) -> No
     from cryptography.hazmat.primitives.serialization import PublicFormat, load_pem_private_key
 
     key = load_pem_private_key(key_pem.encode(), None)
-    assert key.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo) == csr.public_key().public_bytes(
+    assert key.public_key().public_bytes(
         Encoding.DER, PublicFormat.SubjectPublicKeyInfo
-    )
+    ) == csr.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
     with pytest.raises(AgentError) as used:  # a handle serves once
         agent.install_certificate(handle=handle, cert_pem=pem, clusters=clusters)
     assert used.value.kind == "not-found"
@@ -138,8 +151,9 @@ def test_a_certificate_for_another_key_is_refused(agent: AgentClient) -> None:
     handle, _ = agent.new_key()
     other = cert_credential("x")
     with pytest.raises(AgentError) as caught:
-        agent.install_certificate(handle=handle, cert_pem=other.client_cert_pem or b"",
-                                  clusters=[ClusterEndpoint("e", "https://e")])  # fmt: skip
+        agent.install_certificate(
+            handle=handle, cert_pem=other.client_cert_pem or b"", clusters=[ClusterEndpoint("e", "https://e")]
+        )
     assert caught.value.kind == "invalid" and "not for the key pair" in str(caught.value)
     assert agent.contexts() == []
 
@@ -171,7 +185,11 @@ def test_an_unknown_op_and_malformed_json_are_clear_errors_and_the_agent_keeps_s
         body = b'{"v": 1, "op": '
         conn.sendall(struct.pack(">I", len(body)) + body)
         answer = recv_message(conn)
-        assert answer is not None and answer["error"]["type"] == "protocol" and "JSON" in answer["error"]["message"]
+        assert (
+            answer is not None
+            and answer["error"]["type"] == "protocol"
+            and "JSON" in answer["error"]["message"]
+        )
         conn.sendall(encode_frame({"v": 1, "op": "contexts"}))  # the same connection still serves
         again = recv_message(conn)
         assert again is not None and again["ok"] is True

@@ -122,7 +122,9 @@ def test_a_clean_close_between_messages_is_none() -> None:
 
 @pytest.mark.parametrize("make", [cert_credential, token_credential])
 def test_a_credential_round_trips_through_its_wire_form(make: Any) -> None:
-    original: ClusterCredential = make(expires_at=dt.datetime(2030, 1, 2, 3, 4, 5, tzinfo=dt.UTC), subject="alice")
+    original: ClusterCredential = make(
+        expires_at=dt.datetime(2030, 1, 2, 3, 4, 5, tzinfo=dt.UTC), subject="alice"
+    )
     back = credential_from_wire(json.loads(json.dumps(credential_to_wire(original))))
     assert back == original
     assert back.client_key_pem == original.client_key_pem and back.token == original.token
