@@ -4,6 +4,7 @@ a client going away mid-watch, the upgrade splice, redaction and the audit log."
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import ssl
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from kubeshield.access.audit import AuditLog
 from kubeshield.access.credential import ClusterCredential
@@ -730,3 +733,105 @@ def test_a_credential_source_that_refuses_or_fails_gets_a_clear_status(
         assert _get(proxy, pki, "/version", bearer).status == 503  # and it keeps answering
     assert b"s3cret-value" not in resp.body
     assert "s3cret-value" not in caplog.text
+
+
+def test_a_renewed_credential_is_used_from_the_next_request_on(
+    kube_api: KubeAPI, pki: ServingPKI, bearer: bytes, kube_ns: str
+) -> None:
+    holder = {"now": standin_credential(kube_api, user="before-renewal")}
+    with ProxyThread(credential=lambda: holder["now"], bearer=bearer, pki=pki) as proxy:
+        path = f"/api/v1/namespaces/{kube_ns}/configmaps"
+        with open_tls(proxy.url, pki.ca_pem) as sock:  # one kubectl connection across the renewal
+            sock.sendall(request_bytes("GET", path, bearer=bearer))
+            assert read_response(sock).status == 200
+            assert _last_record(kube_api, path).user == "before-renewal"
+            holder["now"] = standin_credential(kube_api, user="after-renewal")
+            sock.sendall(request_bytes("GET", path, bearer=bearer))
+            assert read_response(sock).status == 200
+            # the pooled connection made with the old certificate was not reused
+            assert _last_record(kube_api, path).user == "after-renewal"
+
+
+# --- the running proxy under arbitrary requests ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fuzz_proxy(alice: ClusterCredential, pki: ServingPKI) -> Iterator[tuple[ProxyThread, bytes]]:
+    secret = new_bearer()
+    with ProxyThread(credential=lambda: alice, bearer=secret, pki=pki, max_request_bytes=4096) as running:
+        yield running, secret
+
+
+_PIECES = st.sampled_from(
+    [
+        b"GET /version HTTP/1.1\r\n",
+        b"POST /api/v1/namespaces/default/configmaps HTTP/1.1\r\n",
+        b"GET /api/v1/namespaces/default/secrets?watch=1 HTTP/1.1\r\n",
+        b"Host: x\r\n",
+        b"AUTH",
+        b"Content-Length: 5\r\n",
+        b"Content-Length: 99999\r\n",
+        b"Transfer-Encoding: chunked\r\n",
+        b"Connection: Upgrade\r\nUpgrade: websocket\r\n",
+        b"Expect: 100-continue\r\n",
+        b" folded\r\n",
+        b"\r\n",
+        b"\n",
+        b"\r",
+        b"5\r\nhello\r\n0\r\n\r\n",
+        b"hello",
+        b"{}",
+    ]
+)
+
+
+def _complete(received: bytes) -> bool:
+    """A final (non-1xx) response head and its Content-Length body have arrived, or a stream began."""
+    rest = received
+    while b"\r\n\r\n" in rest:
+        head, _, rest = rest.partition(b"\r\n\r\n")
+        if head[9:10] == b"1":
+            continue  # 100 Continue: the final answer follows
+        fields = dict(line.split(b":", 1) for line in head.lower().split(b"\r\n")[1:] if b":" in line)
+        if b"content-length" in fields:
+            return len(rest) >= int(fields[b"content-length"])
+        return True
+    return False
+
+
+@settings(max_examples=40, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    start=st.sampled_from(
+        [
+            [b"GET /version HTTP/1.1\r\n", b"Host: x\r\n", b"AUTH"],
+            [b"POST /api/v1/namespaces/default/configmaps HTTP/1.1\r\n", b"Host: x\r\n", b"AUTH"],
+            [b"GET /api/v1/namespaces/default/secrets/x HTTP/1.1\r\n", b"AUTH", b"Host: x\r\n"],
+            [],
+        ]
+    ),
+    pieces=st.lists(st.one_of(_PIECES, _PIECES, _PIECES, st.binary(max_size=16)), max_size=8),
+)
+def test_fuzz_the_running_proxy_answers_or_closes_and_keeps_serving(
+    fuzz_proxy: tuple[ProxyThread, bytes], pki: ServingPKI, start: list[bytes], pieces: list[bytes]
+) -> None:
+    proxy, secret = fuzz_proxy
+    auth = b"Authorization: Bearer " + secret + b"\r\n"
+    raw = b"".join(auth if p == b"AUTH" else p for p in [*start, *pieces]) + b"\r\n\r\n"  # the head ends
+    with open_tls(proxy.url, pki.ca_pem, timeout=DEADLINE) as sock:
+        sock.sendall(raw)
+        # an incomplete request leaves the proxy waiting for the rest (correct): stop reading after a
+        # quiet second; this bounds the test's wait only, nothing is asserted on time
+        sock.settimeout(0.5)
+        received = b""
+        with contextlib.suppress(TimeoutError, ssl.SSLError, ConnectionError):
+            while not _complete(received) and (chunk := sock.recv(65536)):
+                received += chunk
+    if received:
+        assert received.startswith(b"HTTP/1.1 "), received[:80]
+        status = int(received[9:12])
+        assert 100 <= status <= 599
+        if status in (400, 401, 413, 431, 501, 505):
+            _, _, body = received.partition(b"\r\n\r\n")
+            assert json.loads(body)["kind"] == "Status"
+    ok = raw_request(proxy.url, pki.ca_pem, request_bytes("GET", "/version", bearer=secret))
+    assert ok.status == 200
