@@ -193,8 +193,12 @@ def agent_cmd(
     from kubeshield.access.agent import AgentSettings, run_agent
     from kubeshield.access.agent_client import default_socket_path
     from kubeshield.access.peer import ExeAllowList
+    from kubeshield.keys.harden import harden_process
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
+    # hardened before anything is read or opened: no core file, not dumpable, memory locked, and no
+    # descriptor inherited from the parent (a key backend opened below keeps its own)
+    harden_process(require_mlock=require_mlock, close_fds=True)
     store = _store(store_dir)
     store_key = None
     if config_file is not None or passphrase_file is not None or PASSPHRASE_ENV in os.environ:
@@ -215,7 +219,7 @@ def agent_cmd(
         click.echo(f"ready {path}")
         sys.stdout.flush()
 
-    run_agent(settings, require_mlock=require_mlock, ready=ready)
+    run_agent(settings, harden=False, ready=ready)
 
 
 # --- import ---------------------------------------------------------------------------------------
@@ -419,14 +423,15 @@ def proxy_cmd(context: str, listen: str, detach: bool, socket_path: Path | None)
     import threading
 
     client = _client(socket_path)
+    done = threading.Event()
+    if not detach:  # before the URL is printed: whoever reads it may interrupt at once
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, lambda *_: done.set())
     info = client.start_proxy(context, listen=listen)
     click.echo(info.url)
     sys.stdout.flush()
     if detach:
         return
-    done = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, lambda *_: done.set())
     done.wait()
     try:
         client.stop_proxy(context)
