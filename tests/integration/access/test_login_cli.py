@@ -9,6 +9,7 @@ import re
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -127,8 +128,7 @@ def test_relay_serves_and_login_puts_the_certificate_into_the_agent(
             stdin=subprocess.DEVNULL,
         )
     )
-    runtime = Path("/tmp") / f"ks-login-{tmp_path.name[-12:]}"
-    runtime.mkdir(mode=0o700, exist_ok=True)
+    runtime = Path(tempfile.mkdtemp(prefix="ks-login-", dir="/tmp"))  # a unix socket path must stay short
     agent = start_agent_process(runtime / "agent.sock")
     login: Lines | None = None
     try:

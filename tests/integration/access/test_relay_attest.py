@@ -11,6 +11,7 @@ import shutil
 import ssl
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -282,8 +283,7 @@ def test_the_commands_attest_both_ways(tmp_path: Path, oidc_provider: OidcProvid
         stderr=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
     )
-    runtime = Path("/tmp") / f"ks-att-{tmp_path.name[-12:]}"
-    runtime.mkdir(mode=0o700, exist_ok=True)
+    runtime = Path(tempfile.mkdtemp(prefix="ks-att-", dir="/tmp"))  # a unix socket path must stay short
     agent = start_agent_process(runtime / "agent.sock")
     login_proc: subprocess.Popen[str] | None = None
     try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -149,8 +150,7 @@ def test_login_into_the_real_agent_then_kubectl_through_exec_credential(
     kubectl: Kubectl,
     tmp_path: Path,
 ) -> None:
-    runtime = Path("/tmp") / f"ks-relay-{tmp_path.name[-12:]}"  # a unix socket path must stay short
-    runtime.mkdir(mode=0o700, exist_ok=True)
+    runtime = Path(tempfile.mkdtemp(prefix="ks-relay-", dir="/tmp"))  # a unix socket path must stay short
     try:
         with agent_on_thread(AgentSettings(socket_path=runtime / "agent.sock")) as (_agent, client):
             result = device_login(relay, oidc_provider, client)
