@@ -82,8 +82,12 @@ def test_create_refuses_to_replace_unless_forced(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("content", "match"),
-    [(None, "no relay CA here"), (b"nope", "not JSON"), (b'{"kind": "x"}', "kind"),
-     (b'{"kind": "KubeshieldRelayCA", "formatVersion": 9}', "formatVersion")],
+    [
+        (None, "no relay CA here"),
+        (b"nope", "not JSON"),
+        (b'{"kind": "x"}', "kind"),
+        (b'{"kind": "KubeshieldRelayCA", "formatVersion": 9}', "formatVersion"),
+    ],
 )
 def test_a_bad_ca_file_is_named(tmp_path: Path, content: bytes | None, match: str) -> None:
     if content is not None:
@@ -96,8 +100,13 @@ def test_issued_certificates_carry_user_groups_client_auth_and_the_lifetime(tmp_
     ca = RelayCA.create(tmp_path / "ca.json", backend=backend(tmp_path), key_type="ecdsa-p384")
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.now(UTC).replace(microsecond=0)
-    cert = ca.issue(check_csr(csr_for(key, cn="ignored")), user="alice@example.test", groups=["dev", "ops"],
-                    lifetime=timedelta(minutes=15), now=now)
+    cert = ca.issue(
+        check_csr(csr_for(key, cn="ignored")),
+        user="alice@example.test",
+        groups=["dev", "ops"],
+        lifetime=timedelta(minutes=15),
+        now=now,
+    )
     assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "alice@example.test"
     assert [a.value for a in cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)] == ["dev", "ops"]
     assert cert.not_valid_after_utc == now + timedelta(minutes=15)
@@ -119,8 +128,11 @@ def test_a_certificate_outliving_the_ca_is_refused(tmp_path: Path) -> None:
 
 
 def test_allowed_keys_pass() -> None:
-    for key in (ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP384R1()),
-                rsa.generate_private_key(public_exponent=65537, key_size=2048)):
+    for key in (
+        ec.generate_private_key(ec.SECP256R1()),
+        ec.generate_private_key(ec.SECP384R1()),
+        rsa.generate_private_key(public_exponent=65537, key_size=2048),
+    ):
         assert check_csr(csr_for(key)).is_signature_valid
 
 
@@ -141,7 +153,11 @@ def test_a_csr_with_a_bad_signature_is_refused() -> None:
     good = x509.load_pem_x509_csr(csr_for(ec.generate_private_key(ec.SECP256R1())))
     der = bytearray(good.public_bytes(serialization.Encoding.DER))
     der[-5] ^= 0x01  # inside the signature
-    pem = b"-----BEGIN CERTIFICATE REQUEST-----\n" + base64.encodebytes(bytes(der)) + b"-----END CERTIFICATE REQUEST-----\n"
+    pem = (
+        b"-----BEGIN CERTIFICATE REQUEST-----\n"
+        + base64.encodebytes(bytes(der))
+        + b"-----END CERTIFICATE REQUEST-----\n"
+    )
     with pytest.raises(CsrError, match="signature does not verify"):
         check_csr(pem)
 
@@ -150,16 +166,25 @@ def test_a_csr_whose_key_was_swapped_is_refused() -> None:
     # the signature is someone else's: the CSR proves nothing about the key it names
     a = x509.load_pem_x509_csr(csr_for(ec.generate_private_key(ec.SECP256R1())))
     b = x509.load_pem_x509_csr(csr_for(ec.generate_private_key(ec.SECP256R1())))
-    spki_a = a.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    spki_b = b.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    spki_a = a.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    spki_b = b.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
     der = a.public_bytes(serialization.Encoding.DER).replace(spki_a, spki_b)
-    pem = b"-----BEGIN CERTIFICATE REQUEST-----\n" + base64.encodebytes(der) + b"-----END CERTIFICATE REQUEST-----\n"
+    pem = (
+        b"-----BEGIN CERTIFICATE REQUEST-----\n"
+        + base64.encodebytes(der)
+        + b"-----END CERTIFICATE REQUEST-----\n"
+    )
     with pytest.raises(CsrError, match="signature does not verify"):
         check_csr(pem)
 
 
-@pytest.mark.parametrize(("value", "match"), [(7, "expected a PEM"), ("garbage", "not a PEM"),
-                                              (b"x" * 70000, "larger than")])
+@pytest.mark.parametrize(
+    ("value", "match"), [(7, "expected a PEM"), ("garbage", "not a PEM"), (b"x" * 70000, "larger than")]
+)
 def test_garbage_is_refused(value: object, match: str) -> None:
     with pytest.raises(CsrError, match=match):
         check_csr(value)
@@ -168,6 +193,10 @@ def test_garbage_is_refused(value: object, match: str) -> None:
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=2000))
 def test_arbitrary_bytes_in_a_pem_envelope_are_refused_cleanly(body: bytes) -> None:
-    pem = b"-----BEGIN CERTIFICATE REQUEST-----\n" + base64.encodebytes(body) + b"-----END CERTIFICATE REQUEST-----\n"
+    pem = (
+        b"-----BEGIN CERTIFICATE REQUEST-----\n"
+        + base64.encodebytes(body)
+        + b"-----END CERTIFICATE REQUEST-----\n"
+    )
     with pytest.raises(CsrError):
         check_csr(pem)

@@ -71,7 +71,10 @@ def test_a_full_file_decodes(tmp_path: Path) -> None:
     [
         (with_(oidc__clientSecret="x"), r"oidc\.clientSecret: unknown field \(secrets are never read"),
         (with_(oidc__usernameClaimm="sub"), r"oidc\.usernameClaimm: unknown field"),
-        (with_(keys={"backend": "local", "local": {"passphraseFlie": "x"}}), r"keys\.local\.passphraseFlie: unknown field"),
+        (
+            with_(keys={"backend": "local", "local": {"passphraseFlie": "x"}}),
+            r"keys\.local\.passphraseFlie: unknown field",
+        ),
         ({"tls": MINIMAL["tls"], "ca": MINIMAL["ca"]}, r"oidc: required"),
         (with_(oidc__issuer="http://login.example.test"), r"oidc\.issuer: expected an https:// URL"),
         (with_(oidc__scopes=["email"]), r"oidc\.scopes: must include openid"),
@@ -82,9 +85,14 @@ def test_a_full_file_decodes(tmp_path: Path) -> None:
         (with_(certificates={"maxLifetime": "48h", "lifetime": "1h"}), r"at most 24h"),
         (with_(certificates={"lifetime": 15}), r"certificates\.lifetime: expected a duration"),
         (with_(listen="nowhere"), r"listen: expected HOST:PORT"),
-        (with_(clusters=[{"name": "a", "server": "http://a"}]), r"clusters\[0\]\.server: expected an https://"),
-        (with_(clusters=[{"name": "a", "server": "https://a"}, {"name": "a", "server": "https://b"}]),
-         r"clusters\[1\]\.name: 'a' appears twice"),
+        (
+            with_(clusters=[{"name": "a", "server": "http://a"}]),
+            r"clusters\[0\]\.server: expected an https://",
+        ),
+        (
+            with_(clusters=[{"name": "a", "server": "https://a"}, {"name": "a", "server": "https://b"}]),
+            r"clusters\[1\]\.name: 'a' appears twice",
+        ),
         (with_(clusters=[{"server": "https://a"}]), r"clusters\[0\]\.name: required"),
         (with_(attestation={"pcrs": [1]}), r"attestation: give policy"),
         (with_(attestation={"policy": "p", "pcrs": [24]}), r"attestation\.pcrs"),
@@ -115,18 +123,27 @@ def test_file_errors_name_the_file_and_line(tmp_path: Path) -> None:
 
 
 def test_an_unreadable_cluster_ca_is_named(tmp_path: Path) -> None:
-    s = relay_settings_from_mapping(with_(clusters=[{"name": "a", "server": "https://a", "caFile": str(tmp_path / "x")}]))
+    s = relay_settings_from_mapping(
+        with_(clusters=[{"name": "a", "server": "https://a", "caFile": str(tmp_path / "x")}])
+    )
     with pytest.raises(ConfigError, match=r"clusters\[0\]\.caFile: cannot read"):
         s.endpoints()
 
 
-_leaf = st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=12), st.lists(st.text(max_size=5), max_size=2))
+_leaf = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.text(max_size=12), st.lists(st.text(max_size=5), max_size=2)
+)
 _tree = st.recursive(_leaf, lambda c: st.dictionaries(st.text(max_size=12), c, max_size=4), max_leaves=12)
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.dictionaries(st.sampled_from(["tls", "oidc", "ca", "listen", "certificates", "clusters", "attestation", "x"]),
-                       _tree, max_size=6))
+@given(
+    st.dictionaries(
+        st.sampled_from(["tls", "oidc", "ca", "listen", "certificates", "clusters", "attestation", "x"]),
+        _tree,
+        max_size=6,
+    )
+)
 def test_arbitrary_documents_decode_or_fail_with_a_config_error(doc: dict[str, Any]) -> None:
     try:
         relay_settings_from_mapping(doc)
