@@ -297,3 +297,41 @@ def test_exec_with_a_terminal(
     assert code == 5, out
     assert "size 33 101" in out
     assert "/dev/pts/" in out and "not a tty" not in out
+
+
+def test_a_client_that_leaves_mid_exec_ends_the_command(
+    kubectl: Kubectl,
+    kube_api: KubeAPI,
+    kube_ns: str,
+    kc: Path,
+    pods: list[str],
+    transport: tuple[dict[str, str], str],
+) -> None:
+    env, _ = transport
+    pod = kube_api.pods.run(kube_ns, "long")
+    pods.append("long")
+    proc = kubectl.popen(
+        "exec",
+        "long",
+        "--",
+        "sh",
+        "-c",
+        "echo $$ > pid; echo started; exec sleep 600",
+        kubeconfig=kc,
+        env=env,
+    )
+    lines = Lines(proc.stdout)
+    try:
+        assert lines.next().strip() == "started"
+        pid = int((pod.directory / "pid").read_text())
+        proc.kill()  # no goodbye: the connection just drops
+    finally:
+        stop(proc, lines)
+    end = time.monotonic() + DEADLINE
+    while (
+        Path(f"/proc/{pid}").exists() and time.monotonic() < end
+    ):  # the kubelet ends it; so does the stand-in
+        time.sleep(0.05)
+    assert not Path(f"/proc/{pid}").exists()
+    after = kubectl.run("exec", "long", "--", "echo", "still serving", kubeconfig=kc, env=env)
+    assert after.stdout == "still serving\n"
