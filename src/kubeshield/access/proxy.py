@@ -347,11 +347,21 @@ class LocalProxy:
                 return await self._refuse(writer, 400, "the request head is incomplete")
             return False
         except asyncio.LimitOverrunError:
+            self._deadlines.pop(transport, None)
             return await self._refuse(
                 writer, 431, f"the request head is larger than {_http1.MAX_HEAD_BYTES} bytes"
             )
+        except BaseException:
+            self._deadlines.pop(transport, None)
+            raise
+        try:
+            return await self._handle(reader, writer, raw)
         finally:
             self._deadlines.pop(transport, None)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, raw: bytes) -> bool:
+        """One request whose head arrived (the idle deadline still covers reading its body)."""
+        transport = writer.transport
         try:
             head = _http1.parse_request_head(raw)
         except HttpError as exc:
@@ -378,13 +388,13 @@ class LocalProxy:
             body = await self._read_body(reader, head)
         except HttpError as exc:
             return await self._refuse(writer, exc.status, exc.message)
+        self._deadlines.pop(transport, None)
         access = secret_access(head.method, head.path, head.query)
         reveal = head.get(REVEAL_HEADER) == "1"
         redact = self._redact and access is not None and not reveal
         try:
             return await self._forward(reader, writer, head, body, access, redact)
         except UpstreamError as exc:
-            self._record(access, None, exc.status, reveal)
             return await self._refuse(writer, exc.status, exc.message)
 
     async def _read_body(self, reader: asyncio.StreamReader, head: RequestHead) -> bytes:
@@ -502,8 +512,12 @@ class LocalProxy:
         access: SecretAccess | None,
         redact: bool,
     ) -> bool:
-        conn, resp, _ = await self._send(head, body, redact)
         reveal = access is not None and head.get(REVEAL_HEADER) == "1"
+        try:
+            conn, resp, _ = await self._send(head, body, redact)
+        except UpstreamError as exc:
+            self._record(access, None, exc.status, reveal)
+            raise
         self._record(access, conn.credential, resp.status, reveal)
         try:
             if head.upgrade and resp.status == 101:

@@ -835,3 +835,18 @@ def test_fuzz_the_running_proxy_answers_or_closes_and_keeps_serving(
             assert json.loads(body)["kind"] == "Status"
     ok = raw_request(proxy.url, pki.ca_pem, request_bytes("GET", "/version", bearer=secret))
     assert ok.status == 200
+
+
+def test_a_secret_request_the_apiserver_never_answered_is_audited_once_with_its_status(
+    kube_api: KubeAPI, pki: ServingPKI, bearer: bytes, tmp_path: Path
+) -> None:
+    cred = standin_credential(kube_api, user="hank", ca_pem=ServingPKI.make("wrong-ca").ca_pem)
+    with AuditLog(tmp_path / "a.jsonl") as log:
+        with ProxyThread(
+            credential=lambda: cred, bearer=bearer, pki=pki, audit=log, redact_secrets=True
+        ) as proxy:
+            assert _get(proxy, pki, "/api/v1/namespaces/app/secrets/db", bearer).status == 502
+    assert [
+        (e["subject"], e["verb"], e["name"], e["status"], e["revealed"])
+        for e in _audit_lines(tmp_path / "a.jsonl")
+    ] == [("hank", "get", "db", 502, False)]
