@@ -21,23 +21,23 @@ agent logs the cause). An error message never holds a credential.
 Bytes (PEM certificates and keys, CSRs) travel as base64 text (:func:`b64`/:func:`unb64`); times as
 RFC 3339 UTC text. Ops and their arguments (``AgentClient`` in ``agent_client`` wraps each one):
 
-=====================  ================================================  =================================
-op                     arguments                                         result
-=====================  ================================================  =================================
-``status``             -                                                 agent facts (pid, uid, contexts,
-                                                                         proxies, hardening)
-``add``                ``credential`` (see :func:`credential_to_wire`)   null
-``contexts``           -                                                 list of {context, server, kind,
-                                                                         expires, subject, proxy}
-``remove``             ``context``                                       null
-``lock``               -                                                 null (every credential dropped)
-``unlock``             ``passphrase`` (b64, optional)                    {"loaded": [context...]}
-``new_key``            -                                                 {"handle", "csr"}
-``install_certificate``  ``handle``, ``cert``, ``clusters``, ``subject``  {"contexts": [...]}
-``exec_credential``    ``context``, ``proxy`` (bool), ``listen``         ExecCredential ``status`` object
-``start_proxy``        ``context``, ``listen`` ("127.0.0.1:0")           {"url", "ca", "expires"}
-``stop_proxy``         ``context``                                       null
-=====================  ================================================  =================================
+=======================  ==============================================  ================================
+op                       arguments                                       result
+=======================  ==============================================  ================================
+``status``               -                                               agent facts (pid, uid, contexts,
+                                                                         proxies, store, hardening)
+``add``                  ``credential`` (:func:`credential_to_wire`)     null
+``contexts``             -                                               list of {context, server, kind,
+                                                                         expires, subject, source, proxy}
+``remove``               ``context``                                     null
+``lock``                 -                                               null (every credential dropped)
+``unlock``               ``passphrase`` (b64; absent: the agent's key)   {"loaded": [context...]}
+``new_key``              -                                               {"handle", "csr"}
+``install_certificate``  ``handle`` ``cert`` ``clusters`` ``subject``    {"contexts": [...]}
+``exec_credential``      ``context``, ``proxy`` (bool), ``listen``       ExecCredential ``status`` object
+``start_proxy``          ``context``, ``listen`` ("127.0.0.1:0")         {"url", "ca", "expires"}
+``stop_proxy``           ``context``                                     null
+=======================  ==============================================  ================================
 """
 
 from __future__ import annotations

@@ -262,3 +262,16 @@ def test_a_missing_socket_directory_is_made_0700(tmp_path: Path) -> None:
 
 def test_the_socket_is_0600(agent: AgentClient, rundir: Path) -> None:
     assert os.stat(rundir / "agent.sock").st_mode & 0o777 == 0o600
+
+
+def test_the_expiry_timer_drops_a_credential_nobody_asks_for(agent: AgentClient, clock: Clock) -> None:
+    import time
+
+    clock.now = clock.now.replace(microsecond=0)  # the wire carries whole seconds
+    agent.add(token_credential("short", expires_at=clock.now + dt.timedelta(seconds=1)))
+    agent.add(token_credential("long", expires_at=clock.now + dt.timedelta(hours=1)))
+    deadline = time.monotonic() + 60
+    while "short" in {c["context"] for c in agent.contexts()}:  # no request touched it: the timer did
+        assert time.monotonic() < deadline, "the credential was not dropped at its expiry"
+        time.sleep(0.05)
+    assert [c["context"] for c in agent.contexts()] == ["long"]
