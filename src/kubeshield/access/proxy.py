@@ -27,7 +27,9 @@ Per connection from kubectl (HTTP/1.1 over TLS; ALPN offers only http/1.1, so Go
 
 Requests that touch Secrets (``kubeshield.access.redact.secret_access``) are written to the audit log
 when one is given. With ``redact_secrets`` on, their JSON answers have every ``data``/``stringData``
-value replaced (``redact.MARKER``) unless the request carries ``X-Kubeshield-Reveal: 1``, which is
+value replaced (``redact.MARKER``) unless the request carries ``X-Kubeshield-Reveal: 1`` or its path
+starts with ``/kubeshield/reveal`` (so plain kubectl can ask: ``kubectl --server <proxy
+URL>/kubeshield/reveal get secret NAME``; the prefix is removed before forwarding), which is
 recorded as a reveal; upstream is asked for JSON (not protobuf) and no content coding, and an answer
 that still cannot be read as JSON is refused (``502``) rather than passed through.
 
@@ -56,6 +58,7 @@ from kubeshield.access.audit import AuditLog
 from kubeshield.access.credential import ClusterCredential
 from kubeshield.access.redact import (
     REVEAL_HEADER,
+    REVEAL_PREFIX,
     RedactingLineStream,
     SecretAccess,
     redact_json,
@@ -389,11 +392,15 @@ class LocalProxy:
         except HttpError as exc:
             return await self._refuse(writer, exc.status, exc.message)
         self._deadlines.pop(transport, None)
-        access = secret_access(head.method, head.path, head.query)
         reveal = head.get(REVEAL_HEADER) == "1"
+        if head.target.startswith(REVEAL_PREFIX + "/"):  # kubectl --server https://.../kubeshield/reveal
+            head.target = head.target[len(REVEAL_PREFIX) :]
+            reveal = True
+        access = secret_access(head.method, head.path, head.query)
+        reveal = reveal and access is not None
         redact = self._redact and access is not None and not reveal
         try:
-            return await self._forward(reader, writer, head, body, access, redact)
+            return await self._forward(reader, writer, head, body, access, redact, reveal)
         except UpstreamError as exc:
             return await self._refuse(writer, exc.status, exc.message)
 
@@ -511,8 +518,8 @@ class LocalProxy:
         body: bytes,
         access: SecretAccess | None,
         redact: bool,
+        reveal: bool,
     ) -> bool:
-        reveal = access is not None and head.get(REVEAL_HEADER) == "1"
         try:
             conn, resp, _ = await self._send(head, body, redact)
         except UpstreamError as exc:

@@ -25,6 +25,7 @@ __all__ = [
     "DATA_MARKER",
     "MARKER",
     "REVEAL_HEADER",
+    "REVEAL_PREFIX",
     "RedactingLineStream",
     "SecretAccess",
     "redact_document",
@@ -37,6 +38,8 @@ MARKER = "KUBESHIELD-REDACTED"
 # is itself base64: ``kubectl get secret -o jsonpath='{.data.k}' | base64 -d`` prints MARKER
 DATA_MARKER = base64.b64encode(MARKER.encode()).decode()
 REVEAL_HEADER = "X-Kubeshield-Reveal"
+# kubectl cannot add a header, but its --server may carry a path prefix: requests under this one reveal
+REVEAL_PREFIX = "/kubeshield/reveal"
 _MAX_LINE = 64 * 1024 * 1024
 
 

@@ -850,3 +850,17 @@ def test_a_secret_request_the_apiserver_never_answered_is_audited_once_with_its_
         (e["subject"], e["verb"], e["name"], e["status"], e["revealed"])
         for e in _audit_lines(tmp_path / "a.jsonl")
     ] == [("hank", "get", "db", 502, False)]
+
+
+def test_the_reveal_prefix_is_removed_before_forwarding(
+    audited: tuple[ProxyThread, Path], pki: ServingPKI, bearer: bytes, kube_api: KubeAPI, kube_ns: str
+) -> None:
+    proxy, audit_path = audited
+    rtype = kube_api.store.type_of("", "v1", "secrets")
+    kube_api.store.create(rtype, kube_ns, {"metadata": {"name": "k"}, "data": {"v": "c2VjcmV0"}})
+    assert _get(proxy, pki, "/kubeshield/reveal/version", bearer).status == 200
+    assert _last_record(kube_api, "/version").path == "/version"
+    shown = _get(proxy, pki, f"/kubeshield/reveal/api/v1/namespaces/{kube_ns}/secrets/k", bearer)
+    assert shown.json()["data"] == {"v": "c2VjcmV0"}
+    # only the Secret read is a reveal; /version touched no Secret and is not in the log
+    assert [(e["verb"], e["name"], e["revealed"]) for e in _audit_lines(audit_path)] == [("get", "k", True)]

@@ -5,6 +5,7 @@ shows it."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -210,13 +211,26 @@ def test_kubectl_sees_redacted_secrets_and_the_reads_are_audited(
             )
             shown = json.loads(kubectl.run("get", "secret", "db", "-o", "json", kubeconfig=config).stdout)
             table = kubectl.run("get", "secrets", kubeconfig=config).stdout
+            # the reveal step with plain kubectl: the proxy URL with the reveal prefix
+            revealed = kubectl.run(
+                "--server",
+                proxy.url + "/kubeshield/reveal",
+                "get",
+                "secret",
+                "db",
+                "-o",
+                "jsonpath={.data.password}",
+                kubeconfig=config,
+            ).stdout
     assert shown["data"] == {"password": DATA_MARKER}
     assert "db" in table
+    assert base64.b64decode(revealed) == b"hunter2"
     lines = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
     assert [(e["verb"], e["name"], e["status"], e["revealed"]) for e in lines] == [
         ("create", "", 201, False),
         ("get", "db", 200, False),
         ("list", "", 200, False),
+        ("get", "db", 200, True),
     ]
     assert "hunter2" not in (tmp_path / "audit.jsonl").read_text()
     assert subprocess.run(["grep", "-r", "aHVudGVyMg", str(tmp_path)], capture_output=True).returncode == 1
@@ -277,3 +291,11 @@ def test_exec_and_port_forward_through_the_proxy(
         )
     }
     assert upgrades == {method}
+
+
+def test_kubectl_as_impersonates_through_the_proxy(
+    kubectl: Kubectl, config: Path, kube_api: KubeAPI, kube_ns: str
+) -> None:
+    kubectl.run("get", "configmaps", "--as", "carol", "--as-group", "dev", kubeconfig=config)
+    users = {r.user for r in kube_api.requests if r.path == f"/api/v1/namespaces/{kube_ns}/configmaps"}
+    assert users == {"carol"}
