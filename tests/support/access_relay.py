@@ -65,7 +65,7 @@ def start_relay(
     directory: Path,
     *,
     provider: OidcProvider,
-    clusters: Sequence[ClusterEndpoint] = (),
+    clusters: Sequence[ClusterEndpoint] = (ClusterEndpoint(name="example", server="https://127.0.0.1:6443"),),
     client_id: str | None = None,
     issuer: str | None = None,
     clock: Callable[[], float] = time.time,

@@ -180,6 +180,10 @@ def login(
     ``evidence(nonce, csr_pem) -> doc`` produces this side's evidence when the relay requires it.
     """
     config = fetch_relay_config(relay_url, context=relay_context)
+    if not config.clusters:
+        raise LoginError(
+            "the relay serves no cluster (its relay.yaml lists none): there is nothing to log in to"
+        )
     status = getattr(holder, "status", None)
     if callable(status):  # the agent: fail now, not after the person has logged in
         status()

@@ -250,8 +250,6 @@ def login_command(
         f"logged in as {result.user} (groups {groups}) until {result.expires_at.isoformat()}; "
         f"contexts in the agent: {names}"
     )
-    if not result.clusters:
-        raise CLIError("the relay serves no cluster: nothing was added to the agent")
 
 
 commands: list[click.Command] = [relay_group, login_command]

@@ -21,11 +21,17 @@ from cryptography import x509
 from tests.support.access_agent import start_agent_process
 from tests.support.access_relay import write_relay_config
 from tests.support.kubeapi._server import KubeAPI
-from tests.support.oidc_provider import OidcProvider, complete_device_login, oidc_provider  # noqa: F401
+from tests.support.oidc_provider import (
+    OidcProvider,
+    complete_browser_login,
+    complete_device_login,
+    oidc_provider,  # noqa: F401
+)
 
 KUBESHIELD = str(Path(sys.executable).parent / "kubeshield")
 _SERVING = re.compile(r"relay: serving on (https://\S+)")
 _CODE = re.compile(r"open (\S+) and enter the code (\S+)")
+_BROWSER = re.compile(r"open this URL in a browser on this machine: (\S+)")
 
 
 def run(
@@ -111,7 +117,9 @@ def test_init_ca_prints_the_ca_and_keeps_the_key_wrapped(relay_config: tuple[Pat
     assert run("access", "relay", "init-ca", "--config", str(config), "--force").returncode == 0
 
 
+@pytest.mark.parametrize("flow", ["device", "auth-code"])
 def test_relay_serves_and_login_puts_the_certificate_into_the_agent(
+    flow: str,
     relay_config: tuple[Path, Path],
     oidc_provider: OidcProvider,
     api: KubeAPI,
@@ -142,6 +150,9 @@ def test_relay_serves_and_login_puts_the_certificate_into_the_agent(
                 str(tls_ca),
                 "--socket",
                 str(runtime / "agent.sock"),
+                "--flow",
+                flow,
+                "--no-browser",
             ],
             text=True,
             stdout=subprocess.PIPE,
@@ -150,8 +161,12 @@ def test_relay_serves_and_login_puts_the_certificate_into_the_agent(
             env={**os.environ, "KUBESHIELD_RELAY": url},  # --relay from the environment
         )
         login = Lines(proc)
-        verification, code = login.wait(_CODE).groups()
-        complete_device_login(oidc_provider, verification, code, login="alice")
+        if flow == "device":
+            verification, code = login.wait(_CODE).groups()
+            complete_device_login(oidc_provider, verification, code, login="alice")
+        else:
+            authorization = login.wait(_BROWSER).group(1)
+            assert complete_browser_login(authorization, login="alice").status_code == 200
         assert proc.wait(120) == 0, "".join(login.lines)
         assert proc.stdout is not None
         out = proc.stdout.read()

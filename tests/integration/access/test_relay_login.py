@@ -219,3 +219,21 @@ def test_no_agent_fails_before_the_person_is_asked_to_log_in(
             show=person.show,
         )
     assert person.lines == []
+
+
+def test_a_relay_without_clusters_is_refused_before_the_flow(
+    tmp_path: Path, oidc_provider: OidcProvider
+) -> None:
+    empty = start_relay(tmp_path / "empty", provider=oidc_provider, clusters=())
+    person = DevicePerson(oidc_provider)
+    try:
+        with pytest.raises(LoginError, match="serves no cluster"):
+            login(
+                relay_url=empty.url,
+                holder=TestKeyHolder(),
+                relay_context=tls_context(ca_file=empty.tls_ca),
+                show=person.show,
+            )
+    finally:
+        empty.stop()
+    assert person.lines == []

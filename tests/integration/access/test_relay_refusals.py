@@ -219,7 +219,11 @@ def test_http_api_shape_and_bad_requests(relay: RunningRelay) -> None:
     with httpx.Client(verify=ssl.create_default_context(cafile=str(relay.tls_ca)), timeout=30) as client:
         config = client.get(relay.url + "/v1/config").json()
         assert config["clientId"] == "kubeshield" and config["flows"] == ["device", "auth-code"]
-        assert client.get(relay.url + "/v1/clusters").json() == {"clusters": []}
+        assert client.get(relay.url + "/v1/clusters").json() == {
+            "clusters": [
+                {"name": "example", "server": "https://127.0.0.1:6443", "caData": None, "tlsServerName": None}
+            ]
+        }
         assert client.get(relay.url + "/nope").status_code == 404
         assert client.get(relay.url + "/v1/certificates").status_code == 405
         assert client.post(relay.url + "/v1/challenge").status_code == 400  # no attestation configured
