@@ -485,6 +485,7 @@ class Agent:
             "contexts": len(self._held),
             "proxies": len(self._sessions),
             "allowExe": list(self.settings.allow_exe.paths) if self.settings.allow_exe else [],
+            "localCA": b64(self._ca.cert_pem),
             "store": None
             if store is None
             else {

@@ -17,6 +17,8 @@ error. See :func:`fetch_exec_credential`.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -33,6 +35,7 @@ __all__ = [
     "fetch_exec_credential",
     "parse_exec_info",
     "remedy",
+    "stale_proxy_kubeconfig",
 ]
 
 EXEC_INFO_ENV = "KUBERNETES_EXEC_INFO"
@@ -45,6 +48,9 @@ class ExecInfo:
 
     api_version: str = _API_VERSIONS[0]
     interactive: bool = False
+    #: ``spec.cluster.certificate-authority-data`` (with ``provideClusterInfo``): the CA the kubeconfig
+    #: trusts, so a proxy kubeconfig printed by an earlier agent (another local CA) is recognised
+    cluster_ca: bytes | None = None
 
 
 def parse_exec_info(environ: Mapping[str, str]) -> ExecInfo:
@@ -66,7 +72,29 @@ def parse_exec_info(environ: Mapping[str, str]) -> ExecInfo:
         )
     spec = value.get("spec") or {}
     interactive = isinstance(spec, dict) and spec.get("interactive") is True
-    return ExecInfo(api_version=api_version, interactive=interactive)
+    cluster = spec.get("cluster") if isinstance(spec, dict) else None
+    ca: bytes | None = None
+    if isinstance(cluster, dict) and isinstance(cluster.get("certificate-authority-data"), str):
+        try:
+            ca = base64.b64decode(cluster["certificate-authority-data"], validate=True)
+        except (binascii.Error, ValueError):
+            raise ConfigError(
+                f"{EXEC_INFO_ENV}: spec.cluster.certificate-authority-data is not base64"
+            ) from None
+    return ExecInfo(api_version=api_version, interactive=interactive, cluster_ca=ca)
+
+
+def stale_proxy_kubeconfig(info: ExecInfo, *, agent_ca_pem: bytes, context: str) -> str | None:
+    """Why a proxy kubeconfig cannot work with this agent (it trusts another agent's local CA), or None.
+
+    Without this, kubectl would fail later with an x509 error that names nothing to do.
+    """
+    if info.cluster_ca is None or info.cluster_ca.strip() == agent_ca_pem.strip():
+        return None
+    return (
+        "kubeshield: this kubeconfig trusts the local CA of an earlier agent (the agent was restarted); "
+        f"print it again: kubeshield access kubeconfig --context {context}"
+    )
 
 
 def exec_credential_document(status: Mapping[str, Any], *, info: ExecInfo) -> dict[str, Any]:

@@ -8,7 +8,9 @@ holds no secret at all.
   exec-credential --context NAME --proxy --listen 127.0.0.1:PORT``, which asks the agent for the proxy
   session's bearer secret each time kubectl needs it (and starts the proxy again on the same port if
   it was stopped by a lock). ``interactiveMode: IfAvailable``: a locked agent can ask for the
-  passphrase when kubectl runs in a terminal.
+  passphrase when kubectl runs in a terminal. ``provideClusterInfo: true`` hands the plugin the CA this
+  kubeconfig trusts, so that after an agent restart (a new local CA) the plugin says to print the
+  kubeconfig again instead of kubectl failing with an x509 error.
 
 Nothing in it is worth stealing: the bearer secret lives only in the agent and in kubectl's memory.
 """
@@ -65,7 +67,8 @@ def render_kubeconfig(
                         "command": command,
                         "args": args,
                         "interactiveMode": "IfAvailable",
-                        "provideClusterInfo": False,
+                        # the cluster's CA reaches the plugin: a kubeconfig of an earlier agent is told apart
+                        "provideClusterInfo": True,
                         "installHint": "kubeshield is not installed: pip install kubeshield (docs/access.md)",
                     }
                 },

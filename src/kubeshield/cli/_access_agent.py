@@ -493,6 +493,7 @@ def exec_credential_cmd(
         fetch_exec_credential,
         parse_exec_info,
         remedy,
+        stale_proxy_kubeconfig,
     )
 
     client = _client(socket_path)
@@ -512,6 +513,17 @@ def exec_credential_cmd(
             client.unlock()
         return True
 
+    if proxy and info.cluster_ca is not None:
+        from kubeshield.access.agent_client import AgentError, AgentUnavailable
+        from kubeshield.access.agent_protocol import ProtocolError, unb64
+
+        try:
+            agent_ca = unb64(client.status().get("localCA"), field="localCA")
+        except (AgentError, AgentUnavailable, ProtocolError):
+            agent_ca = None  # fetch_exec_credential below reports the agent's state
+        stale = stale_proxy_kubeconfig(info, agent_ca_pem=agent_ca, context=context) if agent_ca else None
+        if stale is not None:
+            raise CLIError(stale)
     try:
         document = fetch_exec_credential(
             context=context,

@@ -25,8 +25,10 @@ from kubeshield.keys.keyring import KeyringFile
 from tests.support.access_agent import KUBESHIELD, AgentProcess, start_agent_process, token_credential
 from tests.support.kubeapi import KubeAPI
 from tests.support.kubeapi import fixtures as _kubeapi_fixtures
+from tests.support.kubeapi.fixtures import Kubectl
 
 kube_api = _kubeapi_fixtures.kube_api
+kubectl = _kubeapi_fixtures.kubectl
 PASSPHRASE = "the store passphrase"
 
 
@@ -254,3 +256,40 @@ def test_an_interactive_exec_credential_asks_once_for_the_passphrase(
     )
     assert plain.returncode == 1 and "Passphrase" not in plain.stderr
     assert "kubeshield access unlock" in plain.stderr
+
+
+def test_a_kubeconfig_of_an_earlier_agent_gets_a_clear_line_not_an_x509_error(
+    kube_api: KubeAPI, kubectl: Kubectl, home: Path
+) -> None:
+    sock = home / "run" / "agent.sock"
+    credential = ClusterCredential(
+        context="c",
+        server=kube_api.url,
+        ca_pem=kube_api.ca_path.read_bytes(),
+        token=kube_api.add_token("gina", ("system:masters",)),
+    )
+    first = start_agent_process(sock)
+    try:
+        first.client().add(credential)
+        printed = _ks(home, "kubeconfig", "--context", "c")
+        assert printed.returncode == 0, printed.stderr
+        (home / "old.yaml").write_text(printed.stdout)
+        assert (
+            "default" in kubectl.run("get", "namespaces", "-o", "name", kubeconfig=home / "old.yaml").stdout
+        )
+    finally:
+        first.stop()
+    second = start_agent_process(sock)
+    try:
+        second.client().add(credential)
+        stale = kubectl.run("get", "namespaces", kubeconfig=home / "old.yaml", check=False)
+        assert stale.returncode != 0
+        assert "earlier agent" in stale.stderr and "kubeshield access kubeconfig --context c" in stale.stderr
+        assert "x509" not in stale.stderr
+        fresh = _ks(home, "kubeconfig", "--context", "c")
+        (home / "new.yaml").write_text(fresh.stdout)
+        assert (
+            "default" in kubectl.run("get", "namespaces", "-o", "name", kubeconfig=home / "new.yaml").stdout
+        )
+    finally:
+        second.stop()

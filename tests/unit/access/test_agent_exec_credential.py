@@ -18,6 +18,7 @@ from kubeshield.access.exec_credential import (
     fetch_exec_credential,
     parse_exec_info,
     remedy,
+    stale_proxy_kubeconfig,
 )
 from kubeshield.access.kubeconfig_out import render_kubeconfig
 from kubeshield.access.local_ca import LocalCA
@@ -157,7 +158,7 @@ def test_the_printed_kubeconfig_holds_no_secret_and_points_at_the_proxy() -> Non
     assert (
         exec_["apiVersion"] == "client.authentication.k8s.io/v1" and exec_["interactiveMode"] == "IfAvailable"
     )
-    assert exec_["command"] == "/usr/bin/kubeshield"
+    assert exec_["command"] == "/usr/bin/kubeshield" and exec_["provideClusterInfo"] is True
     assert exec_["args"] == [
         "access",
         "exec-credential",
@@ -186,3 +187,29 @@ def test_the_printed_kubeconfig_holds_no_secret_and_points_at_the_proxy() -> Non
 def test_an_http_proxy_url_is_refused() -> None:
     with pytest.raises(ValueError, match="https"):
         render_kubeconfig(context="p", proxy_url="http://127.0.0.1:1", ca_pem=b"", command="k")
+
+
+def test_the_cluster_ca_from_exec_info_tells_a_stale_proxy_kubeconfig() -> None:
+    old, new = LocalCA(), LocalCA()
+    raw = json.dumps(
+        {
+            "apiVersion": "client.authentication.k8s.io/v1",
+            "kind": "ExecCredential",
+            "spec": {
+                "interactive": False,
+                "cluster": {
+                    "server": "https://127.0.0.1:1",
+                    "certificate-authority-data": base64.b64encode(old.cert_pem).decode(),
+                },
+            },
+        }
+    )
+    info = parse_exec_info({"KUBERNETES_EXEC_INFO": raw})
+    assert info.cluster_ca == old.cert_pem
+    assert stale_proxy_kubeconfig(info, agent_ca_pem=old.cert_pem, context="p") is None
+    stale = stale_proxy_kubeconfig(info, agent_ca_pem=new.cert_pem, context="p")
+    assert stale is not None and "kubeshield access kubeconfig --context p" in stale
+    assert stale_proxy_kubeconfig(ExecInfo(), agent_ca_pem=new.cert_pem, context="p") is None
+    bad = raw.replace(base64.b64encode(old.cert_pem).decode(), "***")
+    with pytest.raises(ConfigError, match="not base64"):
+        parse_exec_info({"KUBERNETES_EXEC_INFO": bad})
