@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import base64
 import json
+import posixpath
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, unquote
 
 __all__ = [
     "DATA_MARKER",
@@ -59,7 +60,12 @@ def _flag(value: str) -> bool:
 
 
 def secret_access(method: str, path: str, query: str) -> SecretAccess | None:
-    parts = [p for p in path.split("/") if p]
+    """The Secret access ``method path?query`` makes, or None. The path is read as the apiserver reads
+    it (percent-decoded: ``%73ecrets`` is ``secrets``), with ``.``/``..`` segments and repeated
+    slashes resolved, so that no spelling of a Secrets path slips past the audit and redaction;
+    reading too many paths as Secrets accesses is the safe side."""
+    decoded = posixpath.normpath("/" + unquote(path))
+    parts = [p for p in decoded.split("/") if p]
     if parts[:2] != ["api", "v1"]:
         return None
     rest = parts[2:]

@@ -468,7 +468,7 @@ def test_a_watch_streams_events_as_they_happen_and_a_client_leaving_harms_no_one
     leaver.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
     leaver.close()
     # its upstream watch ends at once, without waiting for the next event
-    _wait(lambda: kube_api.open_watches() == watches_before + 1, "the leaver's upstream watch to end")
+    _wait(lambda: kube_api.open_watches() <= watches_before + 1, "the leaver's upstream watch to end")
     for i in range(20):
         kube_api.store.create(rtype, kube_ns, {"metadata": {"name": f"later-{i}"}})
     got, _ = _read_events(stayer, rest_b, 21)
@@ -476,7 +476,7 @@ def test_a_watch_streams_events_as_they_happen_and_a_client_leaving_harms_no_one
     # and other clients are served meanwhile
     assert _get(proxy, pki, f"/api/v1/namespaces/{kube_ns}", bearer).status == 200
     stayer.close()
-    _wait(lambda: kube_api.open_watches() == watches_before, "the stayer's upstream watch to end")
+    _wait(lambda: kube_api.open_watches() <= watches_before, "the stayer's upstream watch to end")
 
 
 # --- upgrades -----------------------------------------------------------------------------------------
@@ -624,6 +624,7 @@ def test_a_secrets_watch_is_redacted_event_by_event(
         for i, value in enumerate(values):
             kube_api.store.create(rtype, kube_ns, {"metadata": {"name": f"s{i}"}, "stringData": {"v": value}})
         events, _ = _read_events(sock, _watch_head(sock), 5)
+    _wait(lambda: kube_api.open_watches() <= before, "the watch to end upstream")  # leaves none behind
     assert [e["object"]["metadata"]["name"] for e in events] == [f"s{i}" for i in range(5)]
     for event in events:
         assert event["object"].get("data", {"v": DATA_MARKER}) == {"v": DATA_MARKER}
@@ -864,3 +865,17 @@ def test_the_reveal_prefix_is_removed_before_forwarding(
     assert shown.json()["data"] == {"v": "c2VjcmV0"}
     # only the Secret read is a reveal; /version touched no Secret and is not in the log
     assert [(e["verb"], e["name"], e["revealed"]) for e in _audit_lines(audit_path)] == [("get", "k", True)]
+
+
+def test_a_percent_encoded_secrets_path_is_still_redacted_and_audited(
+    audited: tuple[ProxyThread, Path], pki: ServingPKI, bearer: bytes, kube_api: KubeAPI, kube_ns: str
+) -> None:
+    proxy, audit_path = audited
+    rtype = kube_api.store.type_of("", "v1", "secrets")
+    kube_api.store.create(rtype, kube_ns, {"metadata": {"name": "enc"}, "data": {"v": "c2VjcmV0"}})
+    resp = _get(proxy, pki, f"/api/v1/namespaces/{kube_ns}/%73ecrets/enc", bearer)
+    assert resp.status == 200  # the apiserver (here the stand-in) decodes the path: it served the Secret
+    assert resp.json()["data"] == {"v": DATA_MARKER}
+    assert [(e["verb"], e["name"], e["revealed"]) for e in _audit_lines(audit_path)] == [
+        ("get", "enc", False)
+    ]

@@ -145,6 +145,10 @@ def test_get_watch_streams_through_the_proxy(
         for stream in (watch.stdout, watch.stderr):
             if stream is not None:
                 stream.close()
+    deadline = time.monotonic() + DEADLINE
+    while kube_api.open_watches() > before:  # kubectl gone: its upstream watch ends too
+        assert time.monotonic() < deadline, "the watch of a terminated kubectl stayed open upstream"
+        time.sleep(0.05)
 
 
 def test_kubectl_with_a_wrong_bearer_is_refused(

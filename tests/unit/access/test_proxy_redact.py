@@ -133,3 +133,39 @@ def test_the_data_marker_is_base64_of_the_marker() -> None:
 
     # typed clients (kubectl create secret) decode data values: the marker must decode
     assert base64.b64decode(DATA_MARKER, validate=True).decode() == MARKER
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/v1/namespaces/app/%73ecrets/db",
+        "/api/v1/namespaces/app/secrets%2Fdb",
+        "//api/v1//namespaces/app/secrets/db/",
+        "/api/v1/namespaces/app/configmaps/../secrets/db",
+        "/api/v1/./namespaces/app/secrets/./db",
+        "/api/%76%31/namespaces/app/secrets/db",
+    ],
+)
+def test_every_spelling_of_a_secrets_path_is_a_secret_access(path: str) -> None:
+    assert secret_access("GET", path, "") == SecretAccess("get", "app", "db", False)
+
+
+_SEGMENT = st.sampled_from(["api", "v1", "namespaces", "app", "secrets", "db", "watch", "configmaps", "x"])
+
+
+@given(
+    segments=st.lists(_SEGMENT, min_size=1, max_size=7),
+    encode=st.lists(st.booleans(), max_size=60),
+    extra_slashes=st.lists(st.booleans(), max_size=8),
+    method=st.sampled_from(["GET", "POST", "PUT", "PATCH", "DELETE"]),
+    query=st.sampled_from(["", "watch=true", "watch=1", "limit=5"]),
+)
+def test_encoding_or_slashes_never_change_the_reading(
+    segments: list[str], encode: list[bool], extra_slashes: list[bool], method: str, query: str
+) -> None:
+    canonical = "/" + "/".join(segments)
+    flags = iter(encode)
+    spelled = "".join(f"%{ord(c):02X}" if c != "/" and next(flags, False) else c for c in canonical)
+    slashes = iter(extra_slashes)
+    spelled = "".join(c + ("/" if c == "/" and next(slashes, False) else "") for c in spelled)
+    assert secret_access(method, spelled, query) == secret_access(method, canonical, query)
