@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import socket
 import struct
@@ -13,10 +14,12 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from kubeshield.access.agent import AgentSettings, prepare_socket_dir
 from kubeshield.access.agent_client import AgentClient, AgentError, AgentUnavailable
-from kubeshield.access.agent_protocol import encode_frame, recv_message
+from kubeshield.access.agent_protocol import ERROR_TYPES, OPS, encode_frame, recv_message
 from kubeshield.access.credential import ClusterEndpoint
 from kubeshield.access.store import Argon2Params, CredentialStore, StoreKey
 from kubeshield.errors import ConfigError
@@ -275,3 +278,53 @@ def test_the_expiry_timer_drops_a_credential_nobody_asks_for(agent: AgentClient,
         assert time.monotonic() < deadline, "the credential was not dropped at its expiry"
         time.sleep(0.05)
     assert [c["context"] for c in agent.contexts()] == ["long"]
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=20,
+)
+requests = st.one_of(
+    st.binary(min_size=1, max_size=200),
+    st.dictionaries(st.text(max_size=10), json_values, max_size=5).map(lambda d: json.dumps(d).encode()),
+    st.builds(
+        lambda op, args: json.dumps({"v": 1, "op": op, **args}).encode(),
+        st.sampled_from(sorted(OPS) + ["", "nope"]),
+        st.dictionaries(
+            st.sampled_from(
+                [
+                    "context",
+                    "credential",
+                    "handle",
+                    "cert",
+                    "clusters",
+                    "proxy",
+                    "listen",
+                    "passphrase",
+                    "subject",
+                ]
+            ),
+            json_values,
+            max_size=4,
+        ),
+    ),
+)
+
+
+@given(body=requests)
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_any_request_gets_an_answer_and_the_agent_keeps_serving(
+    agent: AgentClient, rundir: Path, body: bytes
+) -> None:
+    conn = _raw(rundir / "agent.sock")
+    try:
+        conn.sendall(struct.pack(">I", len(body)) + body)
+        answer = recv_message(conn)
+        assert answer is not None
+        if answer["ok"] is not True:
+            assert answer["error"]["type"] in ERROR_TYPES and answer["error"]["message"]
+            assert answer["error"]["type"] != "internal", answer
+    finally:
+        conn.close()
+    assert agent.status()["protocol"] == 1
