@@ -290,7 +290,7 @@ requests = st.one_of(
     st.dictionaries(st.text(max_size=10), json_values, max_size=5).map(lambda d: json.dumps(d).encode()),
     st.builds(
         lambda op, args: json.dumps({"v": 1, "op": op, **args}).encode(),
-        st.sampled_from(sorted(OPS) + ["", "nope"]),
+        st.sampled_from([*sorted(OPS), "", "nope"]),
         st.dictionaries(
             st.sampled_from(
                 [
