@@ -147,7 +147,8 @@ def _kubeshield_command() -> str:
 @_socket_option
 @option("--allow-exe", multiple=True, type=_FILE,
         help="Only callers running this executable are served (repeatable; compared by file identity, "
-        "checked again before every request). Default: every process of your uid.")  # fmt: skip
+        "checked again before every request). For kubeshield's own commands that is its Python "
+        "interpreter. Default: every process of your uid.")  # fmt: skip
 @option("--require-mlock", is_flag=True, help="Refuse to start when memory cannot be locked (mlockall).")
 @_store_option
 @_key_options
