@@ -232,12 +232,14 @@ def proxy_kubeconfig(
 
 class UpgradeEcho:
     """A TLS server on 127.0.0.1 that answers any request carrying ``Upgrade`` with 101 and then echoes
-    every byte back until the client closes; other requests get 400 (``silent``: no answer at all).
+    every byte back until the client closes; other requests get 400 (``silent``: no answer at all;
+    ``reply``: these bytes).
     It records the request heads."""
 
-    def __init__(self, pki: ServingPKI, *, silent: bool = False) -> None:
+    def __init__(self, pki: ServingPKI, *, silent: bool = False, reply: bytes | None = None) -> None:
         self._pki = pki
         self._silent = silent
+        self._reply = reply
         self.heads: list[bytes] = []
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="upgrade-echo", daemon=True)
@@ -255,6 +257,10 @@ class UpgradeEcho:
             head = await reader.readuntil(b"\r\n\r\n")
             self.heads.append(head)
             if self._silent:  # an apiserver that never answers
+                await reader.read()
+                return
+            if self._reply is not None and b"\r\nupgrade:" not in head.lower():
+                writer.write(self._reply)
                 await reader.read()
                 return
             if b"\r\nupgrade:" not in head.lower():

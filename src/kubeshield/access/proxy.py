@@ -472,6 +472,9 @@ class LocalProxy:
                 conn.writer.write(self._upstream_head(conn, head, body, redact) + body)
                 self._deadlines[conn.writer.transport] = self._loop_time() + _RESPONSE_TIMEOUT
                 raw = await conn.reader.readuntil(b"\r\n\r\n")
+                # interim answers (100, 103) other than an upgrade's 101: the final one follows
+                while raw[9:10] == b"1" and not raw.startswith(b"HTTP/1.1 101") and len(raw) > 12:
+                    raw = await conn.reader.readuntil(b"\r\n\r\n")
             except (ConnectionError, asyncio.IncompleteReadError) as exc:
                 conn.close()
                 if conn.writer.transport in self._expired:

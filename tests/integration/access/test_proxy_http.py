@@ -879,3 +879,18 @@ def test_a_percent_encoded_secrets_path_is_still_redacted_and_audited(
     assert [(e["verb"], e["name"], e["revealed"]) for e in _audit_lines(audit_path)] == [
         ("get", "enc", False)
     ]
+
+
+def test_interim_responses_are_skipped(pki: ServingPKI, bearer: bytes) -> None:
+    upstream_pki = ServingPKI.make("hints-ca")
+    reply = (
+        b"HTTP/1.1 103 Early Hints\r\nLink: </x>; rel=preload\r\n\r\n"
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+    )
+    with UpgradeEcho(upstream_pki, reply=reply) as hints:
+        cred = ClusterCredential(
+            context="hints", server=hints.url, ca_pem=upstream_pki.ca_pem, token="t" * 20
+        )
+        with ProxyThread(credential=lambda: cred, bearer=bearer, pki=pki) as proxy:
+            resp = _get(proxy, pki, "/version", bearer)
+    assert (resp.status, resp.body) == (200, b"{}")
