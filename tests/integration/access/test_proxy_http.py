@@ -894,3 +894,30 @@ def test_interim_responses_are_skipped(pki: ServingPKI, bearer: bytes) -> None:
         with ProxyThread(credential=lambda: cred, bearer=bearer, pki=pki) as proxy:
             resp = _get(proxy, pki, "/version", bearer)
     assert (resp.status, resp.body) == (200, b"{}")
+
+
+def test_stopping_the_proxy_ends_open_streams_and_splices(
+    alice: ClusterCredential, pki: ServingPKI, bearer: bytes, kube_api: KubeAPI, kube_ns: str
+) -> None:
+    before = kube_api.open_watches()
+    echo_pki = ServingPKI.make("echo-ca-2")
+    with UpgradeEcho(echo_pki) as echo:
+        proxy = ProxyThread(credential=lambda: alice, bearer=bearer, pki=pki).start()
+        echo_cred = ClusterCredential(context="echo", server=echo.url, ca_pem=echo_pki.ca_pem, token="t" * 20)
+        splicer = ProxyThread(credential=lambda: echo_cred, bearer=bearer, pki=pki).start()
+        watch = _open_watch(proxy.url, pki, bearer, f"/api/v1/namespaces/{kube_ns}/configmaps?watch=1")
+        upgraded = open_tls(splicer.url, pki.ca_pem)
+        upgraded.sendall(
+            request_bytes("GET", "/x", bearer=bearer, headers={"Connection": "Upgrade", "Upgrade": "echo"})
+        )
+        with watch, upgraded:
+            _wait(lambda: kube_api.open_watches() > before, "the watch upstream")
+            assert upgraded.recv(65536).startswith(b"HTTP/1.1 101")
+            proxy.stop()
+            splicer.stop()
+            for sock in (watch, upgraded):
+                sock.settimeout(DEADLINE)
+                with contextlib.suppress(ssl.SSLError, ConnectionError):
+                    while sock.recv(65536):
+                        pass  # drained to the end: the proxy closed it
+        _wait(lambda: kube_api.open_watches() <= before, "the watch to end upstream")
