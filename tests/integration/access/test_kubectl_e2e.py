@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from kubeshield.access.redact import DATA_MARKER
 from tests.support.access_kubectl import (
     EchoServer,
     Lines,
@@ -36,7 +37,7 @@ kube_ns = _kubeapi_fixtures.kube_ns
 @pytest.fixture
 def session(kube_api: KubeAPI, tmp_path: Path) -> Iterator[UserSession]:
     with UserSession.begin(kube_api, tmp_path / "session") as s:
-        s.start_agent()
+        s.start_agent("--redact-secrets", "--audit-log", str(s.data / "audit.jsonl"))
         yield s
 
 
@@ -84,7 +85,15 @@ def test_first_login_then_kubectl_through_the_proxy(
     listed = run("get", "configmaps,secrets", "-o", "name", kubeconfig=config).stdout.split()
     assert {"configmap/app", "secret/db"} <= set(listed)
     secret = json.loads(run("get", "secret", "db", "-o", "json", kubeconfig=config).stdout)
-    assert base64.b64decode(secret["data"]["password"]) == b"hunter2"
+    assert secret["data"]["password"] == DATA_MARKER  # --redact-secrets: the key stays, the value not
+    reveal = ["--server", url + "/kubeshield/reveal"]  # the reveal step, with plain kubectl
+    shown = json.loads(run(*reveal, "get", "secret", "db", "-o", "json", kubeconfig=config).stdout)
+    assert base64.b64decode(shown["data"]["password"]) == b"hunter2"
+    audit = [json.loads(line) for line in (session.data / "audit.jsonl").read_text().splitlines()]
+    reads = [(e["verb"], e["name"], e["revealed"]) for e in audit if e["name"] == "db"]
+    assert ("get", "db", False) in reads and ("get", "db", True) in reads
+    assert all(e["subject"] == session.user for e in audit)
+    assert "hunter2" not in (session.data / "audit.jsonl").read_text()
     run("delete", "configmap", "app", kubeconfig=config)
     assert "configmap/app" not in run("get", "configmaps", "-o", "name", kubeconfig=config).stdout
 
