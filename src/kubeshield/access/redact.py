@@ -64,6 +64,8 @@ def secret_access(method: str, path: str, query: str) -> SecretAccess | None:
     it (percent-decoded: ``%73ecrets`` is ``secrets``), with ``.``/``..`` segments and repeated
     slashes resolved, so that no spelling of a Secrets path slips past the audit and redaction;
     reading too many paths as Secrets accesses is the safe side."""
+    if "secrets" not in path and "%" not in path:  # the common case, decided without decoding
+        return None
     decoded = posixpath.normpath("/" + unquote(path))
     parts = [p for p in decoded.split("/") if p]
     if parts[:2] != ["api", "v1"]:
