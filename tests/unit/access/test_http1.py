@@ -409,3 +409,53 @@ def test_accepted_requests_round_trip(
     assert head.method == method and head.target == "/" + path
     assert list(head.headers) == all_fields
     assert head.content_length == length and not head.chunked
+
+
+# --- differential: what we accept, h11 (a strict, independent HTTP/1.1 parser) reads the same way ------
+
+
+def _h11_reading(raw: bytes, body: bytes) -> tuple[str, str, list[tuple[str, str]], bytes] | None:
+    """h11's reading of ``raw`` + ``body``: (method, target, headers, body) or None when it refuses."""
+    import h11
+
+    conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES * 2)
+    conn.receive_data(raw + body)
+    try:
+        event = conn.next_event()
+        if not isinstance(event, h11.Request):
+            return None
+        data = b""
+        while True:
+            nxt = conn.next_event()
+            if isinstance(nxt, h11.Data):
+                data += nxt.data
+            elif isinstance(nxt, h11.EndOfMessage):
+                break
+            else:
+                return None
+    except h11.RemoteProtocolError:
+        return None
+    headers = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in event.headers]
+    return event.method.decode(), event.target.decode(), headers, data
+
+
+@settings(max_examples=500)
+@given(_heads(), st.binary(min_size=0, max_size=20))
+def test_fuzz_what_we_accept_h11_reads_the_same_way(raw: bytes, payload: bytes) -> None:
+    try:
+        head = parse_request_head(raw)
+    except HttpError:
+        return
+    if head.version != "HTTP/1.1":
+        return
+    if head.chunked:
+        body = (b"%x\r\n%s\r\n" % (len(payload), payload) if payload else b"") + b"0\r\n\r\n"
+    else:
+        payload = payload[: head.content_length or 0].ljust(head.content_length or 0, b"x")
+        body = payload
+    reading = _h11_reading(raw, body)
+    assert reading is not None, raw
+    method, target, headers, data = reading
+    assert (method, target) == (head.method, head.target)
+    assert [(n, v) for n, v in headers] == [(n.lower(), v) for n, v in head.headers]
+    assert data == payload
