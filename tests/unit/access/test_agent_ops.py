@@ -328,3 +328,21 @@ def test_any_request_gets_an_answer_and_the_agent_keeps_serving(
     finally:
         conn.close()
     assert agent.status()["protocol"] == 1
+
+
+def test_a_request_that_stalls_is_answered_at_the_request_timeout_and_the_agent_keeps_serving(
+    tmp_path: Path,
+) -> None:
+    run = tmp_path / "run2"
+    run.mkdir(mode=0o700)
+    settings = AgentSettings(socket_path=run / "agent.sock", request_timeout=0.5)
+    with agent_on_thread(settings) as (_, client):
+        conn = _raw(run / "agent.sock")
+        try:
+            conn.sendall(struct.pack(">I", 100) + b'{"v": 1')  # 7 of the 100 announced bytes, then nothing
+            answer = recv_message(conn)  # the socket's own timeout (30 s) bounds this wait
+            assert answer is not None and "did not arrive within 0.5s" in answer["error"]["message"]
+            assert conn.recv(1) == b""
+        finally:
+            conn.close()
+        assert client.status()["protocol"] == 1
