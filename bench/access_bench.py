@@ -13,7 +13,10 @@ Both paths are measured in turns (latency: one request each in alternation; thro
 slices; watch: alternating runs), so that a busy machine's load hits both alike.
 
 Goal (issue 11): added p50 latency under 1 ms at concurrency 1, throughput at least 0.7 of direct.
-The direct path is the floor, measured in the same run.
+The direct path is the floor, measured in the same run. Also printed: the proxy process's CPU time
+per request (from /proc), which does not depend on how busy the machine is; with the stand-in, the
+clients and the proxy sharing few CPUs, the throughput ratio is roughly the stand-in's CPU per request
+over the stand-in's plus the proxy's.
 
     .venv/bin/python bench/access_bench.py [--seconds 3] [--clients 4] [--watch-runs 5]
 """
@@ -24,6 +27,7 @@ import argparse
 import base64
 import http.client
 import json
+import os
 import ssl
 import statistics
 import subprocess
@@ -117,7 +121,18 @@ def latencies(targets: list[Target], path: str, seconds: float, at_least: int) -
             conn.close()
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (from /proc: load-independent, unlike wall time)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+PROXY: dict[str, int] = {}  # the proxy's pid
+PROXY_CPU: dict[str, list[float]] = {}  # path -> [CPU seconds, requests] spent by the proxy under load
+
+
 def throughput(target: Target, path: str, seconds: float, clients: int) -> float:
+    cpu0 = cpu_seconds(PROXY["pid"]) if target.name == "proxy" else 0.0
     counts = [0] * clients
     start_at = threading.Barrier(clients + 1)
     end_box: list[float] = []
@@ -141,6 +156,10 @@ def throughput(target: Target, path: str, seconds: float, clients: int) -> float
     start_at.wait()
     for t in threads:
         t.join()
+    if target.name == "proxy":
+        spent = PROXY_CPU.setdefault(path, [0.0, 0.0])
+        spent[0] += cpu_seconds(PROXY["pid"]) - cpu0
+        spent[1] += sum(counts) + clients  # with each connection's first request
     return sum(counts) / (time.perf_counter() - t0)
 
 
@@ -179,6 +198,7 @@ def main() -> int:
         proxied = None
         try:
             proxied, via = spawn("proxy", str(spec))
+            PROXY["pid"] = proxied.pid
             direct_ctx = ssl.create_default_context(cafile=where["ca"])
             direct_ctx.load_cert_chain(where["cert"], where["key"])
             proxy_ctx = ssl.create_default_context(cadata=base64.b64decode(via["ca_pem"]).decode())
@@ -263,6 +283,13 @@ def report(rows: dict[str, Row], clients: int) -> None:
             met = False
         if ratio < 0.7:
             met = False
+    per_get = PROXY_CPU[GET][0] / max(PROXY_CPU[GET][1], 1)
+    per_list = PROXY_CPU[LIST][0] / max(PROXY_CPU[LIST][1], 1)
+    print(
+        f"proxy CPU (user+system, incl. TLS handshakes): {per_get * 1e6:.0f} us per GET, "
+        f"{per_list * 1e3:.2f} ms per list of 1,000; load average {os.getloadavg()[0]:.1f} on "
+        f"{os.cpu_count()} CPUs"
+    )
     print(
         f"(latency at concurrency 1; GET and list rates with {clients} connections; watch rate from the "
         f"median run)\ngoal: added p50 of a GET < 1 ms and every rate ratio >= 0.70: "
