@@ -68,6 +68,7 @@ from kubeshield.errors import ConfigError, InvalidCiphertext, KubeshieldError, W
 from kubeshield.keys._unix_socket import prepare_socket_path
 
 if TYPE_CHECKING:
+    from kubeshield.access.audit import AuditLog
     from kubeshield.access.proxy import LocalProxy
 
 __all__ = ["Agent", "AgentSettings", "prepare_socket_dir", "run_agent"]
@@ -180,6 +181,11 @@ class Agent:
         self._server: asyncio.AbstractServer | None = None
         self._stopped = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._audit: AuditLog | None = None
+        if settings.audit_log is not None:  # opened (and checked: ours, 0600) at start, shared by sessions
+            from kubeshield.access.audit import AuditLog
+
+            self._audit = AuditLog(settings.audit_log)
         self._handlers: dict[str, Callable[[dict[str, Any]], Awaitable[Any]]] = {
             "status": self._op_status,
             "add": self._op_add,
@@ -257,6 +263,8 @@ class Agent:
                 await self._server.wait_closed()
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.settings.socket_path)
+            if self._audit is not None:
+                self._audit.close()
 
     def _on_signal(self, sig: int) -> None:
         log.info("%s: dropping every credential and stopping", signal.Signals(sig).name)
@@ -715,17 +723,12 @@ class Agent:
         serving = self._ca.issue_serving(now=now)
         expires = min(expires, serving.expires_at)
         bearer = secrets.token_urlsafe(32).encode("ascii")  # 256 random bits
-        audit = None
-        if self.settings.audit_log is not None:
-            from kubeshield.access.audit import AuditLog
-
-            audit = AuditLog(self.settings.audit_log)
         proxy = LocalProxy(
             credential=lambda: self._proxy_credential(context),
             bearer=bearer,
             serving_cert_pem=serving.cert_pem,
             serving_key_pem=serving.key_pem,
-            audit=audit,
+            audit=self._audit,
             redact_secrets=self.settings.redact_secrets,
         )
         try:

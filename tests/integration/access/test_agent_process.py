@@ -214,3 +214,26 @@ def test_status_lists_contexts_without_secrets(workdir: Path) -> None:
             assert "BEGIN CERTIFICATE" not in shown.stdout
     finally:
         agent.stop()
+
+
+def test_an_audit_log_others_can_read_is_refused_at_start(workdir: Path) -> None:
+    log = workdir / "audit.jsonl"
+    log.touch(mode=0o644)
+    log.chmod(0o644)
+    done = subprocess.run(
+        [
+            KUBESHIELD,
+            "access",
+            "agent",
+            "--socket",
+            str(workdir / "run" / "agent.sock"),
+            "--audit-log",
+            str(log),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 1 and "mode 0600" in done.stderr
+    assert not (workdir / "run" / "agent.sock").exists()
