@@ -14,8 +14,10 @@ Checked at every connection, from what the kernel says (never from anything the 
 
 Limits (docs/access.md): a process of the same uid can ptrace an allowed caller (unless Yama's
 ptrace_scope forbids it) and make it ask for anything; a socket inherited by a child that shares the
-allowed image is not told apart. The allow-list narrows which programs of the user ask the agent,
-it is not a boundary against the user's own code with ptrace rights. The uid check is the boundary.
+allowed image is not told apart; a connection the admitted caller hands to another process (even of
+another uid, over ``SCM_RIGHTS``) keeps the caller's credentials: that is the user delegating, as with
+an ssh-agent socket. The allow-list narrows which programs of the user ask the agent, it is not a
+boundary against the user's own code with ptrace rights. The uid check is the boundary.
 """
 
 from __future__ import annotations
