@@ -21,9 +21,7 @@ from tests.support.kubeapi._streams import SpdySession
 ids = st.integers(min_value=1, max_value=(1 << 31) - 1)
 u32 = st.integers(min_value=0, max_value=0xFFFFFFFF)
 names = st.text(alphabet="abcdefghijklmnopqrstuvwxyz-0123456789", min_size=1, max_size=20)
-values = st.text(
-    alphabet=st.characters(exclude_characters="\x00", exclude_categories=["Cs"]), max_size=30
-)
+values = st.text(alphabet=st.characters(exclude_characters="\x00", exclude_categories=["Cs"]), max_size=30)
 headers = st.dictionaries(names, st.lists(values, min_size=1, max_size=3), max_size=6).map(
     lambda d: tuple((k, tuple(v)) for k, v in d.items())
 )
