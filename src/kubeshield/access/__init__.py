@@ -2,14 +2,18 @@
 
 Modules (each named for what it holds):
 
-- ``credential``: ``ClusterCredential``, what the agent holds for one context (never printed).
-- the agent (per-user daemon, SO_PEERCRED-checked unix socket, memory-only credentials), its client,
-  the sealed credential store and kubeconfig import;
-- the local proxy (https on 127.0.0.1 with a local CA and a per-session bearer secret, forwarding to
-  the apiserver with the agent's credential, streaming upgrades, Secret audit log and redaction);
-- the exec-credential plugin and the secret-free kubeconfig;
-- the login relay (OIDC device and auth-code+PKCE flows, short-lived client certificates signed by a
-  CA whose key a kubeshield KeyBackend holds) and ``access login``.
+- ``credential``: ``ClusterCredential`` and ``ClusterEndpoint`` (never printed with a secret);
+- the agent: ``agent`` (the per-user daemon, memory-only credentials, proxy sessions), ``agent_protocol``
+  (length-prefixed JSON over the unix socket), ``agent_client``, ``peer`` (SO_PEERCRED and the
+  ``--allow-exe`` check), ``local_ca`` (the in-memory CA of the proxy's serving certificates);
+- ``store`` (the sealed credential store) and ``kubeconfig_import``; ``kubeconfig_out`` (the
+  secret-free kubeconfig) and ``exec_credential`` (the client-go exec plugin's answers);
+- the proxy: ``proxy`` (``LocalProxy``), ``_http1`` (the strict HTTP/1.1 request-head parser),
+  ``upstream`` (the TLS connection pool to the apiserver), ``audit`` (the Secret audit log),
+  ``redact`` (Secret values replaced unless revealed);
+- the login: ``idtoken`` (ID token verification), ``oidc`` (device and auth-code+PKCE flows),
+  ``login``, ``relay`` (the relay service), ``relay_ca`` (its CA, key wrapped by a KeyBackend),
+  ``relay_settings``, ``relay_attest`` (TPM attestation between relay and login).
 
 See docs/access.md.
 """

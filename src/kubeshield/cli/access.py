@@ -22,6 +22,9 @@ def group() -> None:
     \b
     agent            the per-user daemon that holds credentials in memory only
     import           move an existing kubeconfig's credentials into the agent and its sealed store
+    unlock           load the sealed store into the agent (asks for its passphrase)
+    lock             drop every credential the agent holds, and stop its proxies
+    status           what the agent holds (contexts, expiry, proxies), never a secret
     proxy            serve one context on https://127.0.0.1:PORT for kubectl
     kubeconfig       print a kubeconfig that holds no secret (it points at the proxy)
     exec-credential  a client-go exec plugin served from the agent's memory

@@ -7,7 +7,7 @@
     token = api.mint_sa_token("ns", "app", audiences=["kubeshield"], pod=("p", uid))
     api.store.put({...}); api.store.objects("", "secrets")             # arrange and inspect state
     api.deny(user="mallory", resource="secrets")                       # authorization deny-list
-    api.trust_client_ca(relay_ca_pem)                                   # a second client CA (--client-ca-file)
+    api.trust_client_ca(relay_ca_pem)                                 # a second client CA
     api.drop_watches(); api.compact(); api.bookmark()                   # watch failure modes
     api.stop()
 
