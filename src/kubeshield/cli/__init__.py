@@ -18,7 +18,7 @@ from kubeshield.errors import KubeshieldError
 
 __all__ = ["cli", "main", "run"]
 
-_GROUPS = ("keys", "kms", "etcd", "custody", "attest", "sops", "seal", "posture", "node")
+_GROUPS = ("keys", "kms", "etcd", "custody", "attest", "sops", "seal", "posture", "node", "access")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -36,6 +36,7 @@ def cli() -> None:
     seal     sealed secrets for Git (kubeseal-compatible), their keys, unseal, the controller
     posture  every way Secrets can leak (config, RBAC, pods, Git); Pod Security admission
     node     values sealed per ServiceAccount, released only to the pod (CSI provider, injector)
+    access   secure kubectl: credentials only in memory, behind a local https proxy
 
     Every flag can also be set with KUBESHIELD_<FLAG> (for example KUBESHIELD_SOCKET); the command
     line wins. Exit codes: 0 ok, 1 findings or failure, 2 usage error.

@@ -30,12 +30,13 @@ import errno
 import hashlib
 import os
 import stat
-import struct
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from kubeshield.keys._peer import peer_credentials
 
 __all__ = [
     "ExeDigests",
@@ -49,7 +50,6 @@ __all__ = [
     "read_regular",
 ]
 
-_UCRED = struct.Struct("3i")
 EXE_MAX_BYTES = 512 * 1024 * 1024
 EXE_TIME_BUDGET = 10.0
 PROC_MAX_BYTES = 64 * 1024
@@ -95,17 +95,6 @@ class PeerIdentity:
             cgroup=self.cgroup,
             start_time=self.start_time,
         )
-
-
-def peer_credentials(sock: object) -> tuple[int, int, int]:
-    """(pid, euid, egid) of the peer of a connected unix socket at connect time (``SO_PEERCRED``)."""
-    import socket as _socket
-
-    if not isinstance(sock, _socket.socket):
-        raise TypeError("sock must be a socket")
-    raw = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, _UCRED.size)
-    pid, uid, gid = _UCRED.unpack(raw)
-    return pid, uid, gid
 
 
 def _open_regular(path: str, *, follow: bool) -> tuple[int, os.stat_result]:

@@ -53,6 +53,7 @@ from kubeshield.custody.measure import (
     read_cgroup,
 )
 from kubeshield.keys._custody_protocol import HEADER_SIZE, ProtocolError, decode_body_length
+from kubeshield.keys._peer import peer_pidfd, pidfd_alive
 
 __all__ = [
     "ForeignSender",
@@ -63,7 +64,6 @@ __all__ = [
     "read_frame",
 ]
 
-_SO_PEERPIDFD = getattr(socket, "SO_PEERPIDFD", 77)  # Linux 6.5; Python 3.11 lacks the constant
 _UCRED = struct.Struct("3i")
 _ANCILLARY = socket.CMSG_SPACE(_UCRED.size)
 
@@ -96,21 +96,8 @@ def enable_sender_credentials(listener: socket.socket) -> None:
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
 
 
-def _peer_pidfd(conn: socket.socket, pid: int) -> int:
-    try:
-        return conn.getsockopt(socket.SOL_SOCKET, _SO_PEERPIDFD)
-    except OSError as exc:
-        if exc.errno not in (errno.ENOPROTOOPT, errno.EINVAL):
-            raise
-    # older kernel: the pid from SO_PEERCRED. A reuse of that pid between connect() and this call
-    # needs the caller to exit and the pid space to wrap meanwhile (docs/custody.md, limits).
-    return os.pidfd_open(pid)
-
-
-def _alive(pidfd: int) -> bool:
-    poller = select.poll()
-    poller.register(pidfd, select.POLLIN)
-    return not poller.poll(0)  # a pidfd turns readable when its process exits
+_peer_pidfd = peer_pidfd  # moved to kubeshield.keys._peer (shared with kubeshield.access)
+_alive = pidfd_alive
 
 
 @dataclass

@@ -7,6 +7,7 @@
     token = api.mint_sa_token("ns", "app", audiences=["kubeshield"], pod=("p", uid))
     api.store.put({...}); api.store.objects("", "secrets")             # arrange and inspect state
     api.deny(user="mallory", resource="secrets")                       # authorization deny-list
+    api.trust_client_ca(relay_ca_pem)                                 # a second client CA
     api.drop_watches(); api.compact(); api.bookmark()                   # watch failure modes
     api.stop()
 
@@ -15,8 +16,9 @@ ServiceAccount JWTs it signs itself (also answered by TokenReview). Authorizatio
 user may do everything, except what the deny-list or a ``policy`` function refuses; SubjectAccessReview
 answers from the same decision. Impersonation headers are honoured for users allowed to impersonate.
 
-Extension point: ``register_subresource(plural, name, handler)`` serves ``<object>/<name>`` (exec,
-attach, portforward...) with an aiohttp handler that receives a ``SubresourceContext``.
+Extension point: ``register_subresource(plural, name, handler)`` serves ``<object>/<name>`` with an
+aiohttp handler that receives a ``SubresourceContext``; ``api.pods`` (``_streams.PodRuntime``) serves
+pods/exec, attach and portforward that way, for real, over WebSocket and SPDY.
 
 Not a kube-apiserver (none can be installed here): no admission chain, no defaulting beyond a few
 fields, no schema validation (``fieldValidation`` is accepted, not enforced), no protobuf.
@@ -62,6 +64,7 @@ from tests.support.kubeapi._status import (
     unauthorized,
 )
 from tests.support.kubeapi._store import Event, Store, Watcher
+from tests.support.kubeapi._streams import PodRuntime
 from tests.support.kubeapi._types import ResourceType
 
 __all__ = ["KubeAPI", "RequestRecord", "SubresourceContext"]
@@ -152,11 +155,14 @@ class KubeAPI:
         self._runner: web.AppRunner | None = None
         self._watches: dict[asyncio.Transport, asyncio.Queue[Event | None]] = {}
         self._pki: Authority | None = None
+        self._tls: ssl.SSLContext | None = None
+        self._client_cas: list[bytes] = []
         self._sock: socket.socket | None = None
         self._hold = threading.Event()
         self._connections: weakref.WeakSet[asyncio.Transport] = weakref.WeakSet()
         self.url = ""
         self.port = 0
+        self.pods = PodRuntime(self)  # pods/exec, attach, portforward (see _streams)
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
@@ -166,7 +172,10 @@ class KubeAPI:
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ctx.load_cert_chain(serving.cert, serving.key)
         ctx.load_verify_locations(cafile=str(self._pki.path))
+        for pem in self._client_cas:
+            ctx.load_verify_locations(cadata=pem.decode("ascii"))
         ctx.verify_mode = ssl.CERT_OPTIONAL
+        self._tls = ctx
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", 0))
@@ -217,6 +226,7 @@ class KubeAPI:
         self.drop_watches()
 
         async def shutdown() -> None:
+            await self.pods.aclose()
             await runner.cleanup()
             for transport in list(self._connections):  # keep-alive connections cleanup left open
                 transport.abort()
@@ -242,6 +252,13 @@ class KubeAPI:
         return self._pki.path
 
     # --- identities --------------------------------------------------------------------------------
+
+    def trust_client_ca(self, pem: bytes) -> None:
+        """Also accept client certificates signed by ``pem`` (kube-apiserver's ``--client-ca-file``
+        holding a second CA, such as the kubeshield login relay's). Works before and after start()."""
+        self._client_cas.append(pem)
+        if self._tls is not None:
+            self._tls.load_verify_locations(cadata=pem.decode("ascii"))
 
     def mint_client_cert(
         self, user: str, groups: Sequence[str] = (), *, stem: str | None = None

@@ -13,7 +13,7 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,12 +50,14 @@ class Kubectl:
         input: str | None = None,
         check: bool = True,
         timeout: float = 60,
+        env: Mapping[str, str] | None = None,
     ) -> subprocess.CompletedProcess[str]:
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "HOME": str(self.home),
             "KUBECONFIG": str(kubeconfig),
             "KUBECACHEDIR": str(self.home / f"cache-{uuid.uuid4().hex[:8]}"),  # no stale discovery
+            **(env or {}),  # e.g. KUBECTL_REMOTE_COMMAND_WEBSOCKETS=false for the SPDY fallback
         }
         done = subprocess.run(
             [str(self.binary), *args], env=env, input=input, capture_output=True, text=True, timeout=timeout
@@ -64,15 +66,27 @@ class Kubectl:
             raise AssertionError(f"kubectl {' '.join(args)} exited {done.returncode}: {done.stderr.strip()}")
         return done
 
-    def popen(self, *args: str, kubeconfig: Path) -> subprocess.Popen[str]:
+    def popen(
+        self,
+        *args: str,
+        kubeconfig: Path,
+        env: Mapping[str, str] | None = None,
+        stdin: int | None = None,
+    ) -> subprocess.Popen[str]:
         env = {
             "PATH": os.environ.get("PATH", ""),
             "HOME": str(self.home),
             "KUBECONFIG": str(kubeconfig),
             "KUBECACHEDIR": str(self.home / f"cache-{uuid.uuid4().hex[:8]}"),
+            **(env or {}),
         }
         return subprocess.Popen(
-            [str(self.binary), *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            [str(self.binary), *args],
+            env=env,
+            stdin=stdin,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
 
 
