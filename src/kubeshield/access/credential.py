@@ -69,4 +69,7 @@ class ClusterCredential:
 
     def __repr__(self) -> str:
         until = self.expires_at.isoformat() if self.expires_at else "unknown"
-        return f"ClusterCredential(context={self.context!r}, server={self.server!r}, kind={self.kind}, expires={until})"
+        return (
+            f"ClusterCredential(context={self.context!r}, server={self.server!r}, kind={self.kind}, "
+            f"expires={until})"
+        )

@@ -234,5 +234,5 @@ def test_any_document_gives_settings_or_config_error(data: dict[str, object]) ->
 
 def test_health_addr_none_turns_the_endpoint_off_and_empty_says_to_use_it() -> None:
     assert settings_from_mapping({"kms": {"healthAddr": "none"}}).kms.health_addr == "none"
-    with pytest.raises(ConfigError, match="kms.healthAddr: must not be empty"):
+    with pytest.raises(ConfigError, match=r"kms\.healthAddr: must not be empty"):
         settings_from_mapping({"kms": {"healthAddr": ""}})
