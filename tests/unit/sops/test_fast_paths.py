@@ -1,0 +1,90 @@
+"""The fast paths taken for speed give exactly what the general code gives (property tests).
+
+Each fast path (the YAML emitter's scalar analysis for printable ASCII, ...) is compared with the general
+code it short-cuts, on inputs drawn to hit the characters that change the answer.
+"""
+
+from __future__ import annotations
+
+import re
+from bisect import bisect_right
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kubeshield.sops.stores import _yaml_emit, _yaml_load
+
+# printable ASCII, weighted towards what libyaml's analysis looks at: indicators, blanks, ':' and '#'
+_ASCII = st.text(
+    st.one_of(
+        st.sampled_from(list(" :#-?.,[]{}&*!|>'\"%@`")), st.characters(min_codepoint=0x20, max_codepoint=0x7E)
+    ),
+    min_size=1,
+    max_size=12,
+)
+_ANY = st.text(st.characters(blacklist_categories=["Cs"]), min_size=1, max_size=12)
+
+
+def _general(value: str) -> tuple[bool, bool, bool, bool]:
+    analysis = _yaml_emit._Analysis.__new__(_yaml_emit._Analysis)
+    analysis._analyse(value)
+    return analysis.multiline, analysis.block_plain, analysis.single_allowed, analysis.block_allowed
+
+
+def _fast(value: str) -> tuple[bool, bool, bool, bool]:
+    analysis = _yaml_emit._Analysis(value)
+    return analysis.multiline, analysis.block_plain, analysis.single_allowed, analysis.block_allowed
+
+
+@settings(max_examples=3000)
+@given(st.one_of(_ASCII, _ANY))
+def test_scalar_analysis_fast_path_matches_the_character_loop(value: str) -> None:
+    assert _fast(value) == _general(value)
+
+
+def test_scalar_analysis_fast_path_examples() -> None:
+    # (value, block_plain): the cases the fast path spells out one by one
+    for value, plain in [
+        ("-", False), ("-a", True), ("- a", False), ("a: b", False), ("a:b", True), ("a:", False),
+        (":", False), ("?x", True), ("? x", False), ("a #b", False), ("a#b", True), ("---x", False),
+        ("...", False), (" a", False), ("a ", False), ("@a", False), ("a@", True), ("9abc", True),
+    ]:  # fmt: skip
+        assert _fast(value)[1] is plain, value
+        assert _general(value)[1] is plain, value
+    assert _fast("a ")[3] is False and _fast("a")[3] is True
+
+
+_COMMENT_RE = re.compile(r"(?:^|(?<=[ \t]))#[^\n]*", re.M)
+
+
+def _comments_by_regex(text: str, spans: list[tuple[int, int]]) -> list[tuple[int, int, int, str, bool]]:
+    """The comment scan as it was written first (a regex over the whole text), kept as the reference."""
+    starts = [s for s, _ in spans]
+    found = []
+    line_starts = [0, *[m.end() for m in re.finditer("\n", text)]]
+    for match in _COMMENT_RE.finditer(text):
+        pos = match.start()
+        i = bisect_right(starts, pos) - 1
+        if i >= 0 and spans[i][0] <= pos < spans[i][1]:
+            continue
+        line = bisect_right(line_starts, pos) - 1
+        column = pos - line_starts[line]
+        before = text[line_starts[line] : pos]
+        body = match.group(0)[1:].rstrip("\r")
+        found.append((pos, line, column, body, bool(before.strip())))
+    return found
+
+
+@st.composite
+def _text_and_spans(draw: st.DrawFn) -> tuple[str, list[tuple[int, int]]]:
+    text = draw(st.text(st.sampled_from(list("#  \t\n\r#ab:")), max_size=60))
+    cuts = sorted(draw(st.lists(st.integers(0, len(text)), max_size=8)))
+    spans = [(cuts[i], cuts[i + 1]) for i in range(0, len(cuts) - 1, 2)]
+    return text, spans
+
+
+@settings(max_examples=3000)
+@given(_text_and_spans())
+def test_comment_scan_matches_the_regex_scan(case: tuple[str, list[tuple[int, int]]]) -> None:
+    text, spans = case
+    assert _yaml_load._comments(text, spans) == _comments_by_regex(text, spans)
