@@ -6,12 +6,14 @@ code it short-cuts, on inputs drawn to hit the characters that change the answer
 
 from __future__ import annotations
 
+import os
 import re
 from bisect import bisect_right
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from kubeshield.sops import _cipher
 from kubeshield.sops.stores import _yaml_emit, _yaml_load
 
 # printable ASCII, weighted towards what libyaml's analysis looks at: indicators, blanks, ':' and '#'
@@ -36,7 +38,7 @@ def _fast(value: str) -> tuple[bool, bool, bool, bool]:
     return analysis.multiline, analysis.block_plain, analysis.single_allowed, analysis.block_allowed
 
 
-@settings(max_examples=3000)
+@settings(max_examples=500)
 @given(st.one_of(_ASCII, _ANY))
 def test_scalar_analysis_fast_path_matches_the_character_loop(value: str) -> None:
     assert _fast(value) == _general(value)
@@ -83,8 +85,35 @@ def _text_and_spans(draw: st.DrawFn) -> tuple[str, list[tuple[int, int]]]:
     return text, spans
 
 
-@settings(max_examples=3000)
+@settings(max_examples=500)
 @given(_text_and_spans())
 def test_comment_scan_matches_the_regex_scan(case: tuple[str, list[tuple[int, int]]]) -> None:
     text, spans = case
     assert _yaml_load._comments(text, spans) == _comments_by_regex(text, spans)
+
+
+_B64ISH = st.text(st.sampled_from(list("Aa0+/=,:]ivtagype[")), min_size=0, max_size=10)
+
+
+@settings(max_examples=500)
+@given(_B64ISH, _B64ISH, _B64ISH, _B64ISH, st.sampled_from(["", "]", "x", ",iv:a"]))
+def test_strict_enc_pattern_splits_as_the_sops_pattern(
+    data: str, iv: str, tag: str, kind: str, tail: str
+) -> None:
+    text = f"ENC[AES256_GCM,data:{data},iv:{iv},tag:{tag},type:{kind}]{tail}"
+    strict = _cipher._ENC_STRICT.fullmatch(text)
+    if strict is not None:
+        general = _cipher._ENC_RE.match(text)
+        assert general is not None and general.groups() == strict.groups()
+
+
+def test_batched_ivs_are_all_different_and_a_plain_decrypt_keeps_no_stash() -> None:
+    cipher = _cipher.ValueCipher(os.urandom(32))
+    values = [cipher.encrypt("same", aad="k:") for _ in range(3 * _cipher._IV_BATCH + 5)]
+    ivs = {v.split(",iv:", 1)[1].split(",", 1)[0] for v in values}
+    assert len(ivs) == len(values)
+    reader = _cipher.ValueCipher(cipher_key := os.urandom(32))
+    forgetful = _cipher.ValueCipher(cipher_key, remember_ivs=False)
+    text = reader.encrypt("v", aad="a:")
+    assert reader.decrypt(text, aad="a:") == "v" and reader.encrypt("v", aad="a:") == text
+    assert forgetful.decrypt(text, aad="a:") == "v" and forgetful.encrypt("v", aad="a:") != text

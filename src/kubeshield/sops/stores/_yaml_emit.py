@@ -265,6 +265,8 @@ def _next_indent(indent: int, in_seq_item: bool) -> int:
 class _Writer:
     def __init__(self) -> None:
         self.lines: list[str] = []
+        # the same keys recur in every section of a large file: their quoting is worked out once
+        self._key_text: dict[Any, str] = {}
 
     def comment(self, indent: int, text: str) -> None:
         self.lines.append(" " * indent + "#" + text)
@@ -280,7 +282,11 @@ class _Writer:
                     continue
                 self.comment(indent, key.value)
                 continue
-            _style, key_text = _scalar_text(key, key=True)
+            key_text = self._key_text.get(key) if type(key) is str else None
+            if key_text is None:
+                _style, key_text = _scalar_text(key, key=True)
+                if type(key) is str and len(self._key_text) < 4096:
+                    self._key_text[key] = key_text
             head = (prefix if prefix is not None else " " * indent) + key_text + ":"
             prefix = None
             self.value_after(head, value, indent, in_seq_item=False)

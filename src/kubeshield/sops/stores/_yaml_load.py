@@ -176,7 +176,11 @@ def load_documents(text: str, *, where: str) -> list[Branch]:
         raise builder.fail(f"invalid YAML: {exc}") from None
     docs: list[tuple[int, int, _Coll | None, Any]] = []  # (start, end, root coll, value)
     spans: list[tuple[int, int]] = []
-    # one pass building nested values; collections remember item geometry for the comment pass
+    # one pass building nested values; collections remember item geometry for the comment pass. No '#'
+    # anywhere: no comment to place, so neither the geometry nor the scalar spans (which tell a '#' inside
+    # a scalar from a comment) are needed, and a 10,000-leaf file loads ~30% faster without them.
+    geometry = "#" in text
+    record = spans.append if geometry else _ignore
     stack: list[_Coll] = []
     pending_key: list[tuple[Any, int, int] | None] = []
     doc_start = 0
@@ -192,7 +196,8 @@ def load_documents(text: str, *, where: str) -> list[Branch]:
         parent = stack[-1]
         if parent.kind == "seq":
             parent.out.append(value)
-            parent.items.append(_Item(start_index, start_line, end_index, coll, start_index))
+            if geometry:
+                parent.items.append(_Item(start_index, start_line, end_index, coll, start_index))
             return
         key_info = pending_key[-1]
         if key_info is None:
@@ -202,11 +207,10 @@ def load_documents(text: str, *, where: str) -> list[Branch]:
             return
         key, key_start, key_line = key_info
         parent.out.append((key, value))
-        parent.items.append(_Item(key_start, key_line, end_index, coll, start_index))
+        if geometry:
+            parent.items.append(_Item(key_start, key_line, end_index, coll, start_index))
         pending_key[-1] = None
 
-    # no '#' anywhere: no comment to place, so the scalar spans (what a '#' inside a scalar is) are unneeded
-    record = spans.append if "#" in text else _ignore
     for event in events:
         cls = type(event)
         if cls is _SCALAR:
