@@ -86,10 +86,13 @@ def encrypt_branches(
     def on_leaf(value: Any, path: list[str], stack: list[list[str]]) -> Any:
         is_comment = isinstance(value, Comment)
         encrypted = selection.should_encrypt(path, stack, is_comment=is_comment)
-        if (not mac_only_encrypted or encrypted) and not is_comment:
-            digest.update(plain_bytes(value)[0])
+        if not encrypted and (mac_only_encrypted or is_comment):
+            return value
+        data, kind = plain_bytes(value)
+        if not is_comment:
+            digest.update(data)
         if encrypted:
-            text = cipher.encrypt(value, aad=_aad(path))
+            text = cipher.encrypt_plain(data, kind, aad=_aad(path))
             return Comment(text) if is_comment else text
         return value
 

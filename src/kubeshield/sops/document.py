@@ -125,9 +125,16 @@ def mac_aad(lastmodified: str) -> str:
 
 
 def decrypt_document(
-    doc: EncryptedDocument, *, data_key: bytes, ignore_mac: bool = False, where: str = "file"
+    doc: EncryptedDocument,
+    *,
+    data_key: bytes,
+    ignore_mac: bool = False,
+    where: str = "file",
+    remember_ivs: bool = True,
 ) -> DecryptedDocument:
-    cipher = ValueCipher(data_key)
+    """Decrypt every value and check the MAC. ``remember_ivs=False`` when nothing will be re-encrypted
+    with the returned cipher (a plain decrypt): its stash of IVs is then not built."""
+    cipher = ValueCipher(data_key, remember_ivs=remember_ivs)
     meta = doc.metadata
     try:
         plain, computed = decrypt_branches(

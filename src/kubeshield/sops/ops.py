@@ -232,12 +232,14 @@ def encrypt_bytes(
 
 
 def _open(
-    data: bytes, *, where: str, in_format: str, env: KeyEnv, ignore_mac: bool
+    data: bytes, *, where: str, in_format: str, env: KeyEnv, ignore_mac: bool, remember_ivs: bool = True
 ) -> tuple[Store, DecryptedDocument]:
     store = store_for(in_format)
     doc = parse_encrypted(data, store=store, where=where)
     key = recover_data_key(doc.metadata, env=env)
-    return store, decrypt_document(doc, data_key=key, ignore_mac=ignore_mac, where=where)
+    return store, decrypt_document(
+        doc, data_key=key, ignore_mac=ignore_mac, where=where, remember_ivs=remember_ivs
+    )
 
 
 def parse_tree_path(text: str) -> list[str | int]:
@@ -275,7 +277,9 @@ def decrypt_bytes(
     ignore_mac: bool = False,
     extract: str | None = None,
 ) -> bytes:
-    _store, doc = _open(data, where=where, in_format=in_format, env=env, ignore_mac=ignore_mac)
+    _store, doc = _open(
+        data, where=where, in_format=in_format, env=env, ignore_mac=ignore_mac, remember_ivs=False
+    )
     out = store_for(out_format)
     if extract is not None:
         path = parse_tree_path(extract)

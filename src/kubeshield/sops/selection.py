@@ -92,8 +92,12 @@ class Selection:
         self, path: Sequence[str], comments: Sequence[Sequence[str]], *, is_comment: bool
     ) -> bool:
         encrypted = True
-        if self.unencrypted_suffix and any(p.endswith(self.unencrypted_suffix) for p in path):
-            encrypted = False
+        suffix = self.unencrypted_suffix
+        if suffix:  # the default rule, so checked once per leaf: a loop, not any() over a generator
+            for part in path:
+                if part.endswith(suffix):
+                    encrypted = False
+                    break
         if self.encrypted_suffix:
             encrypted = any(p.endswith(self.encrypted_suffix) for p in path)
         if self.unencrypted_regex:

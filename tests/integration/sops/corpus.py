@@ -94,10 +94,23 @@ DOTENV = 'A=1\n# comment\nB="quoted value"\nC=multi\\nline\nexport D=x\nE=\nSPAC
 
 INI = "top = 1\n# hash comment\n[sec]\na = 1\nlongerkey=2\n; c2\n  spaced  =  v v  \n[empty]\n"
 
+# '#' inside scalars is not a comment, and a real comment may follow it on the same line
+YAML_HASHES = """\
+a: "x #y" # after a quoted hash
+b: 'p # q' # two
+c: |
+  # not a comment
+  text # neither
+d: plain#not
+e: [1, "#", 2] # after a flow list
+# foot
+"""
+
 CASES = {
     "secret.yaml": ("yaml", YAML_SECRET),
     "rich.yaml": ("yaml", YAML_RICH),
     "multi.yaml": ("yaml", YAML_MULTIDOC),
+    "hashes.yaml": ("yaml", YAML_HASHES),
     "doc.json": ("json", JSON_DOC),
     "app.env": ("dotenv", DOTENV),
     "conf.ini": ("ini", INI),

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import socket
 from typing import Any
 
 from kubeshield.sops.errors import ExitCode, SopsError
@@ -103,6 +102,8 @@ class KmsKey(MasterKey):
         return text
 
     def _client(self) -> Any:
+        import socket  # here, not at the top: every sops command imports this module
+
         boto3, bce = _sdk()
         try:
             session = boto3.session.Session(profile_name=self.aws_profile or None)
