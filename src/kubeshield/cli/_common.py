@@ -20,7 +20,6 @@ from typing import Any, TypeVar
 
 import click
 
-from kubeshield.config.duration import parse_duration
 from kubeshield.errors import KubeshieldError
 
 __all__ = [
@@ -85,6 +84,9 @@ class Duration(click.ParamType):  # type: ignore[type-arg]  # generic only since
             if _SECONDS.fullmatch(text):
                 seconds = float(text)
             else:
+                # imported here: kubeshield.config is ~35 ms of start-up that most commands never need
+                from kubeshield.config.duration import parse_duration
+
                 try:
                     seconds = parse_duration(text)
                 except ValueError:
