@@ -505,9 +505,7 @@ class LocalProxy:
         for (name, value), lower in zip(resp.headers, resp.names, strict=True):
             if lower not in _DROP_RESPONSE and lower not in tokens:
                 out += (name, ": ", value, "\r\n")
-        return (
-            "".join(out).encode("latin-1") + framing + (b"Connection: close\r\n\r\n" if close else b"\r\n")
-        )
+        return "".join(out).encode("latin-1") + framing + (b"Connection: close\r\n\r\n" if close else b"\r\n")
 
     async def _forward(
         self,
