@@ -51,6 +51,16 @@ _FIELD = re.compile(
     rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[\t ]*((?:[\t\x20-\x7e\x80-\xff]*[\x21-\x7e\x80-\xff])?)[\t ]*"
 )
 _STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: ([\t\x20-\x7e\x80-\xff]*))?\Z")
+# The one-pass fast path works on the head decoded as latin-1 (a bijection of bytes, so every class
+# below means the same bytes as its bytes twin): one C-level fullmatch validates the whole field block,
+# one findall extracts it. A head it does not accept goes through the line-by-line path, which either
+# accepts it the same way or names the problem.
+_NAME_TEXT = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_VALUE_TEXT = r"(?:[\t\x20-\x7e\x80-\xff]*[\x21-\x7e\x80-\xff])?"
+_FIELD_LINES = re.compile(rf"({_NAME_TEXT}):[\t ]*({_VALUE_TEXT})[\t ]*\r\n")
+_FIELD_BLOCK = re.compile(rf"(?:{_NAME_TEXT}:[\t ]*{_VALUE_TEXT}[\t ]*\r\n)*")
+_REQUEST_LINE_TEXT = re.compile(r"([!#$%&'*+\-.^_`|~0-9A-Za-z]+) (/[\x21-\x7e]*) (HTTP/1\.[01])")
+_STATUS_LINE_TEXT = re.compile(r"HTTP/1\.([01]) ([0-9]{3})(?: ([\t\x20-\x7e\x80-\xff]*))?")
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,15})(?:[\t ]*;[\t\x20-\x7e\x80-\xff]*)?\Z")
 
 
@@ -83,6 +93,8 @@ class RequestHead:
     keep_alive: bool
     upgrade: bool
     _index: dict[str, list[str]] = field(repr=False, compare=False, default_factory=dict)
+    # the field names lowercased, in the order of ``headers`` (what the proxy filters by)
+    names: tuple[str, ...] = field(repr=False, compare=False, default=())
 
     def get(self, name: str) -> str | None:
         """The single value of ``name`` (case-insensitive), the first when repeated, None if absent."""
@@ -111,6 +123,7 @@ class ResponseHead:
     chunked: bool
     keep_alive: bool
     _index: dict[str, list[str]] = field(repr=False, compare=False, default_factory=dict)
+    names: tuple[str, ...] = field(repr=False, compare=False, default=())
 
     def get(self, name: str) -> str | None:
         found = self._index.get(name.lower())
@@ -184,8 +197,84 @@ def _connection_tokens(index: dict[str, list[str]]) -> set[str]:
     return {t.strip().lower() for v in index.get("connection", []) for t in v.split(",") if t.strip()}
 
 
+def _fast_fields(
+    text: str, start: int
+) -> tuple[tuple[tuple[str, str], ...], dict[str, list[str]], tuple[str, ...]] | None:
+    """The field block ``text[start:-2]`` (each line ending in CRLF) in one pass, or None when any line
+    is not a plain well-formed field line (then the line-by-line path decides and names the problem)."""
+    end = len(text) - 2
+    if _FIELD_BLOCK.fullmatch(text, start, end) is None:
+        return None
+    fields: list[tuple[str, str]] = _FIELD_LINES.findall(text, start, end)
+    if len(fields) > MAX_HEADERS:
+        return None
+    index: dict[str, list[str]] = {}
+    names = []
+    for name, value in fields:
+        lower = name.lower()
+        names.append(lower)
+        found = index.get(lower)
+        if found is None:
+            index[lower] = [value]
+        else:
+            found.append(value)
+    return tuple(fields), index, tuple(names)
+
+
+def _lowered(fields: tuple[tuple[str, str], ...]) -> tuple[str, ...]:
+    return tuple(name.lower() for name, _ in fields)
+
+
+def _request(
+    method: str,
+    target: str,
+    version: str,
+    fields: tuple[tuple[str, str], ...],
+    index: dict[str, list[str]],
+    names: tuple[str, ...],
+) -> RequestHead:
+    """The checks on a request's fields (Host, framing, Connection), shared by both parsing paths."""
+    hosts = index.get("host", ())
+    if version == "HTTP/1.1" and len(hosts) != 1:
+        raise HttpError(400, "an HTTP/1.1 request needs exactly one Host header")
+    if len(hosts) > 1:
+        raise HttpError(400, "Host is given more than once")
+    framing = _framing(index)
+    tokens = _connection_tokens(index) if "connection" in index else set()
+    keep_alive = "close" not in tokens if version == "HTTP/1.1" else "keep-alive" in tokens
+    upgrade = "upgrade" in tokens and bool(index.get("upgrade"))
+    if upgrade and (framing.chunked or framing.content_length):
+        raise HttpError(400, "an upgrade request cannot carry a body")
+    return RequestHead(
+        method=method,
+        target=target,
+        version=version,
+        headers=fields,
+        content_length=framing.content_length,
+        chunked=framing.chunked,
+        keep_alive=keep_alive,
+        upgrade=upgrade,
+        _index=index,
+        names=names,
+    )
+
+
 def parse_request_head(head: bytes) -> RequestHead:
     """Parse a request head (request line, fields, the final CRLF CRLF) or raise ``HttpError``."""
+    if len(head) <= MAX_HEAD_BYTES and head.endswith(b"\r\n\r\n"):
+        text = head.decode("latin-1")
+        line_end = text.find("\r\n")
+        line = _REQUEST_LINE_TEXT.fullmatch(text, 0, line_end)
+        if line is not None:
+            parsed = _fast_fields(text, line_end + 2)
+            if parsed is not None:
+                return _request(line.group(1), line.group(2), line.group(3), *parsed)
+    return _parse_request_head_lines(head)
+
+
+def _parse_request_head_lines(head: bytes) -> RequestHead:
+    """The line-by-line reading: the reference the fast path must agree with, and the one that names
+    what is wrong with a head the fast path did not accept."""
     lines = _split_lines(head)
     parts = lines[0].split(b" ")
     if len(parts) != 3:
@@ -198,50 +287,68 @@ def parse_request_head(head: bytes) -> RequestHead:
     if not _TARGET.match(target):
         raise HttpError(400, "the request target must be an absolute path (origin-form) of visible ASCII")
     fields, index = _parse_fields(lines[1:])
-    hosts = index.get("host", [])
-    if version == b"HTTP/1.1" and len(hosts) != 1:
-        raise HttpError(400, "an HTTP/1.1 request needs exactly one Host header")
-    if len(hosts) > 1:
-        raise HttpError(400, "Host is given more than once")
+    return _request(
+        method.decode("ascii"),
+        target.decode("ascii"),
+        version.decode("ascii"),
+        fields,
+        index,
+        _lowered(fields),
+    )
+
+
+def _response(
+    minor: str,
+    status: str,
+    reason: str | None,
+    fields: tuple[tuple[str, str], ...],
+    index: dict[str, list[str]],
+    names: tuple[str, ...],
+) -> ResponseHead:
     framing = _framing(index)
-    tokens = _connection_tokens(index)
-    keep_alive = "close" not in tokens if version == b"HTTP/1.1" else "keep-alive" in tokens
-    upgrade = "upgrade" in tokens and bool(index.get("upgrade"))
-    if upgrade and (framing.chunked or framing.content_length):
-        raise HttpError(400, "an upgrade request cannot carry a body")
-    return RequestHead(
-        method=method.decode("ascii"),
-        target=target.decode("ascii"),
-        version=version.decode("ascii"),
+    tokens = _connection_tokens(index) if "connection" in index else set()
+    keep_alive = ("close" not in tokens) if minor == "1" else ("keep-alive" in tokens)
+    return ResponseHead(
+        version=f"HTTP/1.{minor}",
+        status=int(status),
+        reason=reason or "",
         headers=fields,
         content_length=framing.content_length,
         chunked=framing.chunked,
         keep_alive=keep_alive,
-        upgrade=upgrade,
         _index=index,
+        names=names,
     )
 
 
 def parse_response_head(head: bytes) -> ResponseHead:
     """Parse an upstream response head or raise ``HttpError`` (the proxy answers 502 then)."""
+    if len(head) <= MAX_HEAD_BYTES and head.endswith(b"\r\n\r\n"):
+        text = head.decode("latin-1")
+        line_end = text.find("\r\n")
+        line = _STATUS_LINE_TEXT.fullmatch(text, 0, line_end)
+        if line is not None:
+            parsed = _fast_fields(text, line_end + 2)
+            if parsed is not None:
+                return _response(line.group(1), line.group(2), line.group(3), *parsed)
+    return _parse_response_head_lines(head)
+
+
+def _parse_response_head_lines(head: bytes) -> ResponseHead:
+    """The line-by-line reading of a response head (the reference; names the problem)."""
     lines = _split_lines(head)
     matched = _STATUS_LINE.match(lines[0])
     if matched is None:
         raise HttpError(502, "the apiserver's status line is malformed")
     fields, index = _parse_fields(lines[1:])
-    framing = _framing(index)
-    tokens = _connection_tokens(index)
-    minor = matched.group(1)
-    keep_alive = ("close" not in tokens) if minor == b"1" else ("keep-alive" in tokens)
-    return ResponseHead(
-        version=f"HTTP/1.{minor.decode()}",
-        status=int(matched.group(2)),
-        reason=(matched.group(3) or b"").decode("latin-1"),
-        headers=fields,
-        content_length=framing.content_length,
-        chunked=framing.chunked,
-        keep_alive=keep_alive,
-        _index=index,
+    reason = matched.group(3)
+    return _response(
+        matched.group(1).decode(),
+        matched.group(2).decode(),
+        reason.decode("latin-1") if reason is not None else None,
+        fields,
+        index,
+        _lowered(fields),
     )
 
 

@@ -443,24 +443,23 @@ class LocalProxy:
         )
 
     def _upstream_head(self, conn: UpstreamConnection, head: RequestHead, body: bytes, redact: bool) -> bytes:
-        tokens = {t.strip().lower() for v in head.get_all("connection") for t in v.split(",") if t.strip()}
-        out = [f"{head.method} {head.target} HTTP/1.1\r\nHost: {conn.host}\r\n".encode()]
-        for name, value in head.headers:
-            lower = name.lower()
+        named = head.get_all("connection")
+        tokens = {t.strip().lower() for v in named for t in v.split(",") if t.strip()} if named else ()
+        out = [head.method, " ", head.target, " HTTP/1.1\r\nHost: ", conn.host, "\r\n"]
+        for (name, value), lower in zip(head.headers, head.names, strict=True):
             if lower in _DROP_REQUEST or lower in tokens:
                 continue
             if redact and lower in ("accept", "accept-encoding"):
                 continue
-            out.append(f"{name}: {value}\r\n".encode("latin-1"))
+            out += (name, ": ", value, "\r\n")
         if redact:
-            out.append(f"Accept: {_json_only(head.get('accept'))}\r\nAccept-Encoding: identity\r\n".encode())
-        out.append(self._upstream.authorization(conn))
+            out += ("Accept: ", _json_only(head.get("accept")), "\r\nAccept-Encoding: identity\r\n")
         if head.upgrade:
-            out.append(f"Connection: Upgrade\r\nUpgrade: {head.get('upgrade')}\r\n".encode("latin-1"))
+            out += ("Connection: Upgrade\r\nUpgrade: ", head.get("upgrade") or "", "\r\n")
         elif body or head.method in ("POST", "PUT", "PATCH"):
-            out.append(f"Content-Length: {len(body)}\r\n".encode())
-        out.append(b"\r\n")
-        return b"".join(out)
+            out += ("Content-Length: ", str(len(body)), "\r\n")
+        # one encode of the whole head (the parser admitted only latin-1 text: field values are bytes)
+        return "".join(out).encode("latin-1") + self._upstream.authorization(conn) + b"\r\n"
 
     async def _send(
         self, head: RequestHead, body: bytes, redact: bool
@@ -500,18 +499,13 @@ class LocalProxy:
 
     @staticmethod
     def _client_head(resp: ResponseHead, framing: bytes, close: bool) -> bytes:
-        out = [f"HTTP/1.1 {resp.status} {resp.reason}\r\n".encode("latin-1")]
         named = resp.get("connection")
-        tokens = {t.strip().lower() for t in named.split(",")} if named else set()
-        for name, value in resp.headers:
-            lower = name.lower()
+        tokens = {t.strip().lower() for t in named.split(",")} if named else ()
+        out = ["HTTP/1.1 ", str(resp.status), " ", resp.reason, "\r\n"]
+        for (name, value), lower in zip(resp.headers, resp.names, strict=True):
             if lower not in _DROP_RESPONSE and lower not in tokens:
-                out.append(f"{name}: {value}\r\n".encode("latin-1"))
-        out.append(framing)
-        if close:
-            out.append(b"Connection: close\r\n")
-        out.append(b"\r\n")
-        return b"".join(out)
+                out += (name, ": ", value, "\r\n")
+        return "".join(out).encode("latin-1") + framing + (b"Connection: close\r\n\r\n" if close else b"\r\n")
 
     async def _forward(
         self,

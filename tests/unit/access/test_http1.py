@@ -4,15 +4,19 @@ any chunking fed in any pieces)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from kubeshield.access import _http1
 from kubeshield.access._http1 import (
     MAX_HEAD_BYTES,
     MAX_HEADERS,
     ChunkedScanner,
     HttpError,
+    RequestHead,
     parse_request_head,
     parse_response_head,
 )
@@ -441,6 +445,7 @@ def _h11_reading(raw: bytes, body: bytes) -> tuple[str, str, list[tuple[str, str
 
 @settings(max_examples=500)
 @given(_heads(), st.binary(min_size=0, max_size=20))
+@example(b"GET / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: Chunked\r\n\r\n", b"")  # found by the fuzz
 def test_fuzz_what_we_accept_h11_reads_the_same_way(raw: bytes, payload: bytes) -> None:
     try:
         head = parse_request_head(raw)
@@ -457,5 +462,40 @@ def test_fuzz_what_we_accept_h11_reads_the_same_way(raw: bytes, payload: bytes) 
     assert reading is not None, raw
     method, target, headers, data = reading
     assert (method, target) == (head.method, head.target)
-    assert [(n, v) for n, v in headers] == [(n.lower(), v) for n, v in head.headers]
+    # h11 lowercases a Transfer-Encoding value (coding names are case-insensitive, RFC 9112 §7)
+    ours = [(n.lower(), v.lower() if n.lower() == "transfer-encoding" else v) for n, v in head.headers]
+    assert headers == ours
     assert data == payload
+
+
+# --- the one-pass fast path and the line-by-line reading agree on every head -----------------------
+
+
+def _reading(parse: Callable[[bytes], object], raw: bytes) -> object:
+    try:
+        return parse(raw)
+    except HttpError as exc:
+        return (exc.status, exc.message)
+
+
+def _as_response(raw: bytes) -> bytes:
+    """The same field lines under a status line (a valid one, or the request line's bytes)."""
+    first, sep, rest = raw.partition(b"\r\n")
+    return (b"HTTP/1.1 200 OK" if first.startswith(b"GET") else first) + sep + rest
+
+
+@settings(max_examples=500)
+@given(_heads())
+@example(b"GET / HTTP/1.1\r\n\r\n")
+@example(b"GET / HTTP/1.1\r\nHost: h\r\nX: \t a b \t\r\n\r\n")
+@example(b"GET / HTTP/1.1\r\nHost: h\r\n" + b"X: y\r\n" * MAX_HEADERS + b"\r\n")
+@example(b"GET / HTTP/1.1\r\nHost: h\r\n\r\nX: y\r\n\r\n")
+def test_fast_path_reads_every_head_as_the_line_by_line_reading(raw: bytes) -> None:
+    ours = _reading(parse_request_head, raw)
+    assert ours == _reading(_http1._parse_request_head_lines, raw)
+    if isinstance(ours, RequestHead):
+        assert ours.names == tuple(n.lower() for n, _ in ours.headers)
+        assert ours._index == _http1._parse_request_head_lines(raw)._index
+    response = _as_response(raw)
+    theirs = _reading(_http1._parse_response_head_lines, response)
+    assert _reading(parse_response_head, response) == theirs
