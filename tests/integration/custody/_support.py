@@ -117,6 +117,32 @@ def start_custody(
     return custody
 
 
+def wait_until_stopped(pid: int, bound: float = 30.0) -> None:
+    """Until every thread of ``pid`` is stopped (state ``T``), after a ``SIGSTOP`` sent to it.
+
+    ``kill(SIGSTOP)`` returns before the process has stopped: the kernel wakes one thread to take the
+    signal, and that thread stops the others only when it next runs. Until then (long, on a loaded
+    machine) the other threads serve on: one blocked in ``recv`` reads a request that arrives and
+    answers it. A test that needs the process not to answer waits here first.
+    """
+    import time
+
+    deadline = time.monotonic() + bound
+    while True:
+        states = []
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            try:
+                stat = (task / "stat").read_text()
+            except FileNotFoundError:  # a thread that ended meanwhile
+                continue
+            states.append(stat.rpartition(")")[2].split()[0])
+        if states and all(state in ("T", "t") for state in states):
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"process {pid} did not stop within {bound:g}s: thread states {states}")
+        time.sleep(0.01)
+
+
 def allow_policy(path: Path, *, uid: int = 0, extra: str = "") -> Path:
     path.write_text(
         f"version: 1\nrules:\n  - name: test\n    uid: {uid}\n"

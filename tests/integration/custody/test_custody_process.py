@@ -29,6 +29,7 @@ from ._support import (
     env,
     memory_contains,
     start_custody,
+    wait_until_stopped,
     write_keyring,
 )
 
@@ -260,34 +261,43 @@ def test_killed_mid_request_reports_unavailable_then_reconnects(workdir: Path) -
     sock = workdir / "c.sock"
     custody = start_custody(keyring=workdir / "keyring", socket=sock, policy=policy)
     backend = EnclaveKeyBackend(socket=str(sock), timeout=30)
-    wrapped = backend.wrap(b"k" * 32)
     outcome: list[object] = []
+    t: threading.Thread | None = None
+    try:
+        wrapped = backend.wrap(b"k" * 32)
 
-    def call() -> None:
+        def call() -> None:
+            try:
+                outcome.append(backend.unwrap(wrapped))
+            except Exception as exc:
+                outcome.append(exc)
+
+        os.kill(custody.proc.pid, signal.SIGSTOP)
         try:
-            outcome.append(backend.unwrap(wrapped))
-        except Exception as exc:
-            outcome.append(exc)
-
-    os.kill(custody.proc.pid, signal.SIGSTOP)
-    try:
-        t = threading.Thread(target=call)
-        t.start()
-        _wait_for_pending_request(backend)
-        assert not outcome  # the call is waiting for its answer
+            wait_until_stopped(custody.proc.pid)  # else a thread still running may answer the request
+            t = threading.Thread(target=call)
+            t.start()
+            _wait_for_pending_request(backend)
+            assert not outcome  # the call is waiting for its answer
+        finally:
+            os.kill(custody.proc.pid, signal.SIGKILL)
+        t.join(30)
+        assert not t.is_alive()
+        custody.stop()
+        assert len(outcome) == 1 and isinstance(outcome[0], BackendUnavailable), outcome
+        assert backend._sock is None  # the broken connection was closed, not kept
+        with pytest.raises(BackendUnavailable):
+            backend.unwrap(wrapped)  # nobody is listening
+        again = start_custody(keyring=workdir / "keyring", socket=sock, policy=policy)
+        try:
+            assert backend.unwrap(wrapped) == b"k" * 32  # reconnected, right plaintext
+        finally:
+            again.stop()
     finally:
-        os.kill(custody.proc.pid, signal.SIGKILL)
-    t.join(15)
-    custody.stop()
-    assert len(outcome) == 1 and isinstance(outcome[0], BackendUnavailable)
-    with pytest.raises(BackendUnavailable):
-        backend.unwrap(wrapped)  # nobody is listening
-    again = start_custody(keyring=workdir / "keyring", socket=sock, policy=policy)
-    try:
-        assert backend.unwrap(wrapped) == b"k" * 32  # reconnected, right plaintext
-    finally:
+        if t is not None:  # the call ends once the killed process's socket is gone
+            t.join(30)
         backend.close()
-        again.stop()
+        custody.stop()
 
 
 def _wait_for_pending_request(backend: EnclaveKeyBackend, bound: float = 30.0) -> None:
@@ -317,6 +327,7 @@ def test_timeout_reports_backend_timeout(workdir: Path) -> None:
         impatient = EnclaveKeyBackend(socket=str(sock), timeout=0.5)
         os.kill(proc.proc.pid, signal.SIGSTOP)  # the custody process cannot answer
         try:
+            wait_until_stopped(proc.proc.pid)  # else a thread still running may answer at once
             with pytest.raises(BackendTimeout):
                 impatient.unwrap(wrapped)
         finally:
