@@ -90,8 +90,8 @@ def _get(port: int, path: str) -> tuple[int, str]:
             return int(reply.status), reply.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode()
-    except OSError:
-        return 0, ""
+    except OSError as exc:  # no HTTP answer: say why, for the assertion message
+        return 0, f"{type(exc).__name__}: {exc}"
 
 
 def _cli(*args: str) -> tuple[int, str]:
@@ -224,7 +224,10 @@ def fleet(tmp_path: Path) -> Iterator[Fleet]:
     relay = Proc(relay_argv, tmp_path / "relay.log").start()
     f = Fleet(tmp_path, etcd, etcd_tls, procs, keyrings, health, relay, relay_health, sock)
     try:
-        wait_until(lambda: f.relay_key() is not None, bound=90)
+        wait_until(lambda: f.relay_key() is not None, bound=90)  # one replica is enough for this
+        # and every replica is ready: the test checks each one's /readyz (a replica that is still
+        # starting refuses the connection, and on a loaded machine that takes a while)
+        wait_until(lambda: all(f.ready(i)[0] == 200 for i in range(3)), bound=90)
         yield f
     finally:
         for p in [relay, *f.replicas]:
