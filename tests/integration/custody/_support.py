@@ -92,11 +92,16 @@ def start_custody(
     env_extra: dict[str, str] | None = None,
     preexec_fn=None,
     pass_fds: tuple[int, ...] = (),
+    prefix: list[str] = (),  # type: ignore[assignment]
 ) -> Custody:
-    """Start ``custody serve`` with the real key store (``--keyring`` unless None; ``extra`` flags)."""
+    """Start ``custody serve`` with the real key store (``--keyring`` unless None; ``extra`` flags).
+
+    ``prefix``: a command that execs the rest in the same process (``setpriv ...``, ``prlimit ...``).
+    """
     keyring_args = ["--keyring", str(keyring)] if keyring is not None else []
     cmd = [
-        *CUSTODY_CLI, "serve", *keyring_args, "--socket", str(socket), "--policy", str(policy), *extra,
+        *prefix, *CUSTODY_CLI, "serve", *keyring_args,
+        "--socket", str(socket), "--policy", str(policy), *extra,
     ]  # fmt: skip
     proc = subprocess.Popen(
         cmd,
