@@ -3,11 +3,13 @@
 The KEK never enters this process. Every operation is one request/response on the custody unix socket
 (:mod:`kubeshield.keys._custody_protocol`). A new connection first reads the custody process's greeting
 (sent once it has measured and admitted us; a refusal instead raises at once, e.g. ``PolicyDenied``),
-and only then sends requests. One connection is kept and reused under a lock; any
-transport failure (the custody process died, a truncated or malformed answer, a timeout) closes it and
-raises ``BackendUnavailable`` or ``BackendTimeout``, and the next call reconnects. Because a broken
-connection is never reused, a late answer can never be taken for the answer of a later request: a
-caller gets the plaintext of a complete ``OK`` frame for its own request, or an error.
+and only then sends requests. One connection is kept and reused under a lock; any transport failure
+(the custody process died, a truncated or malformed answer, a timeout) closes it and raises
+``BackendUnavailable`` or ``BackendTimeout``, and the next call reconnects. Any other exception that
+interrupts a call (``KeyboardInterrupt``, a signal handler's) also closes the connection, then
+propagates. Because a broken or interrupted connection is never reused, a late answer can never be
+taken for the answer of a later request: a caller gets the plaintext of a complete ``OK`` frame for
+its own request, or an error.
 
 Status mapping: PERMISSION_DENIED -> ``PolicyDenied``; INVALID_CIPHERTEXT -> ``InvalidCiphertext``;
 KEY_NOT_FOUND -> ``KeyNotFound``; INVALID_REQUEST -> ``InvalidRequest``; UNAVAILABLE, INTERNAL and
@@ -71,33 +73,40 @@ class EnclaveKeyBackend:
 
     # ---- transport -------------------------------------------------------------------------------
     def _connect(self) -> _socket_mod.socket:
-        """Connect and read the greeting; a refusal sent instead of it raises its mapped error."""
+        """Connect and read the greeting; a refusal sent instead of it raises its mapped error.
+
+        The new socket is closed on every way out but a successful return, including exceptions that
+        are not ours (``KeyboardInterrupt`` while waiting for the greeting).
+        """
         sock = _socket_mod.socket(_socket_mod.AF_UNIX, _socket_mod.SOCK_STREAM)
+        try:
+            self._greet(sock)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def _greet(self, sock: _socket_mod.socket) -> None:
         sock.settimeout(self._timeout)
         try:
             sock.connect(self._path)
         except OSError as exc:
-            sock.close()
             raise BackendUnavailable(
                 f"cannot reach the custody process at {self._path}: {exc.strerror}"
             ) from None
         try:
             refusal = read_greeting(sock)
         except TimeoutError:
-            sock.close()
             raise BackendTimeout(
                 f"the custody process at {self._path} sent no greeting within {self._timeout:g}s "
                 "(a custody process older than this plugin speaks protocol 1: upgrade both)"
             ) from None
         except (OSError, ConnectionError, ProtocolError):
-            sock.close()
             raise BackendUnavailable(
                 "the custody process closed the connection before its greeting"
             ) from None
         if refusal is not None:
-            sock.close()
             self._raise_for(refusal)
-        return sock
 
     def _drop(self) -> None:
         if self._sock is not None:
@@ -121,6 +130,12 @@ class EnclaveKeyBackend:
             except (OSError, ConnectionError, ProtocolError):
                 self._drop()
                 raise BackendUnavailable("the connection to the custody process broke") from None
+            except BaseException:
+                # interrupted (KeyboardInterrupt, a signal handler's exception, a test timeout) between
+                # sending the request and reading all of its answer: that answer may still arrive, so
+                # the connection must not be reused (it would be read as the answer of the next request)
+                self._drop()
+                raise
             if response.status != Status.OK:
                 self._drop()  # the server closes after an error too; start fresh next time
         if response.status == Status.OK:

@@ -92,11 +92,16 @@ def start_custody(
     env_extra: dict[str, str] | None = None,
     preexec_fn=None,
     pass_fds: tuple[int, ...] = (),
+    prefix: list[str] = (),  # type: ignore[assignment]
 ) -> Custody:
-    """Start ``custody serve`` with the real key store (``--keyring`` unless None; ``extra`` flags)."""
+    """Start ``custody serve`` with the real key store (``--keyring`` unless None; ``extra`` flags).
+
+    ``prefix``: a command that execs the rest in the same process (``setpriv ...``, ``prlimit ...``).
+    """
     keyring_args = ["--keyring", str(keyring)] if keyring is not None else []
     cmd = [
-        *CUSTODY_CLI, "serve", *keyring_args, "--socket", str(socket), "--policy", str(policy), *extra,
+        *prefix, *CUSTODY_CLI, "serve", *keyring_args,
+        "--socket", str(socket), "--policy", str(policy), *extra,
     ]  # fmt: skip
     proc = subprocess.Popen(
         cmd,
@@ -115,6 +120,32 @@ def start_custody(
         custody.stop()
         raise RuntimeError(f"custody did not start: {line!r}\n{custody.log}")
     return custody
+
+
+def wait_until_stopped(pid: int, bound: float = 30.0) -> None:
+    """Until every thread of ``pid`` is stopped (state ``T``), after a ``SIGSTOP`` sent to it.
+
+    ``kill(SIGSTOP)`` returns before the process has stopped: the kernel wakes one thread to take the
+    signal, and that thread stops the others only when it next runs. Until then (long, on a loaded
+    machine) the other threads serve on: one blocked in ``recv`` reads a request that arrives and
+    answers it. A test that needs the process not to answer waits here first.
+    """
+    import time
+
+    deadline = time.monotonic() + bound
+    while True:
+        states = []
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            try:
+                stat = (task / "stat").read_text()
+            except FileNotFoundError:  # a thread that ended meanwhile
+                continue
+            states.append(stat.rpartition(")")[2].split()[0])
+        if states and all(state in ("T", "t") for state in states):
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"process {pid} did not stop within {bound:g}s: thread states {states}")
+        time.sleep(0.01)
 
 
 def allow_policy(path: Path, *, uid: int = 0, extra: str = "") -> Path:

@@ -29,6 +29,7 @@ from ._support import (
     env,
     memory_contains,
     start_custody,
+    wait_until_stopped,
     write_keyring,
 )
 
@@ -123,13 +124,9 @@ def test_custody_runs_hardened(custody) -> None:
 def test_same_uid_can_read_an_unhardened_process(workdir: Path) -> None:
     """Control for the test above: without hardening, the same uid CAN read /proc/<pid>/mem."""
 
-    def become_nobody() -> None:
-        os.setgid(NOBODY.pw_gid)
-        os.setuid(NOBODY.pw_uid)
-
-    plain = subprocess.Popen(["sleep", "30"], preexec_fn=become_nobody)
+    # Popen returns once the child has exec'd, so it already runs as nobody: nothing to wait for
+    plain = subprocess.Popen(["sleep", "30"], user=NOBODY.pw_uid, group=NOBODY.pw_gid, extra_groups=[])
     try:
-        time.sleep(0.2)
         assert os.stat(f"/proc/{plain.pid}/mem").st_uid == NOBODY.pw_uid
         assert _open_mem_as(NOBODY.pw_uid, NOBODY.pw_gid, plain.pid) == "ok"
     finally:
@@ -163,38 +160,32 @@ def test_inherited_file_descriptors_are_closed(workdir: Path) -> None:
     assert len(targets) <= 4  # stdin, stdout, stderr and the listener
 
 
-def test_mlock_failure_warns_or_refuses(workdir: Path) -> None:
-    import resource
+# A process that may not lock memory: no CAP_IPC_LOCK, no CAP_SYS_RESOURCE (out of the bounding and
+# inheritable sets, so the exec'd program cannot hold them), RLIMIT_MEMLOCK 0. The interpreter lives
+# under /root, so we stay uid 0 and drop the capabilities instead. util-linux programs exec the command
+# in the same process: no Python runs between fork and exec (a preexec_fn that imported ctypes and
+# called dlopen in the child of this multi-threaded process could deadlock there, on a lock another
+# thread held at fork time).
+WITHOUT_MEMLOCK = [
+    "setpriv", "--inh-caps", "-ipc_lock,-sys_resource", "--bounding-set", "-ipc_lock,-sys_resource",
+    "prlimit", "--memlock=0:0", "--",
+]  # fmt: skip
 
+
+def test_mlock_failure_warns_or_refuses(workdir: Path) -> None:
     write_keyring(workdir / "keyring")
     policy = allow_policy(workdir / "p.yaml")
-
-    def as_nobody_without_memlock() -> None:
-        # a process that may not lock memory: no CAP_IPC_LOCK, no CAP_SYS_RESOURCE, RLIMIT_MEMLOCK 0
-        # (the interpreter lives under /root, so we stay uid 0 and drop the capabilities instead)
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        for cap in (14, 24):  # CAP_IPC_LOCK, CAP_SYS_RESOURCE
-            if libc.prctl(24, cap, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
-                os._exit(99)
-        resource.setrlimit(resource.RLIMIT_MEMLOCK, (0, 0))
-
     refused = subprocess.run(
-        [*CUSTODY_CLI, "serve", "--keyring", str(workdir / "keyring"),
+        [*WITHOUT_MEMLOCK, *CUSTODY_CLI, "serve", "--keyring", str(workdir / "keyring"),
          "--socket", str(workdir / "r.sock"), "--policy", str(policy), "--require-mlock"],
-        capture_output=True, text=True, cwd=str(REPO), env=env(), timeout=60,
-        preexec_fn=as_nobody_without_memlock,
+        capture_output=True, text=True, cwd=str(REPO), env=env(), timeout=120,
     )  # fmt: skip
-    assert refused.returncode == 1
+    assert refused.returncode == 1, refused.stderr
     assert "mlockall failed" in refused.stderr and "--require-mlock" in refused.stderr
     assert "ready" not in refused.stdout
 
     warned = start_custody(
-        keyring=workdir / "keyring",
-        socket=workdir / "w.sock",
-        policy=policy,
-        preexec_fn=as_nobody_without_memlock,
+        keyring=workdir / "keyring", socket=workdir / "w.sock", policy=policy, prefix=WITHOUT_MEMLOCK
     )
     try:
         assert "SECURITY WARNING: mlockall failed" in warned.wait_log("SECURITY WARNING")
@@ -260,34 +251,43 @@ def test_killed_mid_request_reports_unavailable_then_reconnects(workdir: Path) -
     sock = workdir / "c.sock"
     custody = start_custody(keyring=workdir / "keyring", socket=sock, policy=policy)
     backend = EnclaveKeyBackend(socket=str(sock), timeout=30)
-    wrapped = backend.wrap(b"k" * 32)
     outcome: list[object] = []
+    t: threading.Thread | None = None
+    try:
+        wrapped = backend.wrap(b"k" * 32)
 
-    def call() -> None:
+        def call() -> None:
+            try:
+                outcome.append(backend.unwrap(wrapped))
+            except Exception as exc:
+                outcome.append(exc)
+
+        os.kill(custody.proc.pid, signal.SIGSTOP)
         try:
-            outcome.append(backend.unwrap(wrapped))
-        except Exception as exc:
-            outcome.append(exc)
-
-    os.kill(custody.proc.pid, signal.SIGSTOP)
-    try:
-        t = threading.Thread(target=call)
-        t.start()
-        _wait_for_pending_request(backend)
-        assert not outcome  # the call is waiting for its answer
+            wait_until_stopped(custody.proc.pid)  # else a thread still running may answer the request
+            t = threading.Thread(target=call)
+            t.start()
+            _wait_for_pending_request(backend)
+            assert not outcome  # the call is waiting for its answer
+        finally:
+            os.kill(custody.proc.pid, signal.SIGKILL)
+        t.join(30)
+        assert not t.is_alive()
+        custody.stop()
+        assert len(outcome) == 1 and isinstance(outcome[0], BackendUnavailable), outcome
+        assert backend._sock is None  # the broken connection was closed, not kept
+        with pytest.raises(BackendUnavailable):
+            backend.unwrap(wrapped)  # nobody is listening
+        again = start_custody(keyring=workdir / "keyring", socket=sock, policy=policy)
+        try:
+            assert backend.unwrap(wrapped) == b"k" * 32  # reconnected, right plaintext
+        finally:
+            again.stop()
     finally:
-        os.kill(custody.proc.pid, signal.SIGKILL)
-    t.join(15)
-    custody.stop()
-    assert len(outcome) == 1 and isinstance(outcome[0], BackendUnavailable)
-    with pytest.raises(BackendUnavailable):
-        backend.unwrap(wrapped)  # nobody is listening
-    again = start_custody(keyring=workdir / "keyring", socket=sock, policy=policy)
-    try:
-        assert backend.unwrap(wrapped) == b"k" * 32  # reconnected, right plaintext
-    finally:
+        if t is not None:  # the call ends once the killed process's socket is gone
+            t.join(30)
         backend.close()
-        again.stop()
+        custody.stop()
 
 
 def _wait_for_pending_request(backend: EnclaveKeyBackend, bound: float = 30.0) -> None:
@@ -317,6 +317,7 @@ def test_timeout_reports_backend_timeout(workdir: Path) -> None:
         impatient = EnclaveKeyBackend(socket=str(sock), timeout=0.5)
         os.kill(proc.proc.pid, signal.SIGSTOP)  # the custody process cannot answer
         try:
+            wait_until_stopped(proc.proc.pid)  # else a thread still running may answer at once
             with pytest.raises(BackendTimeout):
                 impatient.unwrap(wrapped)
         finally:

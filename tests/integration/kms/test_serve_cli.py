@@ -5,9 +5,12 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 import yaml
 
@@ -15,6 +18,8 @@ from kubeshield.kms.client import KMSv2Client
 from kubeshield.kms.encryption_config import validate_encryption_config
 from tests.integration.kms.conftest import KUBESHIELD, run_cli, wait_for_key_change
 from tests.support.apiserver import EmulatedAPIServer
+
+_V2 = "/v2.KeyManagementService/"
 
 
 def _start(*args: str) -> subprocess.Popen[str]:
@@ -126,16 +131,47 @@ def test_startup_errors(tmp_path: Path, setup: str, message: str) -> None:
         assert sock.read_text() == "keep me"
 
 
-def _serve_then_signal(tmp_path: Path, *signals: signal.Signals) -> str:
-    """Start ``kms serve``, send ``signals`` back to back once it serves; its stderr after a clean exit."""
+def _serve_then_signal(tmp_path: Path, *signals: signal.Signals, hold: bool = False) -> str:
+    """Start ``kms serve``, send ``signals`` back to back once it serves; its stderr after a clean exit.
+
+    ``hold``: an RPC is in flight on the server (matched, its request message never sent) when the
+    signals are sent, so the graceful stage cannot end before the second signal is handled. Without
+    it a stop with nothing in flight ends at once, and on a loaded machine a second signal taken by
+    another thread could be handled after the handlers were restored, or never.
+    """
     keyring, sock = tmp_path / "keyring", tmp_path / "kms.sock"
     proc = _start("--keyring", str(keyring), "--create-keyring", "--socket", str(sock), "--health-addr", "")
+    channel: grpc.Channel | None = None
+    release = threading.Event()
+    held: grpc.Future | None = None
     try:
         _wait_for_socket(proc, sock)
+        if hold:
+            channel = grpc.insecure_channel(f"unix://{sock}")
+            status = channel.unary_unary(_V2 + "Status", request_serializer=None, response_deserializer=None)
+            status(b"", timeout=60, wait_for_ready=True)  # connected
+
+            def never_sent() -> Iterator[bytes]:
+                release.wait(120)
+                yield from ()
+
+            encrypt = channel.stream_unary(
+                _V2 + "Encrypt", request_serializer=None, response_deserializer=None
+            )
+            held = encrypt.future(never_sent(), timeout=120)
+            # one connection, one call matched at a time in arrival order: once this later call is
+            # answered, the server has taken the held call and waits for its request message
+            status(b"", timeout=60)
         for sig in signals:
             proc.send_signal(sig)
-        _, err = proc.communicate(timeout=30)
+        _, err = proc.communicate(timeout=60)
+        if held is not None:
+            with pytest.raises(grpc.RpcError):  # cancelled by the forced stop, never answered
+                held.result(timeout=60)
     finally:
+        release.set()
+        if channel is not None:
+            channel.close()
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
@@ -151,5 +187,5 @@ def test_a_repeated_stop_signal_is_one_request(tmp_path: Path) -> None:
 
 
 def test_a_different_second_signal_forces_the_stop(tmp_path: Path) -> None:
-    err = _serve_then_signal(tmp_path, signal.SIGTERM, signal.SIGINT)
+    err = _serve_then_signal(tmp_path, signal.SIGTERM, signal.SIGINT, hold=True)
     assert "forcing shutdown" in err

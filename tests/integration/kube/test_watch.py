@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx2
 import pytest
 
 from kubeshield.errors import KubeUnavailable
@@ -103,25 +104,61 @@ def test_resumes_after_dropped_connections_without_gaps_or_repeats(kube_api: Kub
         client.close()
 
 
+class WatchGate(httpx2.BaseTransport):
+    """The watching client's transport: while :meth:`hold` is in force, a new watch request waits
+    (counted, bounded) before it is sent, until :meth:`release`.
+
+    A dropped watch reconnects, after a back-off when the drop broke the stream or at once when it
+    ended it cleanly (the stand-in can do either, depending on which of its two callbacks runs
+    first). Either way its next request waits here, so the test can change and compact the
+    history under it, then let it go: the reconnect is then certain to find its version compacted.
+    """
+
+    def __init__(self, inner: httpx2.BaseTransport) -> None:
+        self._inner = inner
+        self._holding = threading.Event()
+        self._released = threading.Event()
+        self.held = 0
+
+    def hold(self) -> None:
+        self._holding.set()
+
+    def release(self) -> None:
+        self._released.set()
+
+    def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+        if self._holding.is_set() and request.url.params.get("watch") == "true":
+            self.held += 1
+            self._released.wait(4 * DEADLINE)
+        return self._inner.handle_request(request)
+
+    def close(self) -> None:
+        self._inner.close()
+
+
 @pytest.mark.parametrize("gone_as_http", [False, True], ids=["error-event", "http-410"])
 def test_410_gone_relists_and_reports_the_difference(tmp_path: Path, gone_as_http: bool):
     with KubeAPI(tmp_path / "api", gone_as_http=gone_as_http) as api:
         config = api.kubeconfig(tmp_path / "kc", credential=api.admin, namespace="default")
         with KubeClient.from_kubeconfig(config) as kube:
+            gate = WatchGate(httpx2.HTTPTransport(verify=kube._conn.verify))
+            watching = KubeClient(kube._conn, transport=gate)
             kube.create(_cm("stays", v="1"))
             kube.create(_cm("changes", v="1"))
             kube.create(_cm("goes", v="1"))
-            c = Collector(kube.watch(resources.CONFIG_MAPS))
+            c = Collector(watching.watch(resources.CONFIG_MAPS))
             try:
                 assert sorted(e.name for e in c.take(3)) == ["changes", "goes", "stays"]
                 _wait(lambda: api.open_watches() >= 1)
-                # while the watch is down: changes, then the history is compacted away
-                with api.hold_watches():
-                    api.drop_watches()
-                    kube.patch(resources.CONFIG_MAPS, "changes", {"data": {"v": "2"}})
-                    kube.delete(resources.CONFIG_MAPS, "goes")
-                    kube.create(_cm("new"))
-                    api.compact()
+                # while the watch is down (its reconnect held): changes, then the history is compacted
+                gate.hold()
+                assert api.drop_watches() >= 1
+                _wait(lambda: gate.held >= 1)
+                kube.patch(resources.CONFIG_MAPS, "changes", {"data": {"v": "2"}})
+                kube.delete(resources.CONFIG_MAPS, "goes")
+                kube.create(_cm("new"))
+                api.compact()
+                gate.release()
                 got = c.take(3)
                 assert sorted(_summary(got)) == [
                     ("ADDED", "new", True),
@@ -132,7 +169,9 @@ def test_410_gone_relists_and_reports_the_difference(tmp_path: Path, gone_as_htt
                 kube.create(_cm("later"))  # and the watch carries on from the fresh list
                 assert _summary(c.take(1)) == [("ADDED", "later", False)]
             finally:
+                gate.release()
                 c.close()
+                watching.close()
 
 
 def test_resume_from_a_compacted_version_relists(tmp_path: Path):

@@ -44,6 +44,9 @@ RENDERED = ROOT / "deploy" / "helm" / "kubeshield-rendered.yaml"
 RELAY_POD = ROOT / "deploy" / "static-pod" / "kubeshield-relay.yaml"
 PASS = b"chart-test passphrase, never logged"
 pytestmark = pytest.mark.slow
+# deadline of every call and probe: generous, so a failure means an error or a refusal, not a slow machine
+# (the suite runs on 2 loaded cores); nothing here asserts how long anything took
+PATIENCE = 30.0
 
 
 def chart_replica_args() -> list[list[str]]:
@@ -83,12 +86,12 @@ def rebase(args: list[str], *, paths: dict[str, Path], values: dict[str, str]) -
 
 def _get(port: int, path: str) -> tuple[int, str]:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as reply:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=PATIENCE) as reply:
             return int(reply.status), reply.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode()
-    except OSError:
-        return 0, ""
+    except OSError as exc:  # no HTTP answer: say why, for the assertion message
+        return 0, f"{type(exc).__name__}: {exc}"
 
 
 def _cli(*args: str) -> tuple[int, str]:
@@ -107,7 +110,7 @@ class Load:
     stop: threading.Event = field(default_factory=threading.Event)
 
     def run(self) -> None:
-        with KMSv2Client(self.socket, timeout=3.0) as client:
+        with KMSv2Client(self.socket, timeout=PATIENCE) as client:
             while not self.stop.is_set():
                 for name in ("status", "encrypt"):
                     try:
@@ -144,7 +147,7 @@ class Fleet:
 
     def relay_key(self) -> str | None:
         try:
-            with KMSv2Client(self.socket, timeout=1.0) as client:
+            with KMSv2Client(self.socket, timeout=PATIENCE) as client:
                 return client.status().key_id
         except Exception:
             return None
@@ -221,7 +224,10 @@ def fleet(tmp_path: Path) -> Iterator[Fleet]:
     relay = Proc(relay_argv, tmp_path / "relay.log").start()
     f = Fleet(tmp_path, etcd, etcd_tls, procs, keyrings, health, relay, relay_health, sock)
     try:
-        wait_until(lambda: f.relay_key() is not None, bound=90)
+        wait_until(lambda: f.relay_key() is not None, bound=90)  # one replica is enough for this
+        # and every replica is ready: the test checks each one's /readyz (a replica that is still
+        # starting refuses the connection, and on a loaded machine that takes a while)
+        wait_until(lambda: all(f.ready(i)[0] == 200 for i in range(3)), bound=90)
         yield f
     finally:
         for p in [relay, *f.replicas]:
@@ -301,7 +307,7 @@ def test_chart_replicas_adopt_the_keyring_survive_an_outage_rotate_and_resolve_d
     loser_key = KeyringFile(f.keyrings[loser]).read_info().primary.key_id
     wait_until(lambda: f.relay_key() == winner_key, bound=30)  # the loser is out of the agreement
     assert _metric(f.health[loser], "kubeshield_keyring_sync_diverged") == 1.0
-    with KMSv2Client(f.socket, timeout=3.0) as client:
+    with KMSv2Client(f.socket, timeout=PATIENCE) as client:
         assert client.encrypt(os.urandom(32)).key_id == winner_key
 
     resolve = ["keys", "sync", "--from", "etcd", "--keyring", str(f.keyrings[loser]), "--passphrase-file",
