@@ -83,6 +83,24 @@ def test_list_then_watch(kube: KubeClient):
         c.close()
 
 
+def test_hold_watches_keeps_a_new_watch_unanswered_until_the_block_ends(kube_api: KubeAPI, kube: KubeClient):
+    """The stand-in's hold_watches(): a watch asked for inside the block is received but not served."""
+    kube.create(_cm("first"))
+    with kube_api.hold_watches():
+        c = Collector(kube.watch(resources.CONFIG_MAPS))
+        _wait(lambda: kube_api.held_watches() == 1)  # the list came first (not held); the watch now waits
+        before = kube_api.open_watches()
+        kube.create(_cm("during"))
+        assert kube_api.open_watches() == before
+        assert _summary(c.take(1)) == [("ADDED", "first", True)]
+        assert c.events.empty()  # nothing about "during" while the watch is held
+    try:
+        assert _summary(c.take(1)) == [("ADDED", "during", False)]  # served from the list's version on
+        assert kube_api.held_watches() == 0
+    finally:
+        c.close()
+
+
 def test_resumes_after_dropped_connections_without_gaps_or_repeats(kube_api: KubeAPI, kube: KubeClient):
     start_rv = kube.list(resources.CONFIG_MAPS).resource_version
     sleeps: list[float] = []

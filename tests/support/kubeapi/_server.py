@@ -159,6 +159,7 @@ class KubeAPI:
         self._client_cas: list[bytes] = []
         self._sock: socket.socket | None = None
         self._hold = threading.Event()
+        self._held = 0  # watch requests waiting in hold_watches()
         self._connections: weakref.WeakSet[asyncio.Transport] = weakref.WeakSet()
         self.url = ""
         self.port = 0
@@ -430,6 +431,10 @@ class KubeAPI:
 
     def open_watches(self) -> int:
         return len(self._watches)
+
+    def held_watches(self) -> int:
+        """Watch requests received and waiting for a hold_watches() block to end."""
+        return self._held
 
     def compact(self) -> None:
         self.store.compact()
@@ -802,6 +807,13 @@ class KubeAPI:
     async def _watch(
         self, request: web.Request, rtype: ResourceType, namespace: str | None
     ) -> web.StreamResponse:
+        if self._hold.is_set():  # hold_watches(): a new watch waits, unanswered, until the block ends
+            self._held += 1
+            try:
+                while self._hold.is_set():
+                    await asyncio.sleep(0.01)
+            finally:
+                self._held -= 1
         query = request.query
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Event | None] = asyncio.Queue()
