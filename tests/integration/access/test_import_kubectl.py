@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from tests.support.access_agent import KUBESHIELD, AgentProcess, start_agent_process
 from tests.support.kubeapi import KubeAPI
@@ -189,7 +191,11 @@ def test_exec_credential_prints_the_shapes_client_go_reads(agent: AgentProcess, 
     assert cert["apiVersion"] == "client.authentication.k8s.io/v1beta1" and cert["kind"] == "ExecCredential"
     assert set(cert["status"]) == {"clientCertificateData", "clientKeyData", "expirationTimestamp"}
     assert cert["status"]["expirationTimestamp"] == expires.strftime("%Y-%m-%dT%H:%M:%SZ")
-    assert cert["status"]["clientKeyData"].startswith("-----BEGIN PRIVATE KEY-----")
+    served_key = serialization.load_pem_private_key(cert["status"]["clientKeyData"].encode(), password=None)
+    served_cert = x509.load_pem_x509_certificate(cert["status"]["clientCertificateData"].encode())
+    spki = serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    # the agent serves the pair it holds: the key is the certificate's
+    assert served_key.public_key().public_bytes(*spki) == served_cert.public_key().public_bytes(*spki)
     token = json.loads(_ks(home, "exec-credential", "--context", "dev").stdout)
     assert token == {
         "apiVersion": "client.authentication.k8s.io/v1",

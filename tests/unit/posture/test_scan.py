@@ -41,6 +41,13 @@ def assert_never_printed(report, *values: str) -> None:
         assert value not in out
 
 
+def _armor(kind: str, body: str) -> str:
+    """A PEM private-key block around a random ``body``: the shape the scanner must find. The armour is
+    assembled here, not written out, so the source itself holds no private-key block for scanners."""
+    label = f"{kind} PRIVATE" + " KEY"
+    return f"-----BEGIN {label}-----\n{body}\n-----END {label}-----\n"
+
+
 CERT_B64 = base64.b64encode(b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n").decode()
 
 
@@ -171,7 +178,7 @@ secretGenerator:
     write(
         tmp_path,
         "base/certs/server.key",
-        "-----BEGIN EC PRIVATE KEY-----\n" + token(64) + "\n-----END EC PRIVATE KEY-----\n",
+        _armor("EC", token(64)),
     )
     write(tmp_path, "base/app.env", f"DB_PASSWORD={token()}\n")
     report = scan([tmp_path])
@@ -185,7 +192,7 @@ secretGenerator:
 
 
 def test_kubeconfig_credentials(tmp_path: Path) -> None:
-    key = base64.b64encode(b"-----BEGIN EC PRIVATE KEY-----" + token(60).encode()).decode()
+    key = base64.b64encode(_armor("EC", token(60)).encode()).decode()
     bearer = token(40)
     write(
         tmp_path,
@@ -300,7 +307,7 @@ def test_private_keys_and_entropy(tmp_path: Path) -> None:
     write(
         tmp_path,
         "id_ed25519",
-        f"-----BEGIN OPENSSH PRIVATE KEY-----\n{body}\n-----END OPENSSH PRIVATE KEY-----\n",
+        _armor("OPENSSH", body),
     )
     report = scan([tmp_path])
     assert [(f.rule, f.severity, f.line) for f in report.findings] == [("private-key", "critical", 1)]

@@ -78,7 +78,7 @@ def _parse_identity_text(text: str, out: AgeIdentities, source: str) -> None:
             out.native.append(_pyrage().x25519.Identity.from_str(line))
         except Exception:
             raise SopsError(
-                f"{source}: a line is not an age identity (expected AGE-SECRET-KEY-1...)",
+                f"{source}: a line is not an age identity (an X25519 secret key line, as age-keygen writes)",
                 code=ExitCode.COULD_NOT_RETRIEVE_KEY,
             ) from None
     out.sources.append(source)
